@@ -1,0 +1,228 @@
+"""Dynamic batching: many concurrent requests, one device, few large forward passes.
+
+Semantics (the one place they are written down):
+
+- A request enters the queue after its input is preprocessed on a CPU worker; the device thread only
+  ever collates and runs forward passes.
+- The batch timer starts when the oldest waiting request arrived (as in Nx.Serving), not when the device
+  became free nor when the latest request arrived. A batch is dispatched as soon as it is full
+  (`max_batch_size` requests with the same batch key) or when its oldest request has waited `max_wait_s`.
+- While the device runs a batch the queue keeps filling. When the device frees up, a batch whose timer
+  has already run out is dispatched at once: under load batches are full and the device never idles.
+- Only requests with the same batch key share a batch. The oldest request's key picks the next batch,
+  so no key can starve another.
+- Batch sizes are bucketed (powers of two up to `max_batch_size`, and `max_batch_size` itself). A batch
+  is padded up to its bucket, so the device only ever sees the shapes that were warmed up.
+- The queue is bounded: a request finding `max_queue` requests waiting is refused at once (`Overloaded`,
+  503 with a Retry-After estimated from recent batch times) instead of waiting to time out.
+- Every request has a deadline: past it, the caller gets `DeadlineExceeded` (504) and the request is
+  dropped from the queue. A caller that is cancelled (its client disconnected) is dropped the same way;
+  if its batch already runs, its result is discarded.
+- One request never fails its batch-mates: on device out-of-memory the batch is split in halves and
+  retried; on any other error every member is retried alone, so only the culprit gets the error.
+- `close()` stops taking requests and dispatches everything still queued without waiting for timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded
+
+RunBatch = Callable[[Sequence[Any], int], list[Any]]
+"""`run(samples, batch_size)`: one forward pass over `samples` padded to `batch_size` rows."""
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes the device runs: powers of two below `max_batch_size`, then `max_batch_size`."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if (1 << i) < max_batch_size]
+    return [*sizes, max_batch_size]
+
+
+@dataclass(eq=False)
+class _Entry:
+    sample: Any
+    key: Hashable
+    future: asyncio.Future[Any]
+    arrived: float
+
+
+@dataclass
+class BatchStats:
+    """Hooks the batcher reports to (metrics); every callback is optional."""
+
+    on_batch: Callable[[int, float], None] | None = None
+    """Called with (number of requests, seconds on the device) after each dispatched batch."""
+    on_queue_wait: Callable[[float], None] | None = None
+    """Called with the seconds each request waited in the queue."""
+    recent_batch_s: float = field(default=0.0)
+    """Exponentially weighted mean of recent batch durations (seconds)."""
+
+
+class Batcher:
+    """Queues prepared samples and runs them in dynamic batches on one executor thread."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        executor: Executor,
+        is_out_of_memory: Callable[[BaseException], bool] = lambda error: False,
+        on_out_of_memory: Callable[[], None] = lambda: None,
+        stats: BatchStats | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.buckets = bucket_sizes(max_batch_size)
+        self._executor = executor
+        self._is_oom = is_out_of_memory
+        self._on_oom = on_out_of_memory
+        self.stats = stats or BatchStats()
+        self._queue: deque[_Entry] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """How many requests are waiting for the device."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the dispatch loop on the running event loop."""
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="bake-batcher")
+
+    async def close(self) -> None:
+        """Refuse new requests, run everything queued now, then stop."""
+        self._closing = True
+        if self._task is None:
+            return
+        assert self._wakeup is not None
+        self._wakeup.set()
+        await self._task
+
+    async def submit(self, sample: Any, *, key: Hashable = None, deadline: float) -> Any:
+        """Queue `sample` and wait for its output until `deadline` (`time.monotonic()` seconds).
+
+        Raises `Overloaded` when the queue is full or closing, `DeadlineExceeded` past the deadline, and
+        whatever error its own forward pass raised.
+        """
+        if self._closing or self._wakeup is None:
+            raise Overloaded("the server is shutting down: retry on another replica", retry_after_s=1)
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(
+                f"the queue is full ({self.max_queue} requests waiting): retry later",
+                retry_after_s=self._retry_after(),
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(sample, key, future, time.monotonic()))
+        self._wakeup.set()
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("the request was not answered within its deadline (BAKE_TIMEOUT_S)") from None
+
+    def _retry_after(self) -> int:
+        batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self.stats.recent_batch_s))
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            head = self._live_head()
+            if head is None:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            members = self._members(head.key)
+            wait = head.arrived + self.max_wait_s - time.monotonic()
+            if len(members) < self.max_batch_size and wait > 0 and not self._closing:
+                self._wakeup.clear()
+                timer = loop.call_later(wait, self._wakeup.set)
+                await self._wakeup.wait()
+                timer.cancel()
+                continue
+            self._remove(members)
+            await self._dispatch(members)
+
+    def _live_head(self) -> _Entry | None:
+        """The oldest entry still waiting for an answer, dropping cancelled and timed-out ones."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        return self._queue[0] if self._queue else None
+
+    def _members(self, key: Hashable) -> list[_Entry]:
+        """Up to `max_batch_size` live entries with `key`, oldest first."""
+        members = []
+        for entry in self._queue:
+            if entry.key == key and not entry.future.done():
+                members.append(entry)
+                if len(members) == self.max_batch_size:
+                    break
+        return members
+
+    def _remove(self, members: list[_Entry]) -> None:
+        if all(self._queue[i] is entry for i, entry in enumerate(members)):
+            for _ in members:
+                self._queue.popleft()
+            return
+        taken = set(map(id, members))
+        self._queue = deque(entry for entry in self._queue if id(entry) not in taken)
+
+    async def _dispatch(self, members: list[_Entry]) -> None:
+        now = time.monotonic()
+        if self.stats.on_queue_wait is not None:
+            for entry in members:
+                self.stats.on_queue_wait(now - entry.arrived)
+        loop = asyncio.get_running_loop()
+        samples = [entry.sample for entry in members]
+        outcomes = await loop.run_in_executor(self._executor, self._run_isolated, samples)
+        elapsed = time.monotonic() - now
+        self.stats.recent_batch_s = 0.8 * self.stats.recent_batch_s + 0.2 * elapsed
+        if self.stats.on_batch is not None:
+            self.stats.on_batch(len(members), elapsed)
+        for entry, outcome in zip(members, outcomes):
+            if entry.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                entry.future.set_exception(outcome)
+            else:
+                entry.future.set_result(outcome)
+
+    def _run_isolated(self, samples: Sequence[Any]) -> list[Any]:
+        """Run `samples`; on failure split (out of memory) or isolate (any other error). Device thread."""
+        try:
+            outputs = self._run(samples, self._bucket(len(samples)))
+        except Exception as error:
+            if self._is_oom(error):
+                self._on_oom()
+                if len(samples) == 1:
+                    return [InferenceFailed("the device ran out of memory even for a batch of one")]
+                half = len(samples) // 2
+                return self._run_isolated(samples[:half]) + self._run_isolated(samples[half:])
+            if len(samples) == 1:
+                return [InferenceFailed(f"inference failed: {type(error).__name__}: {error}")]
+            return [outcome for sample in samples for outcome in self._run_isolated([sample])]
+        if len(outputs) != len(samples):
+            raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(samples)} samples")
+        return outputs
+
+    def _bucket(self, size: int) -> int:
+        return next(bucket for bucket in self.buckets if bucket >= size)

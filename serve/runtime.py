@@ -1,0 +1,226 @@
+"""The running server's state: the model, the CPU pool, the device thread, the batcher and readiness.
+
+Startup never blocks the HTTP server: the model is loaded and warmed up on the device thread while
+/health already answers and /ready says 503. Once every batch bucket has run once, /ready turns 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from enum import Enum
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve import __version__
+from serve.batcher import Batcher, BatchStats
+from serve.device import Placement, choose_placement, is_out_of_memory, release_cached_memory
+from serve.errors import ClientDisconnected, DeadlineExceeded, Overloaded, PayloadTooLarge, ServeError
+from serve.lifecycle import Activity, exit_when_idle
+from serve.metrics import Metrics
+from serve.model_source import ModelSource, locate_model
+from serve.settings import Settings
+from serve.tasks import Body, Prepared, Task, detect_task, task_class
+
+logger = logging.getLogger("serve")
+
+PREDICT_PATHS = ("/predict", "/")
+
+
+class State(str, Enum):
+    """Where the server is in its life."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Runtime:
+    """Owns everything a server needs beyond its routes."""
+
+    def __init__(self, settings: Settings, *, on_exit: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.state = State.LOADING
+        self.error: str | None = None
+        self.task: Task | None = None
+        self.source: ModelSource | None = None
+        self.placement: Placement | None = None
+        self.started = time.monotonic()
+        self.load_seconds: float | None = None
+        self.activity = Activity()
+        self.metrics = Metrics(
+            max_batch_size=settings.max_batch_size,
+            known_paths=frozenset({*PREDICT_PATHS, "/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json"}),
+        )
+        self._on_exit = on_exit or (lambda: None)
+        self._cpu = ThreadPoolExecutor(settings.workers, thread_name_prefix="bake-cpu")
+        self._device = ThreadPoolExecutor(1, thread_name_prefix="bake-device")
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            executor=self._device,
+            is_out_of_memory=is_out_of_memory,
+            on_out_of_memory=self._release_memory,
+            stats=BatchStats(on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe),
+        )
+        self.metrics.watch_queue(lambda: self.batcher.depth)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        """ASGI lifespan: start loading, the batcher and the idle watch; drain and stop on shutdown."""
+        self.batcher.start()
+        loader = asyncio.create_task(self._load(), name="bake-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await self.batcher.close()
+            self._cpu.shutdown(wait=False, cancel_futures=True)
+            self._device.shutdown(wait=True)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._device, self._load_and_warm_up)
+        except ServeError as error:
+            self._fail(str(error))
+            return
+        except Exception as error:  # any library error while loading is fatal, and must be said clearly
+            logger.exception("loading the model failed")
+            self._fail(f"{type(error).__name__}: {error}")
+            return
+        self.load_seconds = time.monotonic() - self.started
+        self.state = State.READY
+        self.metrics.ready.set(1)
+        logger.info("ready in %.1f s: %s", self.load_seconds, self.info()["model"])
+        if self.settings.idle_timeout_s > 0:
+            await exit_when_idle(self.activity, self.settings.idle_timeout_s, self._on_exit)
+
+    def _fail(self, message: str) -> None:
+        self.state = State.FAILED
+        self.error = message
+        logger.error("cannot serve: %s", message)
+        self._on_exit()
+
+    def _load_and_warm_up(self) -> None:
+        """Device thread: locate, load and warm up the model at every batch bucket."""
+        settings = self.settings
+        self.placement = choose_placement(settings.device, settings.dtype)
+        self.source = locate_model(settings.model, settings.revision, offline=settings.offline)
+        name = settings.task or detect_task(self.source)
+        task = task_class(name)(self.source, settings, self.placement)
+        logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
+        task.load()
+        for prepared in task.warmup_samples():
+            for size in self.batcher.buckets:
+                task.run_batch([prepared.sample] * size, size)
+        self.task = task
+
+    def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:
+        assert self.task is not None
+        return self.task.run_batch(samples, batch_size)
+
+    def _release_memory(self) -> None:
+        if self.placement is not None:
+            release_cached_memory(self.placement)
+
+    async def predict(self, request: Request) -> Response:
+        """Answer one prediction request: read, prepare on the CPU pool, batch on the device, respond."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        task = self.task
+        if task is None:
+            if self.state is State.FAILED:
+                raise Overloaded(f"the model failed to load: {self.error}", retry_after_s=60)
+            raise Overloaded("the model is still loading: retry in a few seconds", retry_after_s=5)
+        data = await read_body(request, self.settings.max_body_bytes)
+        body = Body(
+            data=data,
+            content_type=request.headers.get("content-type", ""),
+            accept=request.headers.get("accept", ""),
+            query=tuple(request.query_params.multi_items()),
+        )
+        work = asyncio.ensure_future(self._answer(task, body, deadline))
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            gone.cancel()
+            return work.result()
+        work.cancel()
+        raise ClientDisconnected()
+
+    async def _answer(self, task: Task, body: Body, deadline: float) -> Response:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        prepare = loop.run_in_executor(self._cpu, task.prepare, body)
+        try:
+            prepared: Prepared = await asyncio.wait_for(prepare, timeout=max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)") from None
+        finally:
+            self.metrics.preprocess.observe(time.perf_counter() - started)
+        output = await self.batcher.submit(prepared.sample, key=prepared.batch_key, deadline=deadline)
+        return task.respond(output, prepared.params, body.accept)
+
+    def info(self) -> dict[str, Any]:
+        """What /info reports: model, revision, task, device, dtype, batching and limits."""
+        settings = self.settings
+        source = self.source
+        task_info = self.task.info() if self.task is not None else None
+        return {
+            "model": settings.model,
+            "revision": settings.revision,
+            "commit_sha": source.commit_sha if source else None,
+            "task": task_info.task if task_info else settings.task,
+            "task_details": task_info.details if task_info else {},
+            "state": self.state.value,
+            "error": self.error,
+            "device": str(self.placement.device) if self.placement else settings.device,
+            "dtype": self.placement.dtype_name if self.placement else settings.dtype,
+            "batching": {
+                "max_batch_size": settings.max_batch_size,
+                "max_wait_ms": settings.max_wait_ms,
+                "max_queue": settings.max_queue,
+                "buckets": self.batcher.buckets,
+            },
+            "limits": {
+                "timeout_s": settings.timeout_s,
+                "max_body_bytes": settings.max_body_bytes,
+                "max_image_pixels": settings.max_image_pixels,
+                "idle_timeout_s": settings.idle_timeout_s,
+                "drain_timeout_s": settings.drain_timeout_s,
+            },
+            "auth": settings.api_key is not None,
+            "load_seconds": self.load_seconds,
+            "version": __version__,
+        }
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes, over the limit of {limit} (BAKE_MAX_BODY_BYTES)")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (BAKE_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone away (the body must already have been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

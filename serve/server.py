@@ -1,0 +1,80 @@
+"""`python -m serve`: run the HTTP server until SIGTERM, SIGINT or the idle timeout, then exit 0.
+
+On SIGTERM (what `docker stop`, Kubernetes and Fly send) uvicorn stops accepting connections, lets
+every request already received finish (even one still uploading its body) for up to
+`BAKE_DRAIN_TIMEOUT_S`, then the batcher runs what is left in its queue. uvicorn would then re-raise
+the signal, making the process die with -15; this server exits 0 instead, as a clean drain should.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from serve.app import create_app
+from serve.errors import SettingsError
+from serve.runtime import Runtime, State
+from serve.settings import Settings
+
+_DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining on SIGTERM/SIGINT without re-raising the signal afterwards."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install `handle_exit` for SIGINT and SIGTERM for the server's lifetime (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _DRAIN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def build_server(settings: Settings) -> tuple[DrainingServer, Runtime]:
+    """A configured server and its runtime, not yet started."""
+    server: DrainingServer | None = None
+
+    def request_exit() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    runtime = Runtime(settings, on_exit=request_exit)
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+        server_header=False,
+        lifespan="on",
+    )
+    server = DrainingServer(config)
+    return server, runtime
+
+
+def main() -> int:
+    """Entry point: returns the process exit status (0 after a clean stop, 1 if the model failed, 2 on bad settings)."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    server, runtime = build_server(settings)
+    server.run()
+    return 1 if runtime.state is State.FAILED else 0

@@ -1,0 +1,90 @@
+"""What a serving task is: the four steps every request goes through, and where each one runs.
+
+1. `prepare(body)` — on a CPU worker thread, before the batch queue: parse and validate the request,
+   decode and preprocess its input. Raises `RequestError` for bad input; nothing else sees it.
+2. `batch_key` — prepared samples with different keys never share a batch (image shapes, diffusion
+   step counts, ...).
+3. `run_batch(samples, batch_size)` — on the one device thread: collate (padding to `batch_size`, a
+   warmed-up bucket), forward, and split the outputs back per sample.
+4. `respond(output, params, accept)` — on the event loop: turn one output into an HTTP response.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from starlette.responses import Response
+
+from serve.device import Placement
+from serve.model_source import ModelSource
+from serve.settings import Settings
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request as the task sees it: the raw body and the headers that say how to read and answer it."""
+
+    data: bytes
+    content_type: str = ""
+    accept: str = ""
+    query: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request after `prepare`: the device's input, what `respond` needs, and its batch key."""
+
+    sample: Any
+    params: Any = None
+    batch_key: Hashable = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Static facts about a loaded task, for /info."""
+
+    task: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A model served for one task. Subclasses register themselves in `serve.tasks.TASKS`."""
+
+    name: ClassVar[str]
+    """The task name, as in Hugging Face pipeline tags (e.g. "image-classification")."""
+    request_openapi: ClassVar[dict[str, Any]] = {}
+    """The OpenAPI `requestBody` of POST /predict for this task."""
+    response_openapi: ClassVar[dict[str, Any]] = {}
+    """The OpenAPI 200 response of POST /predict for this task."""
+
+    def __init__(self, source: ModelSource, settings: Settings, placement: Placement) -> None:
+        self.source = source
+        self.settings = settings
+        self.placement = placement
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the weights and move them to the device, once."""
+
+    @abstractmethod
+    def prepare(self, body: Body) -> Prepared:
+        """Parse, validate and preprocess one request on a CPU worker. Raises `RequestError`."""
+
+    @abstractmethod
+    def run_batch(self, samples: Sequence[Any], batch_size: int) -> list[Any]:
+        """Run one batch on the device; returns one output per sample (padding rows dropped)."""
+
+    @abstractmethod
+    def respond(self, output: Any, params: Any, accept: str) -> Response:
+        """Turn one output into the HTTP response."""
+
+    @abstractmethod
+    def warmup_samples(self) -> list[Prepared]:
+        """Representative prepared samples (one per batch key the task expects) to warm up every bucket."""
+
+    def info(self) -> TaskInfo:
+        """Facts for /info; subclasses add their own details."""
+        return TaskInfo(task=self.name)

@@ -1,0 +1,151 @@
+"""Image classification, answering like `transformers.pipeline("image-classification")`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from starlette.responses import JSONResponse, Response
+from transformers import AutoModelForImageClassification
+
+from serve.errors import ModelLoadError
+from serve.imaging import decode_image
+from serve.payload import StrictModel, binary_request
+from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.transforms import ImageTransform, build_image_transform
+
+
+class ClassificationParameters(StrictModel):
+    """The `parameters` of an image-classification request (Hugging Face Inference API)."""
+
+    top_k: Annotated[int, Field(ge=1)] = 5
+    """How many labels to return, best first; more than the model has returns them all."""
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+    """Scores from logits: default as the pipeline does (softmax, or sigmoid for multi-label models)."""
+
+
+class ImageClassification(Task):
+    """An `AutoModelForImageClassification` model with its image processor."""
+
+    name = "image-classification"
+    request_openapi = {
+        "required": True,
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "top_k": {"type": "integer", "minimum": 1},
+                        "function_to_apply": {"type": "string", "enum": ["softmax", "sigmoid", "none"]},
+                    },
+                    "required": ["image"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {"type": "string", "description": "base64 image bytes or a data: URL"},
+                        "parameters": ClassificationParameters.model_json_schema(),
+                    },
+                }
+            },
+        },
+    }
+    response_openapi = {
+        "description": "Labels and scores, best first",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "score"],
+                        "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+                    },
+                }
+            }
+        },
+    }
+
+    model: torch.nn.Module
+    transform: ImageTransform
+
+    def load(self) -> None:
+        """Load the weights onto the device in the compute dtype, and the matching image transform."""
+        try:
+            model = AutoModelForImageClassification.from_pretrained(
+                str(self.source.path), dtype=self.placement.dtype
+            )
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load an image classifier from {self.source.path}: {error}") from error
+        self.model = model.to(self.placement.device).eval()
+        config = model.config
+        self._labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+        self._default_function = _default_function(config)
+        self.transform = build_image_transform(self.source.path, self.placement)
+        self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
+
+    def prepare(self, body: Body) -> Prepared:
+        """Decode and preprocess the image; batch key is the pixel array's shape."""
+        data, params = binary_request(body.data, body.content_type, body.query, ClassificationParameters)
+        image = decode_image(data, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size)
+        pixels = self.transform.prepare(image)
+        return Prepared(sample=pixels, params=params, batch_key=pixels.shape)
+
+    @torch.inference_mode()
+    def run_batch(self, samples: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        """Logits (float32, on the CPU) for each sample."""
+        pixel_values = self.transform.collate(samples, batch_size)
+        logits = self.model(pixel_values=pixel_values).logits[: len(samples)]
+        return list(logits.float().cpu().numpy())
+
+    def respond(self, output: np.ndarray, params: ClassificationParameters, accept: str) -> Response:
+        """`[{"label", "score"}, ...]` best first, as the pipeline computes them."""
+        return JSONResponse(self.scores(output, params))
+
+    def scores(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
+        """The top-k labels and scores for one sample's logits."""
+        function = params.function_to_apply or self._default_function
+        if function == "softmax":
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            values = shifted / shifted.sum(axis=-1, keepdims=True)
+        elif function == "sigmoid":
+            values = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            values = logits
+        order = np.argsort(-values, kind="stable")[: params.top_k]
+        return [{"label": self._labels[i], "score": float(values[i])} for i in order]
+
+    def warmup_samples(self) -> list[Prepared]:
+        """One mid-grey image at the model's input size."""
+        pixels = self.transform.example()
+        return [Prepared(sample=pixels, params=ClassificationParameters(), batch_key=pixels.shape)]
+
+    def info(self) -> TaskInfo:
+        """Number of labels and the default scoring function."""
+        return TaskInfo(
+            task=self.name,
+            details={
+                "num_labels": len(self._labels),
+                "function_to_apply": self._default_function,
+                "preprocessing": type(self.transform).__name__,
+            },
+        )
+
+
+def _default_function(config: Any) -> str:
+    """The scoring function `pipeline("image-classification")` picks for this config."""
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
