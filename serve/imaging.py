@@ -18,6 +18,7 @@ from serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 """Image formats the runtime decodes (Pillow format names)."""
 
+_ORIENTATION = 0x0112  # the EXIF tag
 # JPEG's decoder can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling).
 _JPEG_SCALES = (8, 4, 2)
 
@@ -53,8 +54,9 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: tuple[int, int] | No
         _draft(image, min_size)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            ImageOps.exif_transpose(image, in_place=True)
+        return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadRequest(f"the image is truncated or corrupt: {error}") from None
 

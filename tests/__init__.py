@@ -1,0 +1,1 @@
+"""bake's test suite."""
