@@ -27,10 +27,12 @@ from serve.metrics import Metrics
 from serve.model_source import ModelSource, locate_model
 from serve.settings import Settings
 from serve.tasks import Body, Prepared, Task, detect_task, task_class
+from serve.threads import choose_cpu_threads
 
 logger = logging.getLogger("serve")
 
 PREDICT_PATHS = ("/predict", "/")
+_THREAD_PROBE_BATCH = 4  # batch size timed to choose the CPU thread count: enough work, quick to run
 
 
 class State(str, Enum):
@@ -53,6 +55,7 @@ class Runtime:
         self.placement: Placement | None = None
         self.started = time.monotonic()
         self.load_seconds: float | None = None
+        self.cpu_threads: int | None = None
         self.activity = Activity()
         self.metrics = Metrics(
             max_batch_size=settings.max_batch_size,
@@ -119,9 +122,15 @@ class Runtime:
         task = task_class(name)(self.source, settings, self.placement)
         logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
         task.load()
-        for prepared in task.warmup_samples():
+        task.optimize(self.batcher.buckets)
+        samples = task.warmup_samples()
+        for prepared in samples:
             for size in self.batcher.buckets:
                 task.run_batch([prepared.sample] * size, size)
+        if not self.placement.is_cuda:
+            size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
+            probe = [samples[0].sample] * size
+            self.cpu_threads = choose_cpu_threads(lambda: task.run_batch(probe, size), settings.cpu_threads)
         self.task = task
 
     def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:
@@ -184,6 +193,7 @@ class Runtime:
             "error": self.error,
             "device": str(self.placement.device) if self.placement else settings.device,
             "dtype": self.placement.dtype_name if self.placement else settings.dtype,
+            "cpu_threads": self.cpu_threads,
             "batching": {
                 "max_batch_size": settings.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms,

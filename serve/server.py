@@ -21,6 +21,7 @@ from serve.app import create_app
 from serve.errors import SettingsError
 from serve.runtime import Runtime, State
 from serve.settings import Settings
+from serve.threads import configure_interpreter
 
 _DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -75,6 +76,7 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    configure_interpreter()
     server, runtime = build_server(settings)
     server.run()
     return 1 if runtime.state is State.FAILED else 0

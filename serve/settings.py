@@ -61,6 +61,10 @@ class Settings:
     jpeg_draft: bool = True
     """`BAKE_JPEG_DRAFT`: let the JPEG decoder downscale (by 2, 4 or 8) big photos while decoding, never
     below twice the size the model's resize step needs."""
+    torchscript: bool = True
+    """`BAKE_TORCHSCRIPT`: run a traced, frozen forward pass once it matched the eager one at every batch size."""
+    cpu_threads: int = 0
+    """`BAKE_CPU_THREADS`: torch threads for the forward pass on the CPU; 0 picks at warm-up (see serve.threads)."""
     offline: bool = False
     """`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`: never touch the network to find the model."""
     log_level: str = "info"
@@ -98,6 +102,8 @@ class Settings:
             max_image_pixels=reader.integer("BAKE_MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1),
             workers=reader.integer("BAKE_WORKERS", defaults.workers, minimum=1),
             jpeg_draft=reader.flag("BAKE_JPEG_DRAFT", defaults.jpeg_draft),
+            torchscript=reader.flag("BAKE_TORCHSCRIPT", defaults.torchscript),
+            cpu_threads=reader.integer("BAKE_CPU_THREADS", defaults.cpu_threads, minimum=0),
             offline=reader.flag("HF_HUB_OFFLINE", False) or reader.flag("TRANSFORMERS_OFFLINE", False),
             log_level=reader.choice("BAKE_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")),
             attention_slicing=reader.flag("BAKE_ATTENTION_SLICING", defaults.attention_slicing),

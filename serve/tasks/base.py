@@ -69,6 +69,9 @@ class Task(ABC):
     def load(self) -> None:
         """Load the weights and move them to the device, once."""
 
+    def optimize(self, batch_sizes: Sequence[int]) -> None:
+        """After `load`, specialise the forward pass for these batch sizes (default: nothing to do)."""
+
     @abstractmethod
     def prepare(self, body: Body) -> Prepared:
         """Parse, validate and preprocess one request on a CPU worker. Raises `RequestError`."""

@@ -15,6 +15,7 @@ from serve.errors import ModelLoadError
 from serve.imaging import decode_image
 from serve.payload import StrictModel, binary_request
 from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.tracing import eager_forward, traced_forward
 from serve.transforms import ImageTransform, build_image_transform
 
 
@@ -78,6 +79,7 @@ class ImageClassification(Task):
 
     model: torch.nn.Module
     transform: ImageTransform
+    _traced = False
 
     def load(self) -> None:
         """Load the weights onto the device in the compute dtype, and the matching image transform."""
@@ -88,11 +90,28 @@ class ImageClassification(Task):
         except (OSError, ValueError, KeyError) as error:
             raise ModelLoadError(f"cannot load an image classifier from {self.source.path}: {error}") from error
         self.model = model.to(self.placement.device).eval()
+        self._forward = eager_forward(self.model)
         config = model.config
         self._labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
         self._default_function = _default_function(config)
         self.transform = build_image_transform(self.source.path, self.placement)
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
+
+    def optimize(self, batch_sizes: Sequence[int]) -> None:
+        """Swap in a traced forward pass when it matches the eager one at every batch size."""
+        if not self.settings.torchscript:
+            return
+        shape = self.transform.collate([self.transform.example()], 1).shape[1:]
+        generator = torch.Generator().manual_seed(0)
+        examples = [
+            torch.randn((size, *shape), generator=generator).to(self.placement.device, self.placement.dtype)
+            for size in batch_sizes
+        ]
+        tolerance = 1e-4 if self.placement.dtype == torch.float32 else 2e-2
+        traced = traced_forward(self.model, examples, rtol=tolerance, atol=tolerance)
+        if traced is not None:
+            self._forward = traced
+            self._traced = True
 
     def prepare(self, body: Body) -> Prepared:
         """Decode and preprocess the image; batch key is the pixel array's shape."""
@@ -105,7 +124,7 @@ class ImageClassification(Task):
     def run_batch(self, samples: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Logits (float32, on the CPU) for each sample."""
         pixel_values = self.transform.collate(samples, batch_size)
-        logits = self.model(pixel_values=pixel_values).logits[: len(samples)]
+        logits = self._forward(pixel_values)[: len(samples)]
         return list(logits.float().cpu().numpy())
 
     def respond(self, output: np.ndarray, params: ClassificationParameters, accept: str) -> Response:
@@ -138,6 +157,7 @@ class ImageClassification(Task):
                 "num_labels": len(self._labels),
                 "function_to_apply": self._default_function,
                 "preprocessing": type(self.transform).__name__,
+                "torchscript": self._traced,
             },
         )
 
