@@ -97,8 +97,8 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """How many requests are waiting for the device."""
-        return len(self._queue)
+        """How many requests are waiting for the device (cancelled and timed-out ones not counted)."""
+        return sum(1 for entry in self._queue if not entry.future.done())
 
     def start(self) -> None:
         """Start the dispatch loop on the running event loop."""

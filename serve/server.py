@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import uvicorn
 
 from serve.app import create_app
-from serve.errors import SettingsError
 from serve.runtime import Runtime, State
 from serve.settings import Settings
 from serve.threads import configure_interpreter
@@ -66,13 +65,8 @@ def build_server(settings: Settings) -> tuple[DrainingServer, Runtime]:
     return server, runtime
 
 
-def main() -> int:
-    """Entry point: returns the process exit status (0 after a clean stop, 1 if the model failed, 2 on bad settings)."""
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"serve: {error}", file=sys.stderr)
-        return 2
+def run(settings: Settings) -> int:
+    """Serve until stopped; return the exit status (0 after a clean stop, 1 if the model failed to load)."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -1,0 +1,252 @@
+"""Unit tests for `serve.settings`: reading, validating and publishing the runtime's environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import pytest
+
+from serve.errors import SettingsError
+from serve.settings import Settings
+
+MODEL = "org/some-model"
+
+
+def settings(**env: str) -> Settings:
+    """`Settings.from_env` with BAKE_MODEL set and `env` on top."""
+    return Settings.from_env({"BAKE_MODEL": MODEL, **env})
+
+
+def test_defaults() -> None:
+    loaded = settings()
+    assert loaded == Settings(model=MODEL)
+    assert loaded.revision == "main"
+    assert loaded.task is None
+    assert (loaded.device, loaded.dtype) == ("auto", "auto")
+    assert (loaded.max_batch_size, loaded.max_wait_ms, loaded.max_queue) == (8, 10.0, 256)
+    assert (loaded.timeout_s, loaded.idle_timeout_s, loaded.drain_timeout_s) == (30.0, 0.0, 30.0)
+    assert loaded.api_key is None
+    assert (loaded.host, loaded.port) == ("0.0.0.0", 8080)
+    assert loaded.max_body_bytes == 20 * 1024 * 1024
+    assert loaded.max_image_pixels == 40_000_000
+    assert loaded.workers == max(1, os.cpu_count() or 1)
+    assert (loaded.jpeg_draft, loaded.torchscript) == (True, True)
+    assert loaded.cpu_threads == 0
+    assert loaded.offline is False
+    assert loaded.log_level == "info"
+    assert (loaded.attention_slicing, loaded.vae_tiling) == (False, False)
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert settings(BAKE_UNKNOWN="x", PATH="/usr/bin", HOME="/root") == Settings(model=MODEL)
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BAKE_MODEL", "from/environ")
+    monkeypatch.setenv("BAKE_MAX_BATCH_SIZE", "3")
+    loaded = Settings.from_env()
+    assert (loaded.model, loaded.max_batch_size) == ("from/environ", 3)
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "\t\n"])
+def test_model_is_required(value: str | None) -> None:
+    env = {} if value is None else {"BAKE_MODEL": value}
+    with pytest.raises(SettingsError, match="BAKE_MODEL"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "field", "expected"),
+    [
+        ("BAKE_MODEL", "  /models/local  ", "model", "/models/local"),
+        ("BAKE_REVISION", "v1.2", "revision", "v1.2"),
+        ("BAKE_REVISION", "  ", "revision", "main"),
+        ("BAKE_TASK", " image-classification ", "task", "image-classification"),
+        ("BAKE_TASK", "", "task", None),
+        ("BAKE_DEVICE", "cpu", "device", "cpu"),
+        ("BAKE_DEVICE", "CUDA", "device", "cuda"),
+        ("BAKE_DEVICE", "cuda:1", "device", "cuda:1"),
+        ("BAKE_DEVICE", " Cuda:12 ", "device", "cuda:12"),
+        ("BAKE_DEVICE", "", "device", "auto"),
+        ("BAKE_DTYPE", "float16", "dtype", "float16"),
+        ("BAKE_DTYPE", "BFloat16", "dtype", "bfloat16"),
+        ("BAKE_DTYPE", "float32", "dtype", "float32"),
+        ("BAKE_MAX_BATCH_SIZE", "32", "max_batch_size", 32),
+        ("BAKE_MAX_BATCH_SIZE", " 1 ", "max_batch_size", 1),
+        ("BAKE_MAX_WAIT_MS", "2.5", "max_wait_ms", 2.5),
+        ("BAKE_MAX_WAIT_MS", "0", "max_wait_ms", 0.0),
+        ("BAKE_MAX_QUEUE", "1000", "max_queue", 1000),
+        ("BAKE_TIMEOUT_S", "1e3", "timeout_s", 1000.0),
+        ("BAKE_TIMEOUT_S", "0.001", "timeout_s", 0.001),
+        ("BAKE_IDLE_TIMEOUT_S", "300", "idle_timeout_s", 300.0),
+        ("BAKE_DRAIN_TIMEOUT_S", "0", "drain_timeout_s", 0.0),
+        ("BAKE_API_KEY", "s3cret", "api_key", "s3cret"),
+        ("BAKE_API_KEY", "", "api_key", None),
+        ("BAKE_HOST", "127.0.0.1", "host", "127.0.0.1"),
+        ("BAKE_HOST", " ", "host", "0.0.0.0"),
+        ("PORT", "9000", "port", 9000),
+        ("PORT", "1", "port", 1),
+        ("PORT", "65535", "port", 65535),
+        ("BAKE_MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
+        ("BAKE_MAX_IMAGE_PIXELS", "1000000", "max_image_pixels", 1_000_000),
+        ("BAKE_WORKERS", "3", "workers", 3),
+        ("BAKE_JPEG_DRAFT", "0", "jpeg_draft", False),
+        ("BAKE_JPEG_DRAFT", "off", "jpeg_draft", False),
+        ("BAKE_TORCHSCRIPT", "False", "torchscript", False),
+        ("BAKE_TORCHSCRIPT", "yes", "torchscript", True),
+        ("BAKE_CPU_THREADS", "0", "cpu_threads", 0),
+        ("BAKE_CPU_THREADS", "6", "cpu_threads", 6),
+        ("HF_HUB_OFFLINE", "1", "offline", True),
+        ("HF_HUB_OFFLINE", "0", "offline", False),
+        ("HF_HUB_OFFLINE", "", "offline", False),
+        ("TRANSFORMERS_OFFLINE", "TRUE", "offline", True),
+        ("BAKE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("BAKE_LOG_LEVEL", "warning", "log_level", "warning"),
+        ("BAKE_ATTENTION_SLICING", "on", "attention_slicing", True),
+        ("BAKE_VAE_TILING", " 1 ", "vae_tiling", True),
+    ],
+)
+def test_each_variable_is_parsed(variable: str, raw: str, field: str, expected: Any) -> None:
+    loaded = Settings.from_env({"BAKE_MODEL": MODEL, variable: raw})
+    value = getattr(loaded, field)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "On", " on "])
+def test_true_flags(raw: str) -> None:
+    assert settings(BAKE_ATTENTION_SLICING=raw).attention_slicing is True
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "FALSE", "no", "Off", " off "])
+def test_false_flags(raw: str) -> None:
+    assert settings(BAKE_TORCHSCRIPT=raw).torchscript is False
+
+
+@pytest.mark.parametrize(
+    ("hub", "transformers", "expected"),
+    [(None, None, False), ("1", None, True), (None, "1", True), ("0", "1", True), ("1", "0", True), ("0", "0", False)],
+)
+def test_offline_from_either_variable(hub: str | None, transformers: str | None, expected: bool) -> None:
+    env = {"BAKE_MODEL": MODEL}
+    if hub is not None:
+        env["HF_HUB_OFFLINE"] = hub
+    if transformers is not None:
+        env["TRANSFORMERS_OFFLINE"] = transformers
+    assert Settings.from_env(env).offline is expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("BAKE_DEVICE", "gpu"),
+        ("BAKE_DEVICE", "cuda:"),
+        ("BAKE_DEVICE", "cuda:x"),
+        ("BAKE_DEVICE", "cuda:-1"),
+        ("BAKE_DEVICE", "mps"),
+        ("BAKE_DTYPE", "fp16"),
+        ("BAKE_DTYPE", "int8"),
+        ("BAKE_MAX_BATCH_SIZE", "eight"),
+        ("BAKE_MAX_BATCH_SIZE", "8.0"),
+        ("BAKE_MAX_BATCH_SIZE", "0"),
+        ("BAKE_MAX_BATCH_SIZE", "-4"),
+        ("BAKE_MAX_WAIT_MS", "soon"),
+        ("BAKE_MAX_WAIT_MS", "-1"),
+        ("BAKE_MAX_QUEUE", "0"),
+        ("BAKE_MAX_QUEUE", "1.5"),
+        ("BAKE_TIMEOUT_S", "0"),
+        ("BAKE_TIMEOUT_S", "-inf"),
+        ("BAKE_TIMEOUT_S", "30s"),
+        ("BAKE_IDLE_TIMEOUT_S", "-0.5"),
+        ("BAKE_IDLE_TIMEOUT_S", "never"),
+        ("BAKE_DRAIN_TIMEOUT_S", "-1"),
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("PORT", "http"),
+        ("BAKE_MAX_BODY_BYTES", "0"),
+        ("BAKE_MAX_BODY_BYTES", "20MB"),
+        ("BAKE_MAX_IMAGE_PIXELS", "0"),
+        ("BAKE_MAX_IMAGE_PIXELS", "4e7"),
+        ("BAKE_WORKERS", "0"),
+        ("BAKE_WORKERS", "all"),
+        ("BAKE_JPEG_DRAFT", "maybe"),
+        ("BAKE_JPEG_DRAFT", "2"),
+        ("BAKE_TORCHSCRIPT", "enabled"),
+        ("BAKE_CPU_THREADS", "-1"),
+        ("BAKE_CPU_THREADS", "auto"),
+        ("HF_HUB_OFFLINE", "sometimes"),
+        ("TRANSFORMERS_OFFLINE", "y"),
+        ("BAKE_LOG_LEVEL", "verbose"),
+        ("BAKE_LOG_LEVEL", "critical"),
+        ("BAKE_ATTENTION_SLICING", "auto"),
+        ("BAKE_VAE_TILING", "t"),
+    ],
+)
+def test_invalid_values_name_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"BAKE_MODEL": MODEL, variable: raw})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=")
+    assert raw.strip() in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "hint"),
+    [
+        ("BAKE_DEVICE", "gpu", "auto, cpu, cuda"),
+        ("BAKE_DTYPE", "fp16", "float32, float16, bfloat16"),
+        ("BAKE_LOG_LEVEL", "verbose", "debug, info, warning, error"),
+        ("BAKE_JPEG_DRAFT", "maybe", "true/false"),
+        ("BAKE_MAX_BATCH_SIZE", "0", "minimum 1"),
+        ("PORT", "70000", "maximum 65535"),
+        ("BAKE_MAX_QUEUE", "lots", "not an integer"),
+        ("BAKE_TIMEOUT_S", "slow", "not a number"),
+    ],
+)
+def test_errors_say_what_is_accepted(variable: str, raw: str, hint: str) -> None:
+    with pytest.raises(SettingsError, match=hint):
+        Settings.from_env({"BAKE_MODEL": MODEL, variable: raw})
+
+
+@pytest.mark.parametrize("variable", ["BAKE_MAX_WAIT_MS", "BAKE_TIMEOUT_S", "BAKE_IDLE_TIMEOUT_S", "BAKE_DRAIN_TIMEOUT_S"])
+def test_nan_is_not_a_valid_duration(variable: str) -> None:
+    """NaN passes every `<` comparison, so a range check alone lets it through (a deadline of NaN seconds)."""
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({"BAKE_MODEL": MODEL, variable: "nan"})
+
+
+def test_settings_are_immutable() -> None:
+    loaded = settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.port = 1  # type: ignore[misc]
+
+
+def test_public_leaves_the_api_key_out() -> None:
+    secret = "very-secret-key-123"
+    loaded = settings(BAKE_API_KEY=secret, BAKE_MAX_BATCH_SIZE="4")
+    public = loaded.public()
+    assert "api_key" not in public
+    assert public["auth"] is True
+    assert public["max_batch_size"] == 4
+    assert public["model"] == MODEL
+    assert secret not in json.dumps(public)
+    assert secret not in repr(loaded)
+    assert loaded.api_key == secret  # still there for the auth middleware
+
+
+def test_public_without_api_key() -> None:
+    public = settings().public()
+    assert public["auth"] is False
+    assert "api_key" not in public
+
+
+def test_public_has_every_other_field_and_is_json() -> None:
+    loaded = settings(BAKE_TASK="image-classification", BAKE_DEVICE="cpu", HF_HUB_OFFLINE="1")
+    public = loaded.public()
+    expected = {field.name for field in dataclasses.fields(Settings)} - {"api_key"} | {"auth"}
+    assert set(public) == expected
+    assert json.loads(json.dumps(public)) == public
+    assert (public["task"], public["device"], public["offline"]) == ("image-classification", "cpu", True)
