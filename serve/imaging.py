@@ -50,7 +50,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: tuple[int, int] | No
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
-    if min_size is not None and image.format == "JPEG":
+    if min_size is not None and image.format in ("JPEG", "MPO"):
         _draft(image, min_size)
     try:
         image.load()

@@ -26,6 +26,7 @@ from serve.errors import BadRequest, InvalidParameters
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 _FILE_FIELD = "image"
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 class StrictModel(BaseModel):
@@ -50,7 +51,7 @@ def parse_json(data: bytes) -> Any:
         raise BadRequest("the request body is empty: send a JSON object")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
@@ -101,11 +102,9 @@ def decode_base64_input(inputs: str) -> bytes:
         header, _, text = text.partition(",")
         if ";base64" not in header:
             raise InvalidParameters("inputs: a data: URL must be base64-encoded (data:<type>;base64,...)")
-    text = "".join(text.split())
+    text = "".join(text.split()).translate(_URLSAFE_TO_STANDARD)
     text += "=" * (-len(text) % 4)
     try:
-        if "-" in text or "_" in text:
-            return base64.urlsafe_b64decode(text)
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("inputs is not valid base64") from None
@@ -156,6 +155,8 @@ def parse_multipart(data: bytes, content_type: str) -> tuple[bytes, dict[str, An
     if any(name == "parameters" for name, _ in fields):
         if len(fields) > 1:
             raise InvalidParameters("send parameters either as one JSON 'parameters' field or as fields, not both")
+        if not fields[0][1].strip():
+            raise InvalidParameters("parameters: the field is empty; send a JSON object")
         document = parse_json(fields[0][1].encode())
         if not isinstance(document, dict):
             raise InvalidParameters("parameters: must be a JSON object")
@@ -169,6 +170,6 @@ def _loose_fields(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     for name, value in pairs:
         try:
             result[name] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             result[name] = value
     return result

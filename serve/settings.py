@@ -7,6 +7,7 @@ startup and raises `SettingsError` with the variable name and the accepted value
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -58,9 +59,11 @@ class Settings:
     """`BAKE_MAX_IMAGE_PIXELS`: images declaring more pixels are refused (decompression bombs)."""
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     """`BAKE_WORKERS`: CPU preprocessing threads."""
-    jpeg_draft: bool = True
+    jpeg_draft: bool = False
     """`BAKE_JPEG_DRAFT`: let the JPEG decoder downscale (by 2, 4 or 8) big photos while decoding, never
-    below twice the size the model's resize step needs."""
+    below twice the size the model's resize step needs. 2.3-3.8x faster preprocessing of 2-12 MP photos,
+    but pixels may differ from the model's own processor by up to 2 uint8 steps (scores by ~3e-4), so it
+    is off by default: the default path matches the processor within one step."""
     torchscript: bool = True
     """`BAKE_TORCHSCRIPT`: run a traced, frozen forward pass once it matched the eager one at every batch size."""
     cpu_threads: int = 0
@@ -148,14 +151,16 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name}={raw!r} is not a finite number")
         self._check_range(name, value, minimum, None)
         return value
 
     def flag(self, name: str, default: bool) -> bool:
-        raw = self._env.get(name)
+        raw = self._raw(name)
         if raw is None:
             return default
-        lowered = raw.strip().lower()
+        lowered = raw.lower()
         if lowered in _TRUE:
             return True
         if lowered in _FALSE:
@@ -171,7 +176,8 @@ class _Reader:
             return lowered
         if allow_cuda_index and lowered.startswith("cuda:") and lowered[5:].isdigit():
             return lowered
-        raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+        accepted = ", ".join(choices) + (", cuda:N" if allow_cuda_index else "")
+        raise SettingsError(f"{name}={raw!r} is not one of: {accepted}")
 
     @staticmethod
     def _check_range(name: str, value: float, minimum: float, maximum: float | None) -> None:

@@ -158,7 +158,7 @@ def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransfo
     """Build the fastest exact transform for the image processor saved in `model_dir`."""
     try:
         processor = AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # malformed configs surface as any
         raise ModelLoadError(f"no usable image processor config in {model_dir}: {error}") from error
     fast = _fast_transform_for(processor, placement)
     return fast if fast is not None else ProcessorImageTransform(processor, placement)

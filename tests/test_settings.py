@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert loaded.max_body_bytes == 20 * 1024 * 1024
     assert loaded.max_image_pixels == 40_000_000
     assert loaded.workers == max(1, os.cpu_count() or 1)
-    assert (loaded.jpeg_draft, loaded.torchscript) == (True, True)
+    assert (loaded.jpeg_draft, loaded.torchscript) == (False, True)
     assert loaded.cpu_threads == 0
     assert loaded.offline is False
     assert loaded.log_level == "info"
@@ -93,8 +93,9 @@ def test_model_is_required(value: str | None) -> None:
         ("BAKE_MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
         ("BAKE_MAX_IMAGE_PIXELS", "1000000", "max_image_pixels", 1_000_000),
         ("BAKE_WORKERS", "3", "workers", 3),
+        ("BAKE_JPEG_DRAFT", "1", "jpeg_draft", True),
+        ("BAKE_JPEG_DRAFT", "on", "jpeg_draft", True),
         ("BAKE_JPEG_DRAFT", "0", "jpeg_draft", False),
-        ("BAKE_JPEG_DRAFT", "off", "jpeg_draft", False),
         ("BAKE_TORCHSCRIPT", "False", "torchscript", False),
         ("BAKE_TORCHSCRIPT", "yes", "torchscript", True),
         ("BAKE_CPU_THREADS", "0", "cpu_threads", 0),
@@ -128,7 +129,14 @@ def test_false_flags(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("hub", "transformers", "expected"),
-    [(None, None, False), ("1", None, True), (None, "1", True), ("0", "1", True), ("1", "0", True), ("0", "0", False)],
+    [
+        (None, None, False),
+        ("1", None, True),
+        (None, "1", True),
+        ("0", "1", True),
+        ("1", "0", True),
+        ("0", "0", False),
+    ],
 )
 def test_offline_from_either_variable(hub: str | None, transformers: str | None, expected: bool) -> None:
     env = {"BAKE_MODEL": MODEL}
@@ -211,7 +219,9 @@ def test_errors_say_what_is_accepted(variable: str, raw: str, hint: str) -> None
         Settings.from_env({"BAKE_MODEL": MODEL, variable: raw})
 
 
-@pytest.mark.parametrize("variable", ["BAKE_MAX_WAIT_MS", "BAKE_TIMEOUT_S", "BAKE_IDLE_TIMEOUT_S", "BAKE_DRAIN_TIMEOUT_S"])
+@pytest.mark.parametrize(
+    "variable", ["BAKE_MAX_WAIT_MS", "BAKE_TIMEOUT_S", "BAKE_IDLE_TIMEOUT_S", "BAKE_DRAIN_TIMEOUT_S"]
+)
 def test_nan_is_not_a_valid_duration(variable: str) -> None:
     """NaN passes every `<` comparison, so a range check alone lets it through (a deadline of NaN seconds)."""
     with pytest.raises(SettingsError, match=variable):
