@@ -1,6 +1,6 @@
 """What bake knows about an image, as Fly needs it, and the numbers derived from it.
 
-`FlyServiceSpec` is the one input of this package: `fly.toml` (`fly.toml`) and the Machines API config
+`FlyServiceSpec` is the one input of this package: fly.toml (module `fly.toml`) and the Machines API config
 (`fly.machines.machine_config`) are both rendered from it through the pure functions below, so the two
 deploy paths ask Fly for the same thing.
 
@@ -107,42 +107,77 @@ class FlyServiceSpec:
     memory_mb: int | None = None
 
     def __post_init__(self) -> None:
-        _require(_APP_NAME.match(self.app) is not None, f"invalid Fly app name {self.app!r}",
-                 "use 1-63 lowercase letters, digits and dashes, starting and ending with a letter or digit")
+        _require(
+            _APP_NAME.match(self.app) is not None,
+            f"invalid Fly app name {self.app!r}",
+            "use 1-63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
+        )
         _require(bool(self.image.strip()), "the image reference is empty", "pass the image bake built")
-        _require(_REGION.match(self.primary_region) is not None, f"invalid Fly region {self.primary_region!r}",
-                 "use a three-letter region code such as iad, ams or sin (fly platform regions)")
-        _require(bool(self.org.strip()), "the Fly organization slug is empty", "use 'personal' or your org's slug")
-        _require(1 <= self.internal_port <= 65535, f"internal_port {self.internal_port} is not a TCP port",
-                 "use a port between 1 and 65535")
+        _require(
+            _REGION.match(self.primary_region) is not None,
+            f"invalid Fly region {self.primary_region!r}",
+            "use a three-letter region code such as iad, ams or sin (fly platform regions)",
+        )
+        _require(
+            bool(self.org.strip()), "the Fly organization slug is empty", "use 'personal' or your org's slug"
+        )
+        _require(
+            1 <= self.internal_port <= 65535,
+            f"internal_port {self.internal_port} is not a TCP port",
+            "use a port between 1 and 65535",
+        )
         _require(self.max_batch_size >= 1, f"max_batch_size is {self.max_batch_size}", "use 1 or more")
         _require(self.max_queue >= 1, f"max_queue is {self.max_queue}", "use 1 or more")
         _require(self.warmup_seconds >= 0, f"warmup_seconds is {self.warmup_seconds}", "use 0 or more")
         _require(self.drain_seconds >= 0, f"drain_seconds is {self.drain_seconds}", "use 0 or more")
         _require(self.weights_bytes >= 0, f"weights_bytes is {self.weights_bytes}", "use 0 or more")
-        _require(self.device in DEVICES, f"device {self.device!r} is not one of {', '.join(DEVICES)}",
-                 "build the image for cpu or cuda")
-        _require(self.auto_stop in AUTO_STOP_CHOICES,
-                 f"auto_stop {self.auto_stop!r} is not one of {', '.join(AUTO_STOP_CHOICES)}",
-                 "use off, stop or suspend")
-        _require(self.min_machines_running >= 0, f"min_machines_running is {self.min_machines_running}",
-                 "use 0 or more")
-        _require(self.cpu_kind is None or self.cpu_kind in CPU_KINDS,
-                 f"cpu_kind {self.cpu_kind!r} is not one of {', '.join(CPU_KINDS)}", "use shared or performance")
-        _require(self.cpus is None or self.cpus in CPU_COUNTS["performance"],
-                 f"cpus {self.cpus} is not a Fly CPU count", "use 1, 2, 4, 8 or 16")
-        _require(self.memory_mb is None or (self.memory_mb > 0 and self.memory_mb % MEMORY_STEP_MB == 0),
-                 f"memory_mb {self.memory_mb} is not a multiple of {MEMORY_STEP_MB}",
-                 f"round it up to a multiple of {MEMORY_STEP_MB} MB")
+        _require(
+            self.device in DEVICES,
+            f"device {self.device!r} is not one of {', '.join(DEVICES)}",
+            "build the image for cpu or cuda",
+        )
+        _require(
+            self.auto_stop in AUTO_STOP_CHOICES,
+            f"auto_stop {self.auto_stop!r} is not one of {', '.join(AUTO_STOP_CHOICES)}",
+            "use off, stop or suspend",
+        )
+        _require(
+            self.min_machines_running >= 0,
+            f"min_machines_running is {self.min_machines_running}",
+            "use 0 or more",
+        )
+        _require(
+            self.cpu_kind is None or self.cpu_kind in CPU_KINDS,
+            f"cpu_kind {self.cpu_kind!r} is not one of {', '.join(CPU_KINDS)}",
+            "use shared or performance",
+        )
+        _require(
+            self.cpus is None or self.cpus in CPU_COUNTS["performance"],
+            f"cpus {self.cpus} is not a Fly CPU count",
+            "use 1, 2, 4, 8 or 16",
+        )
+        _require(
+            self.memory_mb is None or (self.memory_mb > 0 and self.memory_mb % MEMORY_STEP_MB == 0),
+            f"memory_mb {self.memory_mb} is not a multiple of {MEMORY_STEP_MB}",
+            f"round it up to a multiple of {MEMORY_STEP_MB} MB",
+        )
         for key, value in self.env.items():
-            _require(isinstance(key, str) and isinstance(value, str), f"env {key!r} is not a string pair",
-                     "give environment variables as strings")
+            _require(
+                isinstance(key, str) and isinstance(value, str),
+                f"env {key!r} is not a string pair",
+                "give environment variables as strings",
+            )
         for key, value in OFFLINE_ENV.items():
-            _require(self.env.get(key, value) == value, f"env sets {key}={self.env.get(key)!r}",
-                     f"leave {key} out: a bake image always runs with {key}={value}")
-        _require(self.env.get("PORT", str(self.internal_port)) == str(self.internal_port),
-                 f"env sets PORT={self.env.get('PORT')!r} but internal_port is {self.internal_port}",
-                 "set internal_port instead of PORT")
+            _require(
+                self.env.get(key, value) == value,
+                f"env sets {key}={self.env.get(key)!r}",
+                f"leave {key} out: a bake image always runs with {key}={value}",
+            )
+        _require(
+            self.env.get("PORT", str(self.internal_port)) == str(self.internal_port),
+            f"env sets PORT={self.env.get('PORT')!r} but internal_port is {self.internal_port}",
+            "set internal_port instead of PORT",
+        )
 
 
 @dataclass(frozen=True)
@@ -223,13 +258,18 @@ def vm_size(spec: FlyServiceSpec) -> VmSize:
     """
     floor = minimum_memory_mb(spec.weights_bytes)
     if spec.memory_mb is not None and spec.memory_mb < floor:
-        raise FlyConfigError(f"memory_mb {spec.memory_mb} is below the {floor} MB the weights and runtime need",
-                             f"use at least {floor} MB, or leave memory unset to derive it")
+        raise FlyConfigError(
+            f"memory_mb {spec.memory_mb} is below the {floor} MB the weights and runtime need",
+            f"use at least {floor} MB, or leave memory unset to derive it",
+        )
     memory = spec.memory_mb if spec.memory_mb is not None else estimated_memory_mb(spec.weights_bytes)
     size = _smallest_preset(memory, spec.cpu_kind, spec.cpus)
     if spec.auto_stop == "suspend" and size.memory_mb > SUSPEND_MAX_MEMORY_MB:
-        raise FlyConfigError(f"auto_stop 'suspend' needs a Machine of at most {SUSPEND_MAX_MEMORY_MB} MB, "
-                             f"this one has {size.memory_mb} MB", "use auto_stop 'stop'")
+        raise FlyConfigError(
+            f"auto_stop 'suspend' needs a Machine of at most {SUSPEND_MAX_MEMORY_MB} MB, "
+            f"this one has {size.memory_mb} MB",
+            "use auto_stop 'stop'",
+        )
     return size
 
 
@@ -256,10 +296,11 @@ def _smallest_preset(memory: int, cpu_kind: str | None, cpus: int | None) -> VmS
         for count in (cpus,) if cpus else CPU_COUNTS[kind]:
             if count in CPU_COUNTS[kind] and memory <= high * count:
                 return VmSize(kind, count, max(memory, low * count))
-    raise FlyConfigError(f"{memory} MB does not fit a Fly Machine (cpu_kind {cpu_kind or 'any'}, "
-                         f"cpus {cpus or 'any'})",
-                         "Fly allows 2048 MB per shared CPU and 8192 MB per performance CPU (up to "
-                         "performance-16x): raise cpus, use cpu_kind performance, or lower memory_mb")
+    raise FlyConfigError(
+        f"{memory} MB does not fit a Fly Machine (cpu_kind {cpu_kind or 'any'}, cpus {cpus or 'any'})",
+        "Fly allows 2048 MB per shared CPU and 8192 MB per performance CPU (up to "
+        "performance-16x): raise cpus, use cpu_kind performance, or lower memory_mb",
+    )
 
 
 def _round_up(value: float, step: int) -> int:
