@@ -57,8 +57,9 @@ class Settings:
     """`BAKE_MAX_BODY_BYTES`: larger request bodies get 413."""
     max_image_pixels: int = 40_000_000
     """`BAKE_MAX_IMAGE_PIXELS`: images declaring more pixels are refused (decompression bombs)."""
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    """`BAKE_WORKERS`: CPU preprocessing threads."""
+    workers: int = field(default_factory=lambda: 2 * max(1, os.cpu_count() or 1))
+    """`BAKE_WORKERS`: CPU preprocessing threads; twice the cores keeps them busy while some wait for the GIL
+    (2 cores, tiny ResNet, 640x480 JPEGs: 134 req/s with 4 workers, 114 with 2)."""
     jpeg_draft: bool = False
     """`BAKE_JPEG_DRAFT`: let the JPEG decoder downscale (by 2, 4 or 8) big photos while decoding, never
     below twice the size the model's resize step needs. 2.3-3.8x faster preprocessing of 2-12 MP photos,

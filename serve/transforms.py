@@ -8,8 +8,9 @@ The work is split in two halves so that each runs where it is cheapest:
   host buffer, one non-blocking copy to the device, then rescale and normalize there in one pass.
 
 The fast path reads the processor's own normalised settings (size, crop, resample, mean/std, ...)
-from the transformers PIL processor and applies the same operations with the same PIL resampling
-on uint8 data, so pixels match it exactly and scores match `pipeline("image-classification")`.
+from the transformers PIL processor and applies the same operations on uint8 data (bilinear resizes with
+torch's SIMD port of Pillow's resampler): pixels stay within one uint8 step of the processor's and scores
+match `pipeline("image-classification")`.
 Processors whose pipeline differs from the standard resize -> crop -> rescale -> normalize fall back to
 running the processor itself (correct, slower), see `build_image_transform`.
 """
@@ -17,6 +18,7 @@ running the processor itself (correct, slower), see `build_image_transform`.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,10 @@ from serve.errors import ModelLoadError
 
 # ConvNeXt's processor resizes the short side to size/crop_pct then crops, below this size (it warps above).
 _CONVNEXT_CROP_BELOW = 384
+# Resampling filters for which torch's uint8 antialiased kernel stays within one step of Pillow's.
+_TORCH_MODES = {int(Image.Resampling.BILINEAR): "bilinear"}
+# Decoded images are read-only buffers; torch only reads them, so its warning about that is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 # The base-class methods a processor must not override for the standard fast path to be exact.
 _STANDARD_METHODS = ("preprocess", "_preprocess", "resize", "center_crop", "rescale", "normalize")
 
@@ -93,17 +99,27 @@ class FastImageTransform(ImageTransform):
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Resize and crop `image` as the processor does; returns HWC uint8."""
+        pixels = np.asarray(image)
         if self._resize is not None:
             kind, target = self._resize
             if kind == "shortest_edge":
                 target = _shortest_edge_size(image.height, image.width, target[0])
-            height, width = target
-            if (height, width) != (image.height, image.width):
-                image = image.resize((width, height), resample=self._resample)
-        pixels = np.asarray(image)
+            if target != (image.height, image.width):
+                pixels = self._resize_pixels(image, pixels, target)
         if self._crop is not None:
             pixels = center_crop(pixels, *self._crop)
         return np.ascontiguousarray(pixels)
+
+    def _resize_pixels(self, image: Image.Image, pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Antialiased resize to (height, width): torch's SIMD uint8 kernel for bilinear (a port of Pillow-SIMD's
+        resampler, within one uint8 step of Pillow and ~8x faster on a 1600x1200 photo), Pillow itself for every
+        other filter (torch's bicubic clips differently and can differ by many steps on noisy images)."""
+        mode = _TORCH_MODES.get(self._resample)
+        if mode is None:
+            return np.asarray(image.resize((size[1], size[0]), resample=self._resample))
+        batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels-last NCHW, no copy
+        resized = torch.nn.functional.interpolate(batch, size=size, mode=mode, antialias=True, align_corners=False)
+        return resized[0].permute(1, 2, 0).numpy()
 
     def collate(self, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
         """Copy uint8 HWC arrays into a reused host buffer, move once, normalize on the device."""

@@ -1,0 +1,231 @@
+"""Merging flags > environment > bake.toml > defaults into one immutable configuration, once.
+
+Relative paths in bake.toml are relative to the file; relative paths from flags and the environment are
+relative to the working directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from bake.env import Environment
+from bake.errors import ConfigError
+from bake.options import OPTIONS, Option, options_for
+
+CONFIG_FILE = "bake.toml"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, at which revision, for which task."""
+
+    id: str
+    revision: str
+    task: str | None
+
+    @property
+    def local_dir(self) -> Path | None:
+        """The model directory when `id` names one, else None (a hub id)."""
+        path = Path(self.id).expanduser()
+        return path if path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How the image is built."""
+
+    device: str
+    base_image: str
+    tag: str
+    platform: str
+    ca_cert: Path | None
+    pip_index_url: str
+    pip_extra_index_urls: tuple[str, ...]
+    pip_find_links: Path | None
+    push: bool
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """The runtime's settings baked into the image as environment variables."""
+
+    dtype: str
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue: int
+    timeout_s: float
+    idle_timeout_s: float
+    drain_timeout_s: float
+    port: int
+    jpeg_draft: bool
+
+    def environment(self) -> dict[str, str]:
+        """The runtime's environment variables for these settings (names from `bake.options`)."""
+        values = {}
+        for option in options_for("serve"):
+            value = getattr(self, option.key)
+            assert option.env is not None
+            values[option.env] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return values
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where and how `bake launch` runs the image."""
+
+    target: str
+    name: str
+    host_port: int
+    docker_host: str
+    registry: str
+    ready_timeout_s: float
+    fly_region: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything bake was told, merged and validated."""
+
+    model: ModelSpec
+    build: BuildSpec
+    serve: ServeSpec
+    launch: LaunchSpec
+    file: Path | None
+    """The bake.toml that was read, if any."""
+
+
+def load_config(flags: Mapping[str, Any], env: Environment, config_file: Path | None = None) -> Config:
+    """Merge `flags` (None means not given) over `env` over the bake.toml over defaults.
+
+    `config_file` None means ./bake.toml if it exists. Raises `ConfigError` naming the setting at fault.
+    """
+    path = config_file if config_file is not None else Path(CONFIG_FILE)
+    if config_file is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "create it with `bake init` or fix the path")
+    table = _read_toml(path) if path.is_file() else {}
+    base_dir = path.resolve().parent if path.is_file() else Path.cwd()
+    values: dict[str, dict[str, Any]] = {}
+    for option in OPTIONS:
+        value, origin = _pick(option, flags, env, table)
+        value = _convert(option, value, origin)
+        if origin == "file" and value and option.name in _PATHS_IN_FILE:
+            value = _relative_to(base_dir, value, must_be_dir=option.name == "model.id")
+        values.setdefault(option.section, {})[option.key] = value
+    return _build(values, path if path.is_file() else None)
+
+
+_PATHS_IN_FILE = {"build.ca_cert", "build.pip_find_links", "model.id"}
+
+
+def _relative_to(base_dir: Path, value: str, *, must_be_dir: bool) -> str:
+    """A bake.toml path made absolute against the file's directory (a model id only if that is a directory)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return value
+    candidate = base_dir / path
+    if must_be_dir and not candidate.is_dir():
+        return value
+    return str(candidate.resolve())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
+    except (OSError, TOMLKitError) as error:
+        raise ConfigError(
+            f"cannot read {path}: {error}", "fix the TOML syntax or regenerate it with `bake init`"
+        ) from None
+    known = {option.section for option in OPTIONS}
+    for section, content in document.items():
+        if section not in known or not isinstance(content, dict):
+            raise ConfigError(f"{path}: unknown table [{section}]", f"use one of {', '.join(sorted(known))}")
+        keys = {option.key for option in options_for(section)}
+        for key in content:
+            if key not in keys:
+                raise ConfigError(f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}")
+    return document
+
+
+def _pick(option: Option, flags: Mapping[str, Any], env: Environment, table: Mapping[str, Any]) -> tuple[Any, str]:
+    flag = flags.get(option.dest)
+    if flag is not None and flag != () and flag != []:
+        return flag, "flag"
+    if option.env and env.variables.get(option.env, "").strip():
+        return env.variables[option.env].strip(), "env"
+    section = table.get(option.section, {})
+    if option.key in section:
+        return section[option.key], "file"
+    return option.default, "default"
+
+
+def _convert(option: Option, value: Any, origin: str) -> Any:
+    where = {"flag": option.cli_flag, "env": option.env, "file": option.name, "default": option.name}[origin]
+    try:
+        converted = _as_kind(option, value, from_text=origin == "env")
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={value!r} is not a valid {option.kind}", option.help) from None
+    if option.choices and converted not in option.choices:
+        raise ConfigError(f"{where}={converted!r} is not one of: {', '.join(c or '(empty)' for c in option.choices)}")
+    if option.kind in ("int", "float") and converted < 0:
+        raise ConfigError(f"{where}={converted} must not be negative")
+    return converted
+
+
+def _as_kind(option: Option, value: Any, *, from_text: bool) -> Any:
+    kind = option.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(value)
+    if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not from_text):
+            raise TypeError(value)
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise TypeError(value)
+        return float(value)
+    if kind == "list":
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise TypeError(value)
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
+    model, build, serve, launch = (values[name] for name in ("model", "build", "serve", "launch"))
+    if serve["max_batch_size"] < 1:
+        raise ConfigError(f"serve.max_batch_size={serve['max_batch_size']} must be at least 1")
+    if not 0 < serve["port"] < 65536 or not 0 < launch["host_port"] < 65536:
+        raise ConfigError("ports must be between 1 and 65535")
+    return Config(
+        model=ModelSpec(id=model["id"], revision=model["revision"] or "main", task=model["task"] or None),
+        build=BuildSpec(
+            device=build["device"],
+            base_image=build["base_image"],
+            tag=build["tag"],
+            platform=build["platform"],
+            ca_cert=Path(build["ca_cert"]).expanduser() if build["ca_cert"] else None,
+            pip_index_url=build["pip_index_url"],
+            pip_extra_index_urls=build["pip_extra_index_url"],
+            pip_find_links=Path(build["pip_find_links"]).expanduser() if build["pip_find_links"] else None,
+            push=build["push"],
+        ),
+        serve=ServeSpec(**serve),
+        launch=LaunchSpec(**launch),
+        file=file,
+    )

@@ -1,0 +1,44 @@
+"""Reaching a Docker engine (local or remote) through python-on-whales, with clear errors when it is missing."""
+
+from __future__ import annotations
+
+import shutil
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from bake.errors import DockerUnavailable
+
+
+def docker_client(host: str = "") -> DockerClient:
+    """A client for the engine at `host` (ssh://, tcp://, unix://; empty: the local default)."""
+    if shutil.which("docker") is None:
+        raise DockerUnavailable(
+            "the docker command-line client is not installed", "install Docker (Debian: apt-get install docker.io)"
+        )
+    return DockerClient(host=host or None)
+
+
+def ensure_engine(client: DockerClient, *, buildx: bool = False) -> None:
+    """Raise `DockerUnavailable` unless the engine answers (and, with `buildx`, the buildx plugin exists)."""
+    try:
+        client.system.info()
+    except DockerException as error:
+        where = client.client_config.host or "the local socket"
+        raise DockerUnavailable(
+            f"no Docker engine answers at {where} ({_first_line(error)})",
+            "start dockerd (or Docker Desktop), or point DOCKER_HOST / --host at a running engine",
+        ) from None
+    if buildx:
+        try:
+            client.buildx.version()
+        except DockerException:
+            raise DockerUnavailable(
+                "the Docker buildx plugin is missing", "install it (Debian: apt-get install docker-buildx)"
+            ) from None
+
+
+def _first_line(error: DockerException) -> str:
+    text = (error.stderr or str(error)).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no answer"

@@ -1,0 +1,248 @@
+"""Turning a configuration and a resolved model into a concrete BuildKit build: the plan.
+
+The plan is a build context directory (the rendered Dockerfile, the runtime's requirements and pins,
+the weights-stage script and a copy of the `serve` package), the named build contexts (a local model,
+a wheel directory), the secrets (HF token, CA bundle, pip configuration: files outside the context that
+BuildKit mounts only while a step runs), the labels and the tag.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import ipaddress
+import json
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from urllib.parse import urlsplit
+
+from packaging.requirements import Requirement
+
+from bake import __version__
+from bake.config import Config
+from bake.env import Environment
+from bake.errors import ConfigError
+from bake.hub import ResolvedModel
+from bake.labels import ImageFacts
+
+DEFAULT_BASE_IMAGES = {
+    "cpu": "python:3.11-slim-bookworm",
+    "cuda": "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime",
+}
+"""Base images when --base-image is not given: a slim Python for the CPU (bake installs a CPU torch), and
+PyTorch's CUDA runtime image for CUDA (its torch is reused by the virtualenv)."""
+
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+"""Searched for torch in CPU images unless a package index is configured, so the image gets the CPU
+wheel (~200 MB) instead of PyPI's default CUDA build (several GB)."""
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
+_IMAGE_FILES = _PACKAGE_DIR / "image"
+_HUB_CACHE = "/opt/bake/hf"
+_LOCAL_MODEL = "/opt/bake/model"
+_MANIFEST = "/opt/bake/manifest.json"
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+@dataclass
+class BuildPlan:
+    """Everything `docker buildx build` needs for one image."""
+
+    context: Path
+    dockerfile: Path
+    tag: str
+    facts: ImageFacts
+    labels: dict[str, str]
+    base_image: str
+    build_contexts: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    platform: str | None = None
+    push: bool = False
+
+
+def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: Path) -> BuildPlan:
+    """Write the build context and secrets for `model` into `workdir` and describe the build."""
+    build = config.build
+    base_image = build.base_image or DEFAULT_BASE_IMAGES[build.device]
+    context = workdir / "context"
+    context.mkdir(parents=True)
+    _copy_sources(context)
+    (context / "requirements.txt").write_text("\n".join(runtime_requirements(model.task)) + "\n")
+    serve_env = config.serve.environment()
+    runtime_env = {
+        "BAKE_MODEL": _LOCAL_MODEL if model.local_dir else model.id,
+        "BAKE_REVISION": model.revision,
+        "BAKE_TASK": model.task,
+        "BAKE_DEVICE": build.device,
+        **serve_env,
+    }
+    facts = ImageFacts(
+        model=model.id,
+        revision=model.revision,
+        commit_sha=model.commit_sha,
+        task=model.task,
+        device=build.device,
+        port=config.serve.port,
+        weights={file.path: file.sha256 for file in model.files},
+        weights_bytes=model.weights_bytes,
+        serve=serve_env,
+        bake_version=__version__,
+    )
+    plan = BuildPlan(
+        context=context,
+        dockerfile=context / "Dockerfile",
+        tag=build.tag or default_tag(model),
+        facts=facts,
+        labels=facts.to_labels(
+            base_image=base_image, source=None if model.local_dir else f"{env.hf_endpoint}/{model.id}"
+        ),
+        base_image=base_image,
+        platform=build.platform or None,
+        push=build.push,
+    )
+    if build.push and "/" not in plan.tag.split(":")[0]:
+        raise ConfigError(f"--push needs a registry in the tag, not {plan.tag!r}", "pass --tag REGISTRY/NAME:TAG")
+    _add_secrets(plan, config, env, workdir)
+    if build.pip_find_links is not None:
+        if not build.pip_find_links.is_dir():
+            raise ConfigError(f"--pip-find-links {build.pip_find_links} is not a directory")
+        plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
+    if model.local_dir is not None:
+        plan.build_contexts["model"] = str(model.local_dir)
+    network_host = model.local_dir is None and is_loopback(env.hf_endpoint)
+    if network_host:
+        plan.allow.append("network.host")
+    plan.dockerfile.write_text(
+        render_dockerfile(
+            model=model,
+            base_image=base_image,
+            env=env,
+            runtime_env=runtime_env,
+            port=config.serve.port,
+            wheels=build.pip_find_links is not None,
+            network_host=network_host,
+        )
+    )
+    return plan
+
+
+def render_dockerfile(
+    *,
+    model: ResolvedModel,
+    base_image: str,
+    env: Environment,
+    runtime_env: dict[str, str],
+    port: int,
+    wheels: bool,
+    network_host: bool,
+) -> str:
+    """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
+    files = [file.path for file in model.files]
+    if model.local_dir is not None:
+        fetch_args = ["local", "--source", "/model", "--out", _LOCAL_MODEL]
+        weights_dir = _LOCAL_MODEL
+    else:
+        fetch_args = ["hub", "--repo", model.id, "--revision", model.revision, "--commit", model.commit_sha,
+                      "--out", f"{_HUB_CACHE}/hub"]
+        weights_dir = _HUB_CACHE
+    fetch_args += ["--manifest", _MANIFEST, "--files", *files]
+    if model.convert_to_safetensors:
+        fetch_args.insert(1, "--convert")
+    fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if env.variables.get("HF_HUB_DISABLE_XET"):
+        fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
+    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch"] if model.convert_to_safetensors else [])
+    values = {
+        "BAKE_VERSION": __version__,
+        "MODEL": model.id,
+        "COMMIT": model.commit_sha,
+        "BASE_IMAGE": base_image,
+        "WHEELS_MOUNT": "\\\n    --mount=type=bind,from=wheels,target=/wheels " if wheels else "",
+        "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
+        "TRUST_CA": (
+            'if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert '
+            'REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&'
+        ),
+        "FETCH_PACKAGES": " ".join(fetch_packages) + " -c /opt/bake/constraints.txt",
+        "WEIGHTS_NETWORK": "--network=host " if network_host else "",
+        "FETCH_ENV": " ".join(f"{key}={shlex.quote(value)}" for key, value in fetch_env.items()),
+        "FETCH_ARGS": " ".join(shlex.quote(arg) for arg in fetch_args),
+        "WEIGHTS_DIR": weights_dir,
+        "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
+        "PORT": str(port),
+        "HEALTH_START_S": "30",
+    }
+    return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def runtime_requirements(task: str) -> list[str]:
+    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`)."""
+    extras = {"serve"} | ({"diffusion"} if task == "text-to-image" else set())
+    requirements = []
+    for raw in importlib.metadata.requires("bake") or []:
+        requirement = Requirement(raw)
+        if requirement.marker is not None and any(requirement.marker.evaluate({"extra": e}) for e in extras):
+            requirement.marker = None
+            requirements.append(str(requirement))
+    return requirements
+
+
+def default_tag(model: ResolvedModel) -> str:
+    """bake/<model name>:<first 12 of the commit sha>."""
+    return f"bake/{model.short_name}:{model.commit_sha[:12]}"
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine (a build step then needs the host's network to reach it)."""
+    host = urlsplit(url).hostname or ""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _copy_sources(context: Path) -> None:
+    """The weights script, the runtime pins and the `serve` package (located without importing it)."""
+    shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
+    shutil.copyfile(_IMAGE_FILES / "constraints.txt", context / "constraints.txt")
+    spec = importlib.util.find_spec("serve")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the serve package is not installed next to bake", "reinstall bake")
+    shutil.copytree(Path(spec.origin).parent, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path) -> None:
+    """Secret files BuildKit mounts at /run/secrets/<id> for the steps that ask for them."""
+    build = config.build
+    pip_conf = ["[global]"]
+    if build.pip_index_url:
+        pip_conf.append(f"index-url = {build.pip_index_url}")
+    extra = list(build.pip_extra_index_urls)
+    if build.device == "cpu" and not build.pip_index_url:
+        extra.append(TORCH_CPU_INDEX)
+    if extra:
+        pip_conf.append("extra-index-url = " + " ".join(extra))
+    if build.pip_find_links is not None:
+        pip_conf.append("find-links = /wheels")
+    _secret(plan, workdir, "pip_conf", "\n".join(pip_conf) + "\n")
+    if env.hf_token:
+        _secret(plan, workdir, "hf_token", env.hf_token)
+    if build.ca_cert is not None:
+        if not build.ca_cert.is_file():
+            raise ConfigError(f"--ca-cert {build.ca_cert} is not a file", "pass a PEM bundle")
+        plan.secrets.append(f"id=ca_cert,src={build.ca_cert.resolve()}")
+
+
+def _secret(plan: BuildPlan, workdir: Path, name: str, content: str) -> None:
+    path = workdir / "secrets" / name
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(content)
+    plan.secrets.append(f"id={name},src={path}")
