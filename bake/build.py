@@ -24,6 +24,8 @@ from bake.plan import BuildPlan, plan_build
 _STEP = re.compile(r"^#(\d+) \[(\S+) ")
 _CACHED = re.compile(r"^#(\d+) CACHED")
 _TAIL_LINES = 400
+# The last line of a Python traceback inside a step, e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
+_EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
 
 
 @dataclass
@@ -135,6 +137,9 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
         )
+    exceptions = [match.group(1) for match in _EXCEPTION.finditer(text)]
+    if exceptions:
+        return BuildFailed(f"a build step failed with {exceptions[-1].strip()}", "see the build output above")
     errors = [line for line in text.splitlines() if "error" in line.lower()]
     return BuildFailed(f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
                        "see the build output above")

@@ -50,6 +50,7 @@ class BuildSpec:
     pip_index_url: str
     pip_extra_index_urls: tuple[str, ...]
     pip_find_links: Path | None
+    torch_version: str
     push: bool
 
 
@@ -223,6 +224,7 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
             pip_index_url=build["pip_index_url"],
             pip_extra_index_urls=build["pip_extra_index_url"],
             pip_find_links=Path(build["pip_find_links"]).expanduser() if build["pip_find_links"] else None,
+            torch_version=build["torch_version"],
             push=build["push"],
         ),
         serve=ServeSpec(**serve),

@@ -31,8 +31,9 @@ class ImageFacts:
     task: str
     device: str
     port: int
-    weights: Mapping[str, str | None]
-    """Baked file -> sha256 (None where the Hub publishes no sha256 for a small file)."""
+    weights: Mapping[str, str]
+    """Weight file -> sha256, as published by the Hub (LFS) or hashed from the local directory. Converted
+    .bin weights are listed as downloaded; /opt/bake/manifest.json in the image hashes every baked file."""
     weights_bytes: int
     serve: Mapping[str, str]
     """The runtime's environment variables baked into the image (BAKE_MAX_BATCH_SIZE, ...)."""

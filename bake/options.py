@@ -71,6 +71,8 @@ OPTIONS: tuple[Option, ...] = (
            env="BAKE_PIP_EXTRA_INDEX_URL"),
     Option("build", "pip_find_links", "str", "", "Local directory of wheels, mounted into the dependency stage only.",
            env="BAKE_PIP_FIND_LINKS"),
+    Option("build", "torch_version", "str", "", "torch version for the image, e.g. 2.13.0; empty: the newest "
+           "(or the base image's own torch).", env="BAKE_TORCH_VERSION"),
     Option("build", "push", "bool", False, "Push the image to its registry after building.", env="BAKE_PUSH"),
     # [serve]
     Option("serve", "dtype", "str", "auto", "Compute dtype: auto (float16 on CUDA, float32 on CPU), float32, "

@@ -71,7 +71,7 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     base_image = build.base_image or DEFAULT_BASE_IMAGES[build.device]
     context = workdir / "context"
     context.mkdir(parents=True)
-    _copy_sources(context)
+    _copy_sources(context, build.torch_version)
     (context / "requirements.txt").write_text("\n".join(runtime_requirements(model.task)) + "\n")
     serve_env = config.serve.environment()
     runtime_env = {
@@ -88,7 +88,7 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
         task=model.task,
         device=build.device,
         port=config.serve.port,
-        weights={file.path: file.sha256 for file in model.files},
+        weights={file.path: file.sha256 for file in model.files if file.sha256},
         weights_bytes=model.weights_bytes,
         serve=serve_env,
         bake_version=__version__,
@@ -156,7 +156,7 @@ def render_dockerfile(
     fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
-    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch"] if model.convert_to_safetensors else [])
+    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch", "numpy"] if model.convert_to_safetensors else [])
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
@@ -208,10 +208,13 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def _copy_sources(context: Path) -> None:
-    """The weights script, the runtime pins and the `serve` package (located without importing it)."""
+def _copy_sources(context: Path, torch_version: str) -> None:
+    """The weights script, the runtime pins (+ torch's, if asked) and the `serve` package (not imported)."""
     shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
-    shutil.copyfile(_IMAGE_FILES / "constraints.txt", context / "constraints.txt")
+    constraints = (_IMAGE_FILES / "constraints.txt").read_text()
+    if torch_version:
+        constraints += f"torch=={torch_version}\n"
+    (context / "constraints.txt").write_text(constraints)
     spec = importlib.util.find_spec("serve")
     if spec is None or spec.origin is None:
         raise ConfigError("the serve package is not installed next to bake", "reinstall bake")

@@ -130,7 +130,7 @@ class Runtime:
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             probe = [samples[0].sample] * size
-            self.cpu_threads = choose_cpu_threads(lambda: task.run_batch(probe, size), settings.cpu_threads)
+            self.cpu_threads = choose_cpu_threads(lambda: task.run_batch(probe, size), size, settings.cpu_threads)
         self.task = task
 
     def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:

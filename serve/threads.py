@@ -4,8 +4,11 @@ On a CPU-only host the forward pass shares the cores with the preprocessing work
 Intra-op parallelism is barrier-synchronised: when one of its threads is descheduled by a worker
 decoding a JPEG, all of them wait. For small models that costs far more than it gains (measured on
 2 cores: a tiny ResNet served 152 req/s with one thread and 90 with two), while large models need every
-core (ResNet-50: 12 req/s with two threads, 7 with one). So with `BAKE_CPU_THREADS=0` the runtime times
-one batch both ways at warm-up and keeps all cores only when they are clearly faster.
+core (ResNet-50: 12 req/s with two threads, 7 with one). Timing a batch alone at warm-up does not tell
+the two apart (both run faster on two idle cores); what does is the forward pass's cost next to a request's
+other CPU work (decoding, resizing, HTTP: a few ms). So with `BAKE_CPU_THREADS=0` the runtime times one
+batch on one thread, and only a forward pass costing at least `COMPUTE_BOUND_S` per sample, which every
+core then runs clearly faster, gets every core.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from collections.abc import Callable
 import torch
 
 logger = logging.getLogger("serve")
+
+COMPUTE_BOUND_S = 0.010
+"""Per-sample forward time on one thread from which the forward pass dominates a request's CPU time."""
 
 MIN_SPEEDUP = 1.4
 """All cores are used only if they run a batch at least this much faster than one core alone."""
@@ -34,11 +40,12 @@ def configure_interpreter() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
-def choose_cpu_threads(run_batch: Callable[[], object], configured: int) -> int:
+def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configured: int) -> int:
     """Set torch's intra-op thread count for CPU inference and return it.
 
-    `configured` > 0 is used as is; 0 measures `run_batch` (one warmed-up batch) with one thread and with
-    every core, and keeps every core only when that is at least `MIN_SPEEDUP` times faster.
+    `configured` > 0 is used as is. 0 times `run_batch` (one warmed-up batch of `batch_size`) on one thread;
+    a forward pass under `COMPUTE_BOUND_S` per sample stays on one thread, a slower one gets every core if
+    they run the batch at least `MIN_SPEEDUP` times faster.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
@@ -47,12 +54,15 @@ def choose_cpu_threads(run_batch: Callable[[], object], configured: int) -> int:
         return threads
     torch.set_num_threads(1)
     single = _best_time(run_batch)
-    torch.set_num_threads(cores)
-    parallel = _best_time(run_batch)
-    speedup = single / parallel
-    threads = cores if speedup >= MIN_SPEEDUP else 1
+    per_sample = single / batch_size
+    threads = 1
+    if per_sample >= COMPUTE_BOUND_S:
+        torch.set_num_threads(cores)
+        speedup = single / _best_time(run_batch)
+        threads = cores if speedup >= MIN_SPEEDUP else 1
+        logger.info("forward pass: %.1f ms per sample on one thread, %.2fx faster on %d", per_sample * 1e3, speedup, cores)
     torch.set_num_threads(threads)
-    logger.info("forward pass on %d CPU thread(s): %d threads ran a batch %.2fx as fast as one", threads, cores, speedup)
+    logger.info("forward pass on %d CPU thread(s) (%.1f ms per sample on one)", threads, per_sample * 1e3)
     return threads
 
 

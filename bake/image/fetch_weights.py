@@ -48,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         folder = copy_local(args.source, args.files, args.out)
     if args.convert:
         convert_to_safetensors(folder)
+    make_world_readable(args.out)
     write_manifest(folder, args.manifest)
     return 0
+
+
+def make_world_readable(root: Path) -> None:
+    """The image runs as an unprivileged user: every baked file 0644, every directory 0755."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def fetch_from_hub(repo: str, revision: str, commit: str, files: list[str], cache: Path, out: Path) -> Path:

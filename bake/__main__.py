@@ -1,0 +1,5 @@
+"""`python -m bake` runs the CLI."""
+
+from bake.cli import main
+
+main()

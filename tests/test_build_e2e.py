@@ -1,0 +1,203 @@
+"""`bake build` end to end with a real Docker engine and BuildKit.
+
+A tiny model published on the local Hub (privately: the build needs a token) is built into an image,
+which then serves with `--network none --read-only` as a non-root user, answers like transformers'
+pipeline on the same weights, carries its provenance in labels, and holds only the files it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers import pipeline
+
+from tests.fixtures import images
+from tests.fixtures.docker import (
+    build_settings_toml,
+    docker,
+    ensure_base_image,
+    labels,
+    predict_inside,
+    run_bake,
+)
+from tests.fixtures.hub import HubServer
+from tests.fixtures.models import make_image_classifier
+from tests.fixtures.servers import REPO_ROOT
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+TOKEN = "hf_e2e_token_" + uuid.uuid4().hex
+REPO = "e2e/tiny-resnet"
+PHOTO = images.photo(200, 150)
+
+
+@dataclass
+class Project:
+    """A directory with a bake.toml for this environment, and the environment pointing at the local Hub."""
+
+    path: Path
+    env: dict[str, str]
+
+    def bake(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return run_bake(args, {**self.env, **extra_env}, self.path)
+
+
+@dataclass
+class Built:
+    tag: str
+    sha: str
+    output: str
+    model_dir: Path
+
+
+@pytest.fixture(scope="module")
+def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    ensure_base_image()
+    path = tmp_path_factory.mktemp("project")
+    (path / "bake.toml").write_text(build_settings_toml())
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    return Project(path, env)
+
+
+@pytest.fixture(scope="module")
+def built(project: Project, hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    model_dir = make_image_classifier(
+        tmp_path_factory.mktemp("model") / "resnet", "resnet", image_size=64, extra_formats=("bin", "flax", "tf", "onnx")
+    )
+    sha = hub.add_repo(REPO, model_dir, token=TOKEN)
+    tag = f"bake-e2e/tiny-resnet:{uuid.uuid4().hex[:8]}"
+    result = project.bake("build", "--model", REPO, "--tag", tag, HF_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr[-4000:]
+    yield Built(tag, sha, result.stdout + result.stderr, model_dir)
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+@pytest.fixture
+def container(built: Built) -> Iterator[str]:
+    name = f"bake-e2e-{uuid.uuid4().hex[:8]}"
+    docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp", built.tag)
+    yield name
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def reference(model_dir: Path, data: bytes) -> list[dict]:
+    return pipeline("image-classification", model=str(model_dir))(Image.open(io.BytesIO(data)), top_k=10)
+
+
+def assert_same_scores(actual: list[dict], expected: list[dict]) -> None:
+    assert [item["label"] for item in actual] == [item["label"] for item in expected]
+    for got, want in zip(actual, expected):
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+
+
+def test_the_build_reports_the_image_model_and_commit(built: Built) -> None:
+    assert f"image     {built.tag}" in built.output
+    assert f"revision  main -> {built.sha}" in built.output
+    assert f"bake launch {built.tag}" in built.output
+
+
+def test_image_serves_offline_read_only_as_non_root_like_the_pipeline(built: Built, container: str) -> None:
+    result = predict_inside(container, PHOTO)
+    assert_same_scores(result["answer"], reference(built.model_dir, PHOTO))
+    info = result["info"]
+    assert info["model"] == REPO and info["commit_sha"] == built.sha and info["task"] == "image-classification"
+    assert docker("exec", container, "id", "-u").stdout.strip() == b"10001"
+    env = docker("image", "inspect", built.tag, "--format", "{{json .Config.Env}}").stdout.decode()
+    assert "HF_HUB_OFFLINE=1" in env and "TRANSFORMERS_OFFLINE=1" in env
+
+
+def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -> None:
+    found = labels(built.tag)
+    assert found["dev.bake.model"] == REPO and found["dev.bake.commit-sha"] == built.sha
+    assert found["org.opencontainers.image.revision"] == built.sha
+    assert found["dev.bake.task"] == "image-classification" and found["dev.bake.device"] == "cpu"
+    weights = (built.model_dir / "model.safetensors").read_bytes()
+    assert f'"model.safetensors": "{hashlib.sha256(weights).hexdigest()}"' in found["dev.bake.weights"]
+    assert '"BAKE_MAX_BATCH_SIZE": "8"' in found["dev.bake.serve"]
+
+
+def test_hf_home_holds_only_the_needed_files(built: Built) -> None:
+    listing = docker("run", "--rm", "--entrypoint", "find", built.tag, "/opt/bake/hf", "-type", "l", "-o", "-type", "f")
+    files = sorted(line.split(f"/snapshots/{built.sha}/", 1)[1]
+                   for line in listing.stdout.decode().splitlines() if "/snapshots/" in line)
+    assert files == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    blobs = [line for line in listing.stdout.decode().splitlines() if "/blobs/" in line]
+    assert len(blobs) == 3, "one blob per file, no second copy of the weights"
+
+
+def test_the_token_is_nowhere_in_the_image_or_its_history(built: Built) -> None:
+    saved = subprocess.run(["docker", "save", built.tag], capture_output=True, check=True).stdout
+    assert TOKEN.encode() not in saved
+    history = docker("history", "--no-trunc", built.tag).stdout
+    assert TOKEN.encode() not in history
+    assert TOKEN.encode() not in docker("image", "inspect", built.tag).stdout
+
+
+def test_a_code_only_change_rebuilds_without_fetching_the_weights(
+    built: Built, project: Project, tmp_path: Path
+) -> None:
+    changed = tmp_path / "src"
+    shutil.copytree(REPO_ROOT / "serve", changed / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    marker = f"code change {uuid.uuid4().hex}"
+    (changed / "serve" / "marker.py").write_text(f'"""{marker}"""\n')
+    tag = built.tag + "-code"
+    result = project.bake("build", "--model", REPO, "--tag", tag, HF_TOKEN=TOKEN, PYTHONPATH=str(changed))
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "(from the build cache)" in result.stdout, "the weights stage must be cached"
+        inside = docker("run", "--rm", "--entrypoint", "cat", tag, "/opt/bake/app/serve/marker.py").stdout
+        assert marker.encode() in inside
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_settings_change_rebuilds_without_fetching_the_weights(built: Built, project: Project) -> None:
+    tag = built.tag + "-settings"
+    result = project.bake("build", "--model", REPO, "--tag", tag, "--max-batch-size", "4", HF_TOKEN=TOKEN)
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "(from the build cache)" in result.stdout
+        assert '"BAKE_MAX_BATCH_SIZE": "4"' in labels(tag)["dev.bake.serve"]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_local_directory_is_baked_through_a_named_context(project: Project, tmp_path: Path) -> None:
+    model_dir = make_image_classifier(tmp_path / "my-convnext", "convnext", image_size=64)
+    tag = f"bake-e2e/local:{uuid.uuid4().hex[:8]}"
+    result = project.bake("build", "--model", str(model_dir), "--tag", tag)
+    name = f"bake-e2e-local-{uuid.uuid4().hex[:8]}"
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert labels(tag)["dev.bake.revision"] == "local"
+        docker("run", "-d", "--name", name, "--network", "none", tag)
+        assert_same_scores(predict_inside(name, PHOTO)["answer"], reference(model_dir, PHOTO))
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_bin_only_repository_is_converted_to_safetensors(project: Project, hub: HubServer, tmp_path: Path) -> None:
+    model_dir = make_image_classifier(tmp_path / "vit-bin", "vit", image_size=64, weights_format="bin")
+    hub.add_repo("e2e/vit-bin-only", model_dir)
+    tag = f"bake-e2e/vit-bin:{uuid.uuid4().hex[:8]}"
+    result = project.bake("build", "--model", "e2e/vit-bin-only", "--tag", tag)
+    name = f"bake-e2e-bin-{uuid.uuid4().hex[:8]}"
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        listing = docker("run", "--rm", "--entrypoint", "find", tag, "/opt/bake/hf").stdout.decode()
+        assert "model.safetensors" in listing and ".bin" not in listing
+        docker("run", "-d", "--name", name, "--network", "none", tag)
+        assert_same_scores(predict_inside(name, PHOTO)["answer"], reference(model_dir, PHOTO))
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
