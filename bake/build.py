@@ -64,6 +64,8 @@ class BuiltImage:
 
 def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
     """Build (and with --push, push) the image for `config`; progress goes to `output`."""
+    client = docker_client()
+    ensure_engine(client, buildx=True)
     model = resolve_model(config.model, env, device=config.build.device)
     if model.gated and not env.hf_token:
         raise GatedModel(
@@ -71,8 +73,6 @@ def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
             f"accept its terms at {env.hf_endpoint}/{model.id}, then set HF_TOKEN",
         )
     _announce(model, config, output)
-    client = docker_client()
-    ensure_engine(client, buildx=True)
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
         plan = plan_build(config, model, env, Path(tmp))
         log = run_build(plan, client, output)
@@ -118,10 +118,7 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
             "the disk filled up during the build",
             "free space (docker builder prune, docker image prune) or point Docker's data-root at a bigger disk",
         )
-    if plan.base_image.lower() in lowered and any(
-        marker in lowered
-        for marker in ("failed to resolve source metadata", "pull access denied", "not found", "failed to do request")
-    ):
+    if "failed to resolve source metadata" in lowered or "pull access denied" in lowered:
         return BuildFailed(
             f"the base image {plan.base_image} cannot be pulled",
             "check its name, `docker login` to its registry, or pass --base-image with an image the engine has",

@@ -14,7 +14,8 @@ class BakeError(Exception):
         self.fix = fix
 
     def __str__(self) -> str:
-        return f"{self.message}: {self.fix}" if self.fix else self.message
+        text = f"{self.message}: {self.fix}" if self.fix else self.message
+        return " ".join(text.split())  # always one line, whatever a library's message held
 
 
 class ConfigError(BakeError):
@@ -33,6 +34,10 @@ class RevisionNotFound(BakeError):
 
 class GatedModel(BakeError):
     """The model needs an accepted license and a token."""
+
+
+class AccessDenied(BakeError):
+    """The Hub refused the token (invalid, expired, or without access to the model)."""
 
 
 class UnsupportedModel(BakeError):

@@ -23,7 +23,14 @@ from huggingface_hub.errors import (
 
 from bake.config import ModelSpec
 from bake.env import Environment
-from bake.errors import GatedModel, HubUnreachable, ModelNotFound, RevisionNotFound, UnsupportedModel
+from bake.errors import (
+    AccessDenied,
+    GatedModel,
+    HubUnreachable,
+    ModelNotFound,
+    RevisionNotFound,
+    UnsupportedModel,
+)
 from bake.files import TASKS, Selection, detect_task, parse_json_bytes, select_files
 
 _SKIPPED_DIRS = {".git", ".cache", "__pycache__"}
@@ -188,13 +195,20 @@ class _hub_errors:
         if isinstance(error, RepositoryNotFoundError):
             hint = "check the id" if env.hf_token else "check the id, or set HF_TOKEN if the model is private"
             raise ModelNotFound(f"model {spec.id} was not found on {env.hf_endpoint}", hint) from None
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else None
+            if status in (401, 403):
+                raise AccessDenied(
+                    f"{env.hf_endpoint} refused access to {spec.id} with the token in HF_TOKEN (HTTP {status})",
+                    "set HF_TOKEN to a valid token of an account with access to the model",
+                ) from None
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise HubUnreachable(f"{env.hf_endpoint} answered: {first_line}", "retry later") from None
         if isinstance(error, (httpx.TransportError, OSError)) or _is_transport_error(error):
             raise HubUnreachable(
                 f"cannot reach {env.hf_endpoint}: {error}",
                 "check the network, or set HF_ENDPOINT to a reachable mirror",
             ) from None
-        if isinstance(error, HfHubHTTPError):
-            raise HubUnreachable(f"{env.hf_endpoint} answered: {error}", "retry later, or check HF_TOKEN") from None
 
 
 def _is_transport_error(error: BaseException) -> bool:
