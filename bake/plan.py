@@ -105,8 +105,8 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
         platform=build.platform or None,
         push=build.push,
     )
-    if build.push and "/" not in plan.tag.split(":")[0]:
-        raise ConfigError(f"--push needs a registry in the tag, not {plan.tag!r}", "pass --tag REGISTRY/NAME:TAG")
+    if build.push and not build.tag:
+        raise ConfigError("--push needs to know where to push", "pass --tag REGISTRY/NAME:TAG")
     _add_secrets(plan, config, env, workdir)
     if build.pip_find_links is not None:
         if not build.pip_find_links.is_dir():

@@ -8,7 +8,7 @@ import pytest
 
 from bake.config import ModelSpec
 from bake.env import read_environment
-from bake.errors import ModelNotFound, RevisionNotFound, UnsupportedModel
+from bake.errors import GatedModel, ModelNotFound, RevisionNotFound, UnsupportedModel
 from bake.files import detect_task, select_files
 from bake.hub import resolve_model
 from tests.fixtures.hub import HubServer
@@ -143,10 +143,13 @@ def test_resolution_errors_carry_the_fix(
     assert "\n" not in str(raised.value)
 
 
-def test_gated_model_is_flagged_so_the_build_can_ask_for_a_token(published: dict[str, str]) -> None:
-    environment = read_environment({"HF_ENDPOINT": published["endpoint"]})
-    model = resolve_model(ModelSpec("resolve/gated", "main", None), environment, device="cpu")
-    assert model.gated
+def test_gated_model_needs_a_token_with_access(published: dict[str, str]) -> None:
+    spec = ModelSpec("resolve/gated", "main", None)
+    with pytest.raises(GatedModel, match="set HF_TOKEN"):
+        resolve_model(spec, read_environment({"HF_ENDPOINT": published["endpoint"]}), device="cpu")
+    granted = read_environment({"HF_ENDPOINT": published["endpoint"], "HF_TOKEN": "gated-token"})
+    model = resolve_model(spec, granted, device="cpu")
+    assert model.gated and model.commit_sha == published["sha"]
 
 
 def test_unreachable_hub_is_one_clear_error() -> None:

@@ -204,7 +204,7 @@ def test_runtime_requirements_come_from_the_serve_extra() -> None:
 def test_push_needs_a_registry_in_the_tag(tmp_path: Path) -> None:
     from bake.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="registry"):
+    with pytest.raises(ConfigError, match="--tag REGISTRY/NAME:TAG"):
         plan(tmp_path, push=True)
     (tmp_path / "ok").mkdir()
     assert plan(tmp_path / "ok", push=True, tag="registry.example:5000/team/model:v1").push

@@ -32,7 +32,7 @@ def test_defaults() -> None:
     assert (loaded.host, loaded.port) == ("0.0.0.0", 8080)
     assert loaded.max_body_bytes == 20 * 1024 * 1024
     assert loaded.max_image_pixels == 40_000_000
-    assert loaded.workers == max(1, os.cpu_count() or 1)
+    assert loaded.workers == 2 * max(1, os.cpu_count() or 1)
     assert (loaded.jpeg_draft, loaded.torchscript) == (False, True)
     assert loaded.cpu_threads == 0
     assert loaded.offline is False
