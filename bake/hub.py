@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, ModelInfo, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -118,6 +119,17 @@ def _resolve_hub(spec: ModelSpec, env: Environment, *, device: str) -> ResolvedM
     api = HfApi(endpoint=env.hf_endpoint, token=env.hf_token or False)
     with _hub_errors(spec, env):
         info = api.model_info(spec.id, revision=spec.revision, files_metadata=True)
+    if info.gated and not env.hf_token:
+        raise _gated(spec, env)
+    with tempfile.TemporaryDirectory(prefix="bake-metadata-") as metadata_cache:
+        return _resolve_hub_files(spec, env, info, device=device, metadata_cache=metadata_cache)
+
+
+def _resolve_hub_files(
+    spec: ModelSpec, env: Environment, info: ModelInfo, *, device: str, metadata_cache: str
+) -> ResolvedModel:
+    """Detects the task and selects the files of a hub model. Configs are read through a fresh cache so
+    that every resolution checks access against the Hub, never against an earlier session's files."""
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
     sha = info.sha
     assert sha is not None
@@ -128,7 +140,7 @@ def _resolve_hub(spec: ModelSpec, env: Environment, *, device: str) -> ResolvedM
         with _hub_errors(spec, env):
             path = hf_hub_download(
                 spec.id, name, revision=sha, endpoint=env.hf_endpoint, token=env.hf_token or False,
-                cache_dir=_metadata_cache(),
+                cache_dir=metadata_cache,
             )
         return parse_json_bytes(Path(path).read_bytes())
 
@@ -169,6 +181,13 @@ def _task(spec: ModelSpec, names: list[str], read_json: Callable[[str], dict | N
     return task
 
 
+def _gated(spec: ModelSpec, env: Environment) -> GatedModel:
+    return GatedModel(
+        f"{spec.id} is gated: its files need an accepted license and a token",
+        f"accept the terms at {env.hf_endpoint}/{spec.id} and set HF_TOKEN to a token of that account",
+    )
+
+
 class _hub_errors:
     """Turns huggingface_hub errors into one-line bake errors with the fix."""
 
@@ -184,10 +203,7 @@ class _hub_errors:
             return
         spec, env = self.spec, self.env
         if isinstance(error, GatedRepoError):
-            raise GatedModel(
-                f"{spec.id} is gated: its files need an accepted license and a token",
-                f"accept the terms at {env.hf_endpoint}/{spec.id} and set HF_TOKEN to a token of that account",
-            ) from None
+            raise _gated(spec, env) from None
         if isinstance(error, RevisionNotFoundError):
             raise RevisionNotFound(
                 f"{spec.id} has no revision {spec.revision!r}", "pass --revision with an existing branch, tag or commit"
@@ -215,11 +231,6 @@ def _is_transport_error(error: BaseException) -> bool:
     """huggingface_hub 2.x speaks httpx2; its transport errors are not httpx's."""
     return any(cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
                for cls in type(error).__mro__)
-
-
-def _metadata_cache() -> str:
-    """Where small metadata files (config.json) fetched for task detection are cached."""
-    return str(Path.home() / ".cache" / "bake" / "metadata")
 
 
 def _sha256(path: Path) -> str:
