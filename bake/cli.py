@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,18 @@ from bake import __version__
 from bake.build import BuiltImage, build
 from bake.config import Config, load_config
 from bake.env import read_environment
-from bake.errors import BakeError
+from bake.errors import BakeError, ConfigError
 from bake.init_config import write_config
-from bake.options import Option, options_for
+from bake.labels import MODEL
+from bake.launch import commands as launch_commands
+from bake.launch import docker_target
+from bake.launch.commands import project_dir
+from bake.options import Option, find, options_for
+from bake.state import record_build
+from fly import FlyError
 
 _KINDS = {"str": str, "int": int, "float": float, "list": str}
+_HOST_FLAG = find("launch.docker_host").dest
 
 
 def option_decorator(option: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -74,7 +82,125 @@ def build_command(**flags: Any) -> None:
     """Build an image with the model's weights baked in (BuildKit; deps -> weights -> runtime)."""
     config = configure(flags)
     built = build(config, read_environment(), output=sys.stderr)
+    record_build(project_dir(config), built.tag, built.facts.model)
     _report(built)
+
+
+def _key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {pair!r} is not KEY=VALUE", f"write it as {flag} KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def _secret_refs(pairs: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    refs = {}
+    for variable, reference in _key_values(pairs, "--secret-env").items():
+        secret, sep, key = reference.partition(":")
+        if not sep or not secret or not key:
+            raise ConfigError(f"--secret-env {variable}={reference!r} is not VAR=SECRET:KEY", "name the Secret and key")
+        refs[variable] = (secret, key)
+    return refs
+
+
+@cli.command("launch")
+@click.argument("image", required=False)
+@with_options("launch")
+@click.option("-e", "--env", "env_pairs", multiple=True, help="Runtime setting for the container, KEY=VALUE.")
+@click.option("--wake", is_flag=True, help="Start the (idle-stopped) container again instead of launching.")
+@click.option("--dry-run", is_flag=True, help="fly/kubernetes: write (and print) the files, deploy nothing.")
+@click.option("--kserve", is_flag=True, help="kubernetes: a KServe InferenceService instead of a Knative Service.")
+@click.option("--apply", "apply_", is_flag=True, help="kubernetes: kubectl apply the manifests.")
+@click.option("--namespace", default="default", show_default=True, help="kubernetes namespace.")
+@click.option("--max-scale", default=1, show_default=True, help="kubernetes: most replicas.")
+@click.option("--secret-env", "secret_pairs", multiple=True, help="kubernetes: VAR=SECRET:KEY from a Secret.")
+def launch_command(image: str | None, env_pairs: tuple[str, ...], wake: bool, dry_run: bool, kserve: bool,
+                   apply_: bool, namespace: str, max_scale: int, secret_pairs: tuple[str, ...],
+                   **flags: Any) -> None:
+    """Run IMAGE (default: the last one built here) on a container host and wait until it is ready."""
+    config = configure(flags)
+    if wake:
+        outcome = launch_commands.wake(config, config.launch.name or None, sys.stderr)
+    else:
+        request = launch_commands.LaunchRequest(
+            image=image, env=_key_values(env_pairs, "--env"), secret_env=_secret_refs(secret_pairs),
+            dry_run=dry_run, kserve=kserve, apply=apply_, namespace=namespace, max_scale=max_scale,
+        )
+        outcome = launch_commands.launch(config, read_environment(), request, sys.stderr)
+    for line in outcome.lines:
+        click.echo(line)
+
+
+@cli.command("ps")
+@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+def ps_command(docker_host: str | None) -> None:
+    """List the containers bake launched on an engine."""
+    config = configure({_HOST_FLAG: docker_host})
+    client, address = launch_commands.engine(config)
+    rows = [("NAME", "STATUS", "URL", "MODEL", "IMAGE")]
+    for container in docker_target.list_launched(client):
+        labels = container.config.labels or {}
+        rows.append((container.name, container.state.status or "?", docker_target.url_of(container, address),
+                     labels.get(MODEL, "?"), labels.get(docker_target.IMAGE, "?")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command("logs")
+@click.argument("name")
+@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+def logs_command(name: str, docker_host: str | None, follow: bool, tail: int | None) -> None:
+    """Print a launched container's logs."""
+    config = configure({_HOST_FLAG: docker_host})
+    client, _ = launch_commands.engine(config)
+    docker_target.find(client, name)
+    if follow:
+        for _, line in client.container.logs(name, follow=True, stream=True, tail=tail):
+            click.echo(line.decode(errors="replace"), nl=False)
+    else:
+        click.echo(client.container.logs(name, tail=tail))
+
+
+@cli.command("stop")
+@click.argument("name")
+@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@click.option("--rm", "remove", is_flag=True, help="Also remove the container.")
+def stop_command(name: str, docker_host: str | None, remove: bool) -> None:
+    """Stop a launched container gracefully (it drains in-flight requests first)."""
+    config = configure({_HOST_FLAG: docker_host})
+    client, _ = launch_commands.engine(config)
+    docker_target.stop(client, name, remove=remove)
+    click.echo(f"stopped {name}" + (" and removed it" if remove else ""))
+
+
+@cli.command("predict")
+@click.argument("value", metavar="INPUT")
+@click.option("--name", default=None, help="Container to ask (default: the only bake container).")
+@click.option("--url", default=None, help="Ask this server instead of a container on an engine.")
+@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@click.option("-p", "--param", "params", multiple=True, help="Request parameter KEY=VALUE (e.g. top_k=3).")
+@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write an image answer.")
+def predict_command(value: str, name: str | None, url: str | None, docker_host: str | None,
+                    params: tuple[str, ...], output_path: Path | None) -> None:
+    """Send INPUT (an image file, or a prompt) to a launched model; starts it first if it idled out."""
+    config = configure({_HOST_FLAG: docker_host})
+    parameters = {key: _json_value(raw) for key, raw in _key_values(params, "--param").items()}
+    click.echo(launch_commands.predict(config, read_environment(), name=name, url=url, value=value,
+                                       parameters=parameters, output_path=output_path, stream=sys.stderr))
+
+
+def _json_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _report(built: BuiltImage) -> None:
@@ -92,9 +218,9 @@ def main() -> None:
     """Console entry point: run the CLI, turning `BakeError`s into one line and an exit status."""
     try:
         cli.main(standalone_mode=False)
-    except BakeError as error:
+    except (BakeError, FlyError) as error:
         click.echo(f"bake: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        sys.exit(getattr(error, "exit_code", 1))
     except click.exceptions.Abort:
         click.echo("bake: aborted", err=True)
         sys.exit(130)

@@ -89,6 +89,7 @@ class LaunchSpec:
     registry: str
     ready_timeout_s: float
     fly_region: str
+    fly_api_url: str
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ class Environment:
     """HF_ENDPOINT: the Hub or a mirror of it."""
     fly_api_token: str | None = field(default=None, repr=False)
     """FLY_API_TOKEN, for `bake launch --target fly`."""
+    api_key: str | None = field(default=None, repr=False)
+    """BAKE_API_KEY: sent as a bearer key by `bake predict` (and given to containers `bake launch` starts)."""
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
@@ -36,4 +38,5 @@ def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
         hf_token=token or None,
         hf_endpoint=(variables.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/"),
         fly_api_token=variables.get("FLY_API_TOKEN") or None,
+        api_key=variables.get("BAKE_API_KEY") or None,
     )

@@ -96,12 +96,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("launch", "name", "str", "", "Container / app name; empty: derived from the model.", env="BAKE_NAME"),
     Option("launch", "host_port", "int", 8080, "Port published on the container host.", env="BAKE_HOST_PORT"),
     Option("launch", "docker_host", "str", "", "Remote Docker engine for the docker target (ssh://user@box, tcp://...).",
-           env="DOCKER_HOST", flag="--host"),
+           flag="--host"),
     Option("launch", "registry", "str", "", "Registry to push to before a remote launch; empty: stream the image.",
            env="BAKE_REGISTRY"),
     Option("launch", "ready_timeout_s", "float", 600.0, "How long launch waits for /ready.",
            env="BAKE_READY_TIMEOUT_S"),
     Option("launch", "fly_region", "str", "iad", "Fly.io primary region.", env="BAKE_FLY_REGION"),
+    Option("launch", "fly_api_url", "str", "https://api.machines.dev/v1", "Fly Machines API endpoint (inside Fly's "
+           "network: http://_api.internal:4280/v1).", env="BAKE_FLY_API_URL"),
 )
 
 

@@ -4,27 +4,18 @@ checks user `x` and the token as password (htpasswd), as registry.fly.io does.""
 from __future__ import annotations
 
 import secrets
-import shutil
-import socket
-import subprocess
 import tarfile
-import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from python_on_whales import DockerClient
-from python_on_whales.exceptions import DockerException
 
 from fly import FlyAuthError, FlyConfigError, FlyServiceSpec, deploy, push_image, remote_reference
 from tests.fixtures.fly_api import FlyApiServer
+from tests.fixtures.registry import LocalRegistry
 
 TOKEN = "FlyV1 fm2_registry-secret-91b7"
-MANIFEST_TYPES = (
-    "application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.manifest.v1+json"
-)
 
 
 def test_remote_reference_is_the_app_repository_tagged_by_image_id() -> None:
@@ -36,43 +27,22 @@ def test_remote_reference_is_the_app_repository_tagged_by_image_id() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`host:port` of a docker-registry that accepts user `x` with password TOKEN."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("needs Debian's docker-registry (apt-get install docker-registry)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        crypt = pytest.importorskip("crypt", reason="bcrypt for the registry's htpasswd")
-    root = tmp_path_factory.mktemp("registry")
-    (root / "htpasswd").write_text(f"x:{crypt.crypt(TOKEN, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
-        + str(root / "data")
-        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
-        f"auth:\n  htpasswd:\n    realm: fly-test\n    path: {root / 'htpasswd'}\n"
-    )
-    with (root / "registry.log").open("wb") as log:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_listening(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def registry() -> Iterator[LocalRegistry]:
+    """A docker-registry that accepts user `x` with password TOKEN, as registry.fly.io does."""
+    with LocalRegistry(password=TOKEN) as running:
+        yield running
+
+
+@pytest.fixture
+def local_registry(registry: LocalRegistry) -> str:
+    """`host:port` of the registry."""
+    return registry.address
 
 
 @pytest.fixture
 def docker(tmp_path: Path) -> DockerClient:
     """A client of the local engine whose logins go to a config directory of this test, not ~/.docker."""
-    client = DockerClient(config=tmp_path / "docker-config")
-    try:
-        client.system.info()
-    except DockerException:
-        pytest.skip("needs a running Docker engine")
-    return client
+    return DockerClient(config=tmp_path / "docker-config")
 
 
 @pytest.fixture
@@ -92,12 +62,13 @@ def tiny_image(docker: DockerClient, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.docker
 def test_push_puts_the_image_in_the_app_repository(
+    registry: LocalRegistry,
     local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
 ) -> None:
     remote = push_image(tiny_image, "demo", TOKEN, docker=docker, registry=local_registry)
 
     assert remote == remote_reference("demo", docker.image.inspect(tiny_image).id, local_registry)
-    assert _manifest_status(local_registry, "demo", remote.rsplit(":", 1)[1]) == 200
+    assert registry.manifest_status("demo", remote.rsplit(":", 1)[1]) == 200
     assert local_registry in (tmp_path / "docker-config" / "config.json").read_text()
 
 
@@ -117,6 +88,7 @@ def test_a_missing_image_is_a_config_error(local_registry: str, docker: DockerCl
 
 @pytest.mark.docker
 def test_api_deploy_pushes_the_local_image_and_runs_the_pushed_reference(
+    registry: LocalRegistry,
     local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
 ) -> None:
     spec = FlyServiceSpec(
@@ -144,32 +116,4 @@ def test_api_deploy_pushes_the_local_image_and_runs_the_pushed_reference(
 
     assert result.image.startswith(f"{local_registry}/demo:bake-")
     assert machine["config"]["image"] == result.image
-    assert _manifest_status(local_registry, "demo", result.image.rsplit(":", 1)[1]) == 200
-
-
-def _manifest_status(registry: str, repository: str, tag: str) -> int:
-    response = httpx.get(
-        f"http://{registry}/v2/{repository}/manifests/{tag}",
-        auth=("x", TOKEN),
-        headers={"Accept": MANIFEST_TYPES},
-    )
-    return response.status_code
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_listening(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("docker-registry did not start listening")
+    assert registry.manifest_status("demo", result.image.rsplit(":", 1)[1]) == 200

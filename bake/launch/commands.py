@@ -1,0 +1,192 @@
+"""What the launch-side CLI commands do, target by target (the CLI only parses flags and prints)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from python_on_whales import DockerClient
+
+from bake.config import Config
+from bake.docker import docker_client, ensure_engine
+from bake.env import Environment
+from bake.errors import ConfigError, LaunchFailed
+from bake.labels import ImageFacts, TASK
+from bake.launch import docker_target, fly_target, kubernetes
+from bake.launch.images import read_facts
+from bake.state import last_built_tag
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Flags of `bake launch` beyond the [launch] settings."""
+
+    image: str | None
+    env: dict[str, str]
+    secret_env: dict[str, tuple[str, str]]
+    dry_run: bool
+    kserve: bool
+    apply: bool
+    namespace: str
+    max_scale: int
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """What to tell the user."""
+
+    url: str | None
+    lines: tuple[str, ...]
+
+
+def project_dir(config: Config) -> Path:
+    """Where bake.toml (or the working directory) is: state and fly.toml live there."""
+    return config.file.parent if config.file is not None else Path.cwd()
+
+
+def choose_image(config: Config, image: str | None) -> str:
+    """The image to launch: the argument, else the last one built in this project."""
+    chosen = image or last_built_tag(project_dir(config))
+    if not chosen:
+        raise ConfigError("no image to launch", "pass IMAGE, or run `bake build` in this directory first")
+    return chosen
+
+
+def launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
+    """Put the image on the configured target and report where it answers."""
+    spec = config.launch
+    image = choose_image(config, request.image)
+    local = docker_client()
+    ensure_engine(local)
+    facts = read_facts(local, image)
+    runtime_env = dict(request.env)
+    if env.api_key and "BAKE_API_KEY" not in runtime_env:
+        runtime_env["BAKE_API_KEY"] = env.api_key
+    if spec.target in ("local", "docker"):
+        return _launch_docker(config, local, image, facts, runtime_env, output)
+    if spec.target == "fly":
+        result = fly_target.launch_fly(
+            local, facts, image, spec, runtime_env, fly_toml=project_dir(config) / "fly.toml",
+            token=env.fly_api_token, dry_run=request.dry_run, output=output,
+        )
+        if request.dry_run:
+            return LaunchOutcome(None, (result.fly_toml_text, f"wrote {result.fly_toml} (dry run: nothing deployed)"))
+        return LaunchOutcome(result.url, (f"deployed {result.app} to Fly ({result.method})", f"url       {result.url}"))
+    return _launch_kubernetes(config, image, facts, request, runtime_env)
+
+
+def _launch_docker(
+    config: Config, local: DockerClient, image: str, facts: ImageFacts, env: dict[str, str], output: TextIO
+) -> LaunchOutcome:
+    spec = config.launch
+    target = local
+    if spec.target == "docker":
+        if not spec.docker_host:
+            raise ConfigError("the docker target needs an engine", "pass --host ssh://user@box or tcp://box:2376")
+        target = docker_client(spec.docker_host)
+        ensure_engine(target)
+        image = docker_target.transfer_image(local, target, image, registry=spec.registry)
+    name = spec.name or docker_target.default_name(facts)
+    launched = docker_target.launch_container(
+        target, image, facts, name=name, host_port=spec.host_port,
+        address=docker_target.engine_address(spec.docker_host if spec.target == "docker" else ""),
+        env=env, ready_timeout_s=spec.ready_timeout_s, output=output,
+    )
+    host_flag = f" --host {spec.docker_host}" if spec.target == "docker" else ""
+    return LaunchOutcome(launched.url, (
+        f"{launched.name} is ready at {launched.url} ({launched.ready_seconds:.1f} s)",
+        f"try:      bake predict{host_flag} --name {launched.name} INPUT",
+        f"logs:     bake logs{host_flag} {launched.name}",
+        f"stop:     bake stop{host_flag} {launched.name}",
+    ))
+
+
+def _launch_kubernetes(
+    config: Config, image: str, facts: ImageFacts, request: LaunchRequest, env: dict[str, str]
+) -> LaunchOutcome:
+    secret_env = dict(request.secret_env)
+    if "BAKE_API_KEY" in env:
+        raise ConfigError(
+            "an API key must not be written into Kubernetes manifests",
+            "store it in a Secret and pass --secret-env BAKE_API_KEY=SECRET:KEY",
+        )
+    options = kubernetes.KubernetesOptions(
+        name=config.launch.name or docker_target.default_name(facts), namespace=request.namespace,
+        kserve=request.kserve, max_scale=request.max_scale, env=env, secret_env=secret_env,
+    )
+    documents = kubernetes.render_manifests(facts, image, options)
+    path = kubernetes.write_manifests(project_dir(config) / "k8s" / f"{options.name}.yaml", documents)
+    lines = [f"wrote {path}"]
+    if request.apply:
+        lines.append(kubernetes.apply_manifests(path, dry_run=request.dry_run).strip())
+    else:
+        lines.append(f"apply:    kubectl apply -f {path}")
+    return LaunchOutcome(None, tuple(lines))
+
+
+def engine(config: Config) -> tuple[DockerClient, str]:
+    """The engine the management commands talk to (--host, else local) and its published-port address."""
+    host = config.launch.docker_host
+    client = docker_client(host)
+    ensure_engine(client)
+    return client, docker_target.engine_address(host)
+
+
+def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
+    """Start the (idle-stopped) container again and wait for it."""
+    client, address = engine(config)
+    launched = docker_target.wake(
+        client, _default_container(config, client, name), address=address,
+        ready_timeout_s=config.launch.ready_timeout_s, output=output,
+    )
+    return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
+
+
+def _default_container(config: Config, client: DockerClient, name: str | None) -> str:
+    if name or config.launch.name:
+        return name or config.launch.name
+    containers = docker_target.list_launched(client)
+    if len(containers) == 1:
+        return containers[0].name
+    if not containers:
+        raise LaunchFailed("no bake container on this engine", "launch one with `bake launch`")
+    raise ConfigError("several bake containers run here", "pass --name (see `bake ps`)")
+
+
+def predict(
+    config: Config, env: Environment, *, name: str | None, url: str | None, value: str,
+    parameters: dict[str, Any], output_path: Path | None, stream: TextIO,
+) -> str:
+    """Send one input to a launched server (waking it if it idled out); return what to print."""
+    task = None
+    if url is None:
+        client, address = engine(config)
+        container_name = _default_container(config, client, name)
+        container = docker_target.find(client, container_name)
+        task = (container.config.labels or {}).get(TASK)
+        if not container.state.running:
+            stream.write(f"{container_name} is stopped (idle): starting it\n")
+        url = docker_target.wake(client, container_name, address=address,
+                                 ready_timeout_s=config.launch.ready_timeout_s, output=stream).url
+    headers = {"Authorization": f"Bearer {env.api_key}"} if env.api_key else {}
+    if task == "text-to-image" or (task is None and not Path(value).is_file()):
+        body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
+        response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
+    else:
+        response = httpx.post(f"{url}/predict", content=Path(value).read_bytes(), params=parameters,
+                              headers=headers, timeout=600)
+    if response.status_code != 200:
+        message = response.json().get("error", response.text) if _is_json(response) else response.text
+        raise LaunchFailed(f"the server answered {response.status_code}: {message}", "check the input")
+    if response.headers.get("content-type", "").startswith("image/"):
+        target = output_path or Path("output." + response.headers["content-type"].split("/", 1)[1])
+        target.write_bytes(response.content)
+        return f"wrote {target} ({len(response.content)} bytes)"
+    return json.dumps(response.json(), indent=2)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/json")

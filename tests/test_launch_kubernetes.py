@@ -1,0 +1,67 @@
+"""`bake launch --target kubernetes` from the CLI: manifests from the image's labels, next to bake.toml."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.docker import build_settings_toml, ensure_base_image, run_bake
+from tests.fixtures.models import make_image_classifier
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    ensure_base_image()
+    path = tmp_path_factory.mktemp("k8s")
+    (path / "bake.toml").write_text(build_settings_toml())
+    model = make_image_classifier(path / "tiny-resnet", "resnet", image_size=64)
+    tag = f"registry.example:5000/bake-k8s/tiny:{uuid.uuid4().hex[:8]}"
+    result = run_bake(["build", "--model", str(model), "--tag", tag, "--max-batch-size", "4"], {}, path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield path, tag
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_knative_manifests_are_written_from_the_labels(image: tuple[Path, str]) -> None:
+    path, tag = image
+    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny", "--max-scale", "3"], {}, path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = path / "k8s" / "tiny.yaml"
+    shown = "k8s/tiny.yaml"  # next to bake.toml, shown relative to where bake runs
+    assert f"wrote {shown}" in result.stdout and f"kubectl apply -f {shown}" in result.stdout
+    [service] = list(yaml.safe_load_all(manifest.read_text()))
+    assert service["kind"] == "Service" and service["apiVersion"] == "serving.knative.dev/v1"
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    assert annotations["autoscaling.knative.dev/max-scale"] == "3"
+    assert template["spec"]["containerConcurrency"] == 4 + 256
+    [container] = template["spec"]["containers"]
+    assert container["image"] == tag and container["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_kserve_and_secret_env(image: tuple[Path, str]) -> None:
+    path, tag = image
+    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny-kserve", "--kserve",
+                       "--secret-env", "BAKE_API_KEY=bake-keys:api"], {}, path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [service] = list(yaml.safe_load_all((path / "k8s" / "tiny-kserve.yaml").read_text()))
+    assert service["kind"] == "InferenceService"
+    [container] = service["spec"]["predictor"]["containers"]
+    reference = next(item for item in container["env"] if item["name"] == "BAKE_API_KEY")
+    assert reference["valueFrom"]["secretKeyRef"] == {"name": "bake-keys", "key": "api"}
+
+
+def test_an_inline_api_key_is_refused(image: tuple[Path, str]) -> None:
+    path, tag = image
+    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny"], {"BAKE_API_KEY": "s3cret"}, path)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--secret-env BAKE_API_KEY=SECRET:KEY" in line and "s3cret" not in result.stderr
