@@ -17,6 +17,10 @@ TASKS = ("image-classification", "text-to-image")
 """The tasks the runtime serves."""
 
 _CLASSIFIER_CONFIGS = ("config.json", "preprocessor_config.json")
+UNUSED_DIFFUSION_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+"""Pipeline components the runtime never loads (the same list as serve.tasks.text_to_image.UNUSED_COMPONENTS;
+bake never imports serve; a test keeps them equal): the safety checker, its image processor, the IP-Adapter
+image encoder."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str
     chosen = ["model_index.json"]
     convert = False
     for component in components:
-        if component in ("safety_checker", "feature_extractor"):
-            continue  # the runtime never runs the safety checker, so neither it nor its processor is needed
+        if component in UNUSED_DIFFUSION_COMPONENTS:
+            continue
         files = [name for name in names if name.startswith(f"{component}/")]
         configs = [name for name in files if name.endswith(".json") and "/" not in name[len(component) + 1:]
                    and not name.endswith(".index.json")]

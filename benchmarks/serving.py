@@ -22,21 +22,19 @@ import argparse
 import base64
 import json
 import os
-import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
 from benchmarks.loadgen import LoadResult, run_load, wrk_available
+from benchmarks.report import machine, write_report
 from tests.fixtures import images
 from tests.fixtures.models import make_image_classifier
 from tests.fixtures.servers import REPO_ROOT, free_port, wait_until_ready
@@ -193,6 +191,7 @@ def median_result(results: list[LoadResult]) -> LoadResult:
 
 def run_regime(regime: Regime, image: tuple[int, int], args: argparse.Namespace, root: Path) -> dict[str, object]:
     """Everything measured for one regime and photo size, as a JSON-able dict."""
+    root.mkdir(parents=True, exist_ok=True)
     model_dir = make_model(regime, root)
     width, height = image
     body = json.dumps({"inputs": base64.b64encode(images.photo(width, height)).decode()}).encode()
@@ -242,24 +241,6 @@ def print_table(result: dict[str, object]) -> None:
           f"{result['bake_p99_vs_best_competitor']:.2f}x p99")
 
 
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    import torch
-
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
 def main() -> int:
     """Run the benchmark; print tables; write JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,9 +263,7 @@ def main() -> int:
             print_table(result)
             results.append(result)
     report["regimes"] = results
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -4,20 +4,28 @@ Semantics (the one place they are written down):
 
 - A request enters the queue after its input is preprocessed on a CPU worker; the device thread only
   ever collates and runs forward passes.
+- A batch holds at most `max_batch_size` rows. A request fills one row, or `rows` (at most
+  `max_batch_size`) when it asks for several outputs that run side by side (a prompt's images).
 - The batch timer starts when the oldest waiting request arrived (as in Nx.Serving), not when the device
-  became free nor when the latest request arrived. A batch is dispatched as soon as it is full
-  (`max_batch_size` requests with the same batch key) or when its oldest request has waited `max_wait_s`.
+  became free nor when the latest request arrived. A batch is dispatched as soon as it is full (the
+  requests with its batch key fill `max_batch_size` rows, or the next one would not fit) or when its
+  oldest request has waited `max_wait_s`.
 - While the device runs a batch the queue keeps filling. When the device frees up, a batch whose timer
   has already run out is dispatched at once: under load batches are full and the device never idles.
 - Only requests with the same batch key share a batch. The oldest request's key picks the next batch,
-  so no key can starve another.
-- Batch sizes are bucketed (powers of two up to `max_batch_size`, and `max_batch_size` itself). A batch
-  is padded up to its bucket, so the device only ever sees the shapes that were warmed up.
+  so no key can starve another; requests of that key join in arrival order, up to the first that does
+  not fit.
+- Batch sizes are bucketed (powers of two up to `max_batch_size`, and `max_batch_size` itself). The
+  device function gets the bucket of the batch's rows and pads up to it, so the device only ever sees the
+  shapes that were warmed up (a task whose padding rows would cost as much as real ones may run the rows
+  it has instead: text-to-image does).
 - The queue is bounded: a request finding `max_queue` requests waiting is refused at once (`Overloaded`,
   503 with a Retry-After estimated from recent batch times) instead of waiting to time out.
 - Every request has a deadline: past it, the caller gets `DeadlineExceeded` (504) and the request is
   dropped from the queue. A caller that is cancelled (its client disconnected) is dropped the same way;
-  if its batch already runs, its result is discarded.
+  if its batch already runs, its result is discarded. The batcher cannot stop a running batch; the
+  runtime tells the task through each request's `serve.channel.Channel`, and a task whose work has steps
+  stops the batch at the next step once all of its requests are cancelled.
 - One request never fails its batch-mates: on device out-of-memory the batch is split in halves and
   retried; on any other error every member is retried alone, so only the culprit gets the error.
 - `close()` stops taking requests and dispatches everything still queued without waiting for timers.
@@ -50,6 +58,7 @@ def bucket_sizes(max_batch_size: int) -> list[int]:
 class _Entry:
     sample: Any
     key: Hashable
+    rows: int
     future: asyncio.Future[Any]
     arrived: float
 
@@ -114,12 +123,15 @@ class Batcher:
         self._wakeup.set()
         await self._task
 
-    async def submit(self, sample: Any, *, key: Hashable = None, deadline: float) -> Any:
-        """Queue `sample` and wait for its output until `deadline` (`time.monotonic()` seconds).
+    async def submit(self, sample: Any, *, key: Hashable = None, rows: int = 1, deadline: float) -> Any:
+        """Queue `sample` (filling `rows` batch rows) and wait for its output until `deadline` (`time.monotonic()`
+        seconds).
 
         Raises `Overloaded` when the queue is full or closing, `DeadlineExceeded` past the deadline, and
         whatever error its own forward pass raised.
         """
+        if not 1 <= rows <= self.max_batch_size:
+            raise ValueError(f"a sample of {rows} rows does not fit a batch of {self.max_batch_size}")
         if self._closing or self._wakeup is None:
             raise Overloaded("the server is shutting down: retry on another replica", retry_after_s=1)
         if len(self._queue) >= self.max_queue:
@@ -128,7 +140,7 @@ class Batcher:
                 retry_after_s=self._retry_after(),
             )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(sample, key, future, time.monotonic()))
+        self._queue.append(_Entry(sample, key, rows, future, time.monotonic()))
         self._wakeup.set()
         remaining = deadline - time.monotonic()
         try:
@@ -151,9 +163,9 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            members = self._members(head.key)
+            members, full = self._members(head.key)
             wait = head.arrived + self.max_wait_s - time.monotonic()
-            if len(members) < self.max_batch_size and wait > 0 and not self._closing:
+            if not full and wait > 0 and not self._closing:
                 self._wakeup.clear()
                 timer = loop.call_later(wait, self._wakeup.set)
                 await self._wakeup.wait()
@@ -168,15 +180,21 @@ class Batcher:
             self._queue.popleft()
         return self._queue[0] if self._queue else None
 
-    def _members(self, key: Hashable) -> list[_Entry]:
-        """Up to `max_batch_size` live entries with `key`, oldest first."""
-        members = []
+    def _members(self, key: Hashable) -> tuple[list[_Entry], bool]:
+        """Live entries with `key`, oldest first, filling at most `max_batch_size` rows; and whether they are
+        a full batch (all rows filled, or the next such entry does not fit)."""
+        members: list[_Entry] = []
+        rows = 0
         for entry in self._queue:
-            if entry.key == key and not entry.future.done():
-                members.append(entry)
-                if len(members) == self.max_batch_size:
-                    break
-        return members
+            if entry.key != key or entry.future.done():
+                continue
+            if rows + entry.rows > self.max_batch_size:
+                return members, True
+            members.append(entry)
+            rows += entry.rows
+            if rows == self.max_batch_size:
+                return members, True
+        return members, False
 
     def _remove(self, members: list[_Entry]) -> None:
         if all(self._queue[i] is entry for i, entry in enumerate(members)):
@@ -192,8 +210,7 @@ class Batcher:
             for entry in members:
                 self.stats.on_queue_wait(now - entry.arrived)
         loop = asyncio.get_running_loop()
-        samples = [entry.sample for entry in members]
-        outcomes = await loop.run_in_executor(self._executor, self._run_isolated, samples)
+        outcomes = await loop.run_in_executor(self._executor, self._run_isolated, members)
         elapsed = time.monotonic() - now
         self.stats.recent_batch_s = 0.8 * self.stats.recent_batch_s + 0.2 * elapsed
         if self.stats.on_batch is not None:
@@ -206,20 +223,21 @@ class Batcher:
             else:
                 entry.future.set_result(outcome)
 
-    def _run_isolated(self, samples: Sequence[Any]) -> list[Any]:
-        """Run `samples`; on failure split (out of memory) or isolate (any other error). Device thread."""
+    def _run_isolated(self, entries: Sequence[_Entry]) -> list[Any]:
+        """Run `entries`; on failure split (out of memory) or isolate (any other error). Device thread."""
+        samples = [entry.sample for entry in entries]
         try:
-            outputs = self._run(samples, self._bucket(len(samples)))
+            outputs = self._run(samples, self._bucket(sum(entry.rows for entry in entries)))
         except Exception as error:
             if self._is_oom(error):
                 self._on_oom()
-                if len(samples) == 1:
+                if len(entries) == 1:
                     return [InferenceFailed("the device ran out of memory even for a batch of one")]
-                half = len(samples) // 2
-                return self._run_isolated(samples[:half]) + self._run_isolated(samples[half:])
-            if len(samples) == 1:
+                half = len(entries) // 2
+                return self._run_isolated(entries[:half]) + self._run_isolated(entries[half:])
+            if len(entries) == 1:
                 return [InferenceFailed(f"inference failed: {type(error).__name__}: {error}")]
-            return [outcome for sample in samples for outcome in self._run_isolated([sample])]
+            return [outcome for entry in entries for outcome in self._run_isolated([entry])]
         if len(outputs) != len(samples):
             raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(samples)} samples")
         return outputs

@@ -53,6 +53,11 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=self.registry,
         )
+        self.inference_steps = Counter(
+            "bake_inference_steps",
+            "Steps of step-by-step inference (diffusion denoising) run on the device, counted per request",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("bake_queue_depth", "Requests waiting for the device", registry=self.registry)
         self.in_flight = Gauge("bake_requests_in_flight", "Requests being handled", registry=self.registry)
         self.ready = Gauge("bake_ready", "1 once the model is loaded and warmed up", registry=self.registry)

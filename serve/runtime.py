@@ -16,9 +16,9 @@ from enum import Enum
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from serve import __version__
+from serve import __version__, streaming
 from serve.batcher import Batcher, BatchStats
 from serve.device import Placement, choose_placement, is_out_of_memory, release_cached_memory
 from serve.errors import ClientDisconnected, DeadlineExceeded, Overloaded, PayloadTooLarge, ServeError
@@ -142,7 +142,8 @@ class Runtime:
             release_cached_memory(self.placement)
 
     async def predict(self, request: Request) -> Response:
-        """Answer one prediction request: read, prepare on the CPU pool, batch on the device, respond."""
+        """Answer one prediction request: read, prepare on the CPU pool, batch on the device, respond (or
+        stream its progress, for tasks and requests that ask for it)."""
         deadline = time.monotonic() + self.settings.timeout_s
         task = self.task
         if task is None:
@@ -175,8 +176,35 @@ class Runtime:
             raise DeadlineExceeded("preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)") from None
         finally:
             self.metrics.preprocess.observe(time.perf_counter() - started)
-        output = await self.batcher.submit(prepared.sample, key=prepared.batch_key, deadline=deadline)
-        return task.respond(output, prepared.params, body.accept)
+        if prepared.channel is not None:
+            prepared.channel.listen(lambda _done, _total: self.metrics.inference_steps.inc())
+        if prepared.stream:
+            assert prepared.channel is not None, "a progress stream needs the request's channel"
+            events = streaming.event_stream(
+                prepared.channel,
+                lambda: self._infer(prepared, deadline),
+                lambda output: self._build_response(task, task.result_events, output, prepared.params),
+            )
+            return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
+        output = await self._infer(prepared, deadline)
+        return await self._build_response(task, task.respond, output, prepared.params, body.accept)
+
+    async def _infer(self, prepared: Prepared, deadline: float) -> Any:
+        """The sample's output from the batcher; its channel, if any, hears when nobody waits for it any more."""
+        try:
+            return await self.batcher.submit(
+                prepared.sample, key=prepared.batch_key, rows=prepared.rows, deadline=deadline
+            )
+        except (asyncio.CancelledError, DeadlineExceeded):
+            if prepared.channel is not None:
+                prepared.channel.cancel()
+            raise
+
+    async def _build_response(self, task: Task, method: Callable[..., Any], *args: Any) -> Any:
+        """Call the task's response-building `method(*args)`: on a CPU worker if the task says it is costly."""
+        if not task.respond_on_worker:
+            return method(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, method, *args)
 
     def info(self) -> dict[str, Any]:
         """What /info reports: model, revision, task, device, dtype, batching and limits."""

@@ -77,6 +77,19 @@ class Settings:
     """`BAKE_ATTENTION_SLICING` (text-to-image): trade speed for memory in attention layers."""
     vae_tiling: bool = False
     """`BAKE_VAE_TILING` (text-to-image): decode large images tile by tile."""
+    max_steps: int = 100
+    """`BAKE_MAX_STEPS` (text-to-image): the most denoising steps a request may ask for."""
+    max_image_area: int = 1024 * 1024
+    """`BAKE_MAX_IMAGE_AREA` (text-to-image): the largest width x height, in pixels, a request may ask for."""
+    max_images_per_prompt: int = 4
+    """`BAKE_MAX_IMAGES_PER_PROMPT` (text-to-image): the most images one request may ask for (never more than
+    `BAKE_MAX_BATCH_SIZE`: a request's images share its batch)."""
+    default_steps: int = 0
+    """`BAKE_DEFAULT_STEPS` (text-to-image): steps when a request names none; 0: the pipeline's own default (50
+    for Stable Diffusion; few-step models such as sd-turbo want 1 to 4)."""
+    default_guidance: float | None = None
+    """`BAKE_DEFAULT_GUIDANCE` (text-to-image): guidance scale when a request names none; unset: the pipeline's
+    own default (7.5 for SD 1.5, 5 for SDXL; distilled models such as sd-turbo want 0)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,7 +125,18 @@ class Settings:
             log_level=reader.choice("BAKE_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")),
             attention_slicing=reader.flag("BAKE_ATTENTION_SLICING", defaults.attention_slicing),
             vae_tiling=reader.flag("BAKE_VAE_TILING", defaults.vae_tiling),
+            max_steps=reader.integer("BAKE_MAX_STEPS", defaults.max_steps, minimum=1),
+            max_image_area=reader.integer("BAKE_MAX_IMAGE_AREA", defaults.max_image_area, minimum=64),
+            max_images_per_prompt=reader.integer(
+                "BAKE_MAX_IMAGES_PER_PROMPT", defaults.max_images_per_prompt, minimum=1
+            ),
+            default_steps=reader.integer("BAKE_DEFAULT_STEPS", defaults.default_steps, minimum=0),
+            default_guidance=reader.optional_number("BAKE_DEFAULT_GUIDANCE", minimum=0),
         )
+        if settings.default_steps > settings.max_steps:
+            raise SettingsError(
+                f"BAKE_DEFAULT_STEPS={settings.default_steps} is above BAKE_MAX_STEPS={settings.max_steps}"
+            )
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -156,6 +180,11 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r} is not a finite number")
         self._check_range(name, value, minimum, None)
         return value
+
+    def optional_number(self, name: str, *, minimum: float) -> float | None:
+        if self._raw(name) is None:
+            return None
+        return self.number(name, 0.0, minimum=minimum)
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self._raw(name)

@@ -8,7 +8,8 @@ core (ResNet-50: 12 req/s with two threads, 7 with one). Timing a batch alone at
 the two apart (both run faster on two idle cores); what does is the forward pass's cost next to a request's
 other CPU work (decoding, resizing, HTTP: a few ms). So with `BAKE_CPU_THREADS=0` the runtime times one
 batch on one thread, and only a forward pass costing at least `COMPUTE_BOUND_S` per sample, which every
-core then runs clearly faster, gets every core.
+core then runs clearly faster, gets every core. From `DEVICE_BOUND_S` per sample on (a diffusion model's
+denoising) a request's other CPU work is lost in the noise, and every core is used if it is faster at all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ COMPUTE_BOUND_S = 0.010
 MIN_SPEEDUP = 1.4
 """All cores are used only if they run a batch at least this much faster than one core alone."""
 
+DEVICE_BOUND_S = 0.25
+"""Per-sample forward time on one thread from which all cores are used when at least `DEVICE_BOUND_SPEEDUP`
+faster (a random SD-like UNet at 128x128: 330 ms per sample on one thread, 1.4x faster on 2 cores, measured
+above and below `MIN_SPEEDUP` from run to run)."""
+
+DEVICE_BOUND_SPEEDUP = 1.1
+
 GIL_SWITCH_INTERVAL_S = 0.0005
 """How long a thread may hold the GIL while another waits (Python's default is 5 ms). The device thread
 releases the GIL in every torch op and must get it back quickly; 0.5 ms measured best for throughput
@@ -45,7 +53,7 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
 
     `configured` > 0 is used as is. 0 times `run_batch` (one warmed-up batch of `batch_size`) on one thread;
     a forward pass under `COMPUTE_BOUND_S` per sample stays on one thread, a slower one gets every core if
-    they run the batch at least `MIN_SPEEDUP` times faster.
+    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
@@ -59,7 +67,8 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
     if per_sample >= COMPUTE_BOUND_S:
         torch.set_num_threads(cores)
         speedup = single / _best_time(run_batch)
-        threads = cores if speedup >= MIN_SPEEDUP else 1
+        needed = DEVICE_BOUND_SPEEDUP if per_sample >= DEVICE_BOUND_S else MIN_SPEEDUP
+        threads = cores if speedup >= needed else 1
         logger.info("forward pass: %.1f ms per sample on one thread, %.2fx faster on %d", per_sample * 1e3, speedup, cores)
     torch.set_num_threads(threads)
     logger.info("forward pass on %d CPU thread(s) (%.1f ms per sample on one)", threads, per_sample * 1e3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ import pytest
 from bake.config import ModelSpec
 from bake.env import read_environment
 from bake.errors import GatedModel, ModelNotFound, RevisionNotFound, UnsupportedModel
-from bake.files import detect_task, select_files
+from bake.files import UNUSED_DIFFUSION_COMPONENTS, detect_task, select_files
 from bake.hub import resolve_model
 from tests.fixtures.hub import HubServer
+from serve.tasks.text_to_image import UNUSED_COMPONENTS
 from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
 
 CLASSIFIER_CONFIG = {"architectures": ["ResNetForImageClassification"]}
@@ -84,6 +86,21 @@ def test_diffusion_pipeline_takes_every_component_in_one_format(tmp_path: Path) 
     assert not any(".fp16." in name for name in cpu.files)
     assert any(".fp16." in name for name in cuda.files)
     assert not any(".fp16." not in name and name.endswith(".safetensors") for name in cuda.files)
+
+
+def test_diffusion_components_the_runtime_never_loads_are_not_fetched(tmp_path: Path) -> None:
+    folder = make_text_to_image_pipeline(tmp_path / "sd", safety_checker=True)
+    names = [str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()]
+    names += ["image_encoder/config.json", "image_encoder/model.safetensors"]
+    index = json.loads((folder / "model_index.json").read_text())
+    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    assert index["safety_checker"][0] is not None and index["feature_extractor"][0] is not None
+    selection = select_files(names, "text-to-image", device="cpu", read_json=reader({"model_index.json": index}))
+    assert any(name.startswith("unet/") for name in selection.files)
+    for component in ("safety_checker", "feature_extractor", "image_encoder"):
+        assert any(name.startswith(f"{component}/") for name in names)
+        assert not any(name.startswith(f"{component}/") for name in selection.files), component
+    assert set(UNUSED_DIFFUSION_COMPONENTS) == set(UNUSED_COMPONENTS), "bake and serve must agree"
 
 
 @pytest.fixture(scope="module")

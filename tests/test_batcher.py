@@ -209,3 +209,37 @@ async def test_close_runs_what_is_queued_then_refuses_new_requests() -> None:
     assert await asyncio.gather(*pending) == [0, 2, 4]
     with pytest.raises(Overloaded):
         await batcher.submit(9, deadline=deadline())
+
+
+async def test_a_batch_holds_max_batch_size_rows_and_its_bucket_counts_rows() -> None:
+    device = FakeDevice()
+    batcher = await started(make_batcher(device, max_batch_size=8, max_wait_s=1.0))
+    begin = time.monotonic()
+    rows = [3, 1, 4, 2]
+    results = await asyncio.gather(
+        *(batcher.submit(i, rows=count, deadline=deadline()) for i, count in enumerate(rows))
+    )
+    assert results == [0, 2, 4, 6]
+    # 3 + 1 + 4 rows fill the first batch, which runs at once; the 2-row request waits its timer, in bucket 2.
+    (first, first_size, first_at), (second, second_size, second_at) = device.calls
+    assert (first, first_size, second, second_size) == ([0, 1, 2], 8, [3], 2)
+    assert first_at - begin < 0.5 <= second_at - begin
+    await batcher.close()
+
+
+async def test_a_request_that_does_not_fit_waits_for_the_next_batch_in_order() -> None:
+    device = FakeDevice()
+    batcher = await started(make_batcher(device, max_batch_size=4, max_wait_s=0.1))
+    results = await asyncio.gather(
+        *(batcher.submit(i, rows=count, deadline=deadline()) for i, count in enumerate([3, 2, 1]))
+    )
+    assert results == [0, 2, 4]
+    assert [(samples, size) for samples, size, _ in device.calls] == [([0], 4), ([1, 2], 4)]
+    await batcher.close()
+
+
+async def test_a_request_of_more_rows_than_a_batch_is_refused() -> None:
+    batcher = await started(make_batcher(FakeDevice(), max_batch_size=4))
+    with pytest.raises(ValueError, match="5 rows"):
+        await batcher.submit(1, rows=5, deadline=deadline())
+    await batcher.close()

@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from huggingface_hub import InferenceClient, snapshot_download
+from huggingface_hub import InferenceClient
 from PIL import Image
 from transformers import pipeline
 
 from tests.fixtures import images
-from tests.fixtures.hub import HubServer
+from tests.fixtures.hub import HubServer, offline_cache
 from tests.fixtures.servers import ServerProcess
 
 REPO = "bake-tests/tiny-resnet"
@@ -48,15 +48,9 @@ class Served:
 def start_served(
     hub: HubServer, folder: Path, tmp_path: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[Served]:
-    sha = hub.add_repo(REPO, folder)
-    hf_home = tmp_path / "hf-home"
-    snapshot = Path(snapshot_download(REPO, cache_dir=hf_home / "hub", endpoint=hub.url, token=False))
+    sha, snapshot, base_env = offline_cache(hub, REPO, folder, tmp_path)
     env = {
-        "BAKE_MODEL": REPO,
-        "HF_HOME": str(hf_home),
-        "HF_HUB_OFFLINE": "1",
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
+        **base_env,
         "BAKE_MAX_BATCH_SIZE": "4",
         "BAKE_MAX_WAIT_MS": "20",
         "BAKE_MAX_BODY_BYTES": "3000000",

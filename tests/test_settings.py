@@ -108,6 +108,13 @@ def test_model_is_required(value: str | None) -> None:
         ("BAKE_LOG_LEVEL", "warning", "log_level", "warning"),
         ("BAKE_ATTENTION_SLICING", "on", "attention_slicing", True),
         ("BAKE_VAE_TILING", " 1 ", "vae_tiling", True),
+        ("BAKE_MAX_STEPS", "500", "max_steps", 500),
+        ("BAKE_MAX_IMAGE_AREA", "262144", "max_image_area", 262144),
+        ("BAKE_MAX_IMAGES_PER_PROMPT", "2", "max_images_per_prompt", 2),
+        ("BAKE_DEFAULT_STEPS", "4", "default_steps", 4),
+        ("BAKE_DEFAULT_STEPS", "0", "default_steps", 0),
+        ("BAKE_DEFAULT_GUIDANCE", "0", "default_guidance", 0.0),
+        ("BAKE_DEFAULT_GUIDANCE", "7.5", "default_guidance", 7.5),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, field: str, expected: Any) -> None:
@@ -191,6 +198,13 @@ def test_offline_from_either_variable(hub: str | None, transformers: str | None,
         ("BAKE_LOG_LEVEL", "critical"),
         ("BAKE_ATTENTION_SLICING", "auto"),
         ("BAKE_VAE_TILING", "t"),
+        ("BAKE_MAX_STEPS", "0"),
+        ("BAKE_MAX_IMAGE_AREA", "1e6"),
+        ("BAKE_MAX_IMAGES_PER_PROMPT", "0"),
+        ("BAKE_DEFAULT_STEPS", "-1"),
+        ("BAKE_DEFAULT_GUIDANCE", "-1"),
+        ("BAKE_DEFAULT_GUIDANCE", "high"),
+        ("BAKE_DEFAULT_GUIDANCE", "nan"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, raw: str) -> None:
@@ -226,6 +240,19 @@ def test_nan_is_not_a_valid_duration(variable: str) -> None:
     """NaN passes every `<` comparison, so a range check alone lets it through (a deadline of NaN seconds)."""
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({"BAKE_MODEL": MODEL, variable: "nan"})
+
+
+def test_text_to_image_defaults_and_limits() -> None:
+    loaded = settings()
+    assert (loaded.max_steps, loaded.max_image_area, loaded.max_images_per_prompt) == (100, 1024 * 1024, 4)
+    assert (loaded.default_steps, loaded.default_guidance) == (0, None)
+    assert settings(BAKE_DEFAULT_GUIDANCE=" ").default_guidance is None
+
+
+def test_default_steps_cannot_exceed_the_maximum() -> None:
+    with pytest.raises(SettingsError, match="BAKE_DEFAULT_STEPS=20 is above BAKE_MAX_STEPS=10"):
+        settings(BAKE_DEFAULT_STEPS="20", BAKE_MAX_STEPS="10")
+    assert settings(BAKE_DEFAULT_STEPS="10", BAKE_MAX_STEPS="10").default_steps == 10
 
 
 def test_settings_are_immutable() -> None:

@@ -6,8 +6,9 @@ from serve.errors import ModelLoadError
 from serve.model_source import ModelSource
 from serve.tasks.base import Body, Prepared, Task, TaskInfo
 from serve.tasks.image_classification import ImageClassification
+from serve.tasks.text_to_image import TextToImage
 
-TASKS: dict[str, type[Task]] = {ImageClassification.name: ImageClassification}
+TASKS: dict[str, type[Task]] = {ImageClassification.name: ImageClassification, TextToImage.name: TextToImage}
 """Task name -> implementation."""
 
 __all__ = ["TASKS", "Body", "Prepared", "Task", "TaskInfo", "detect_task", "task_class"]
@@ -16,7 +17,7 @@ __all__ = ["TASKS", "Body", "Prepared", "Task", "TaskInfo", "detect_task", "task
 def detect_task(source: ModelSource) -> str:
     """The task a model is for, from its `config.json` architectures (or `model_index.json`)."""
     if source.read_json("model_index.json") is not None:
-        return "text-to-image"
+        return TextToImage.name
     config = source.read_json("config.json")
     if config is None:
         raise ModelLoadError(f"{source.path} has neither config.json nor model_index.json: is it a model?")

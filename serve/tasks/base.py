@@ -3,10 +3,16 @@
 1. `prepare(body)` — on a CPU worker thread, before the batch queue: parse and validate the request,
    decode and preprocess its input. Raises `RequestError` for bad input; nothing else sees it.
 2. `batch_key` — prepared samples with different keys never share a batch (image shapes, diffusion
-   step counts, ...).
+   step counts, ...). A sample fills `rows` rows of its batch (1, or e.g. the images a prompt asks for).
 3. `run_batch(samples, batch_size)` — on the one device thread: collate (padding to `batch_size`, a
    warmed-up bucket), forward, and split the outputs back per sample.
-4. `respond(output, params, accept)` — on the event loop: turn one output into an HTTP response.
+4. `respond(output, params, accept)` — on the event loop, or on a CPU worker for tasks that set
+   `respond_on_worker` (encoding images): turn one output into an HTTP response. A request whose
+   `Prepared.stream` is set gets a progress stream instead (see `serve.streaming`), which ends with the
+   events of `result_events(output, params)`.
+
+Long, step-by-step device work hears about cancelled requests and reports its steps through the
+`Channel` a task puts in `Prepared.channel` (see `serve.channel`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, ClassVar
 
 from starlette.responses import Response
 
+from serve.channel import Channel
 from serve.device import Placement
 from serve.model_source import ModelSource
 from serve.settings import Settings
@@ -40,6 +47,12 @@ class Prepared:
     sample: Any
     params: Any = None
     batch_key: Hashable = None
+    rows: int = 1
+    """Batch rows the sample fills (at most the batcher's `max_batch_size`)."""
+    channel: Channel | None = None
+    """Set by tasks whose device work is long: cancellation in, step progress out."""
+    stream: bool = False
+    """The client asked for a progress stream (needs `channel`)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,9 @@ class Task(ABC):
     """The OpenAPI `requestBody` of POST /predict for this task."""
     response_openapi: ClassVar[dict[str, Any]] = {}
     """The OpenAPI 200 response of POST /predict for this task."""
+    respond_on_worker: ClassVar[bool] = False
+    """`respond` (and `result_events`) cost real CPU time, e.g. encoding images: run them on a CPU worker
+    instead of the event loop."""
 
     def __init__(self, source: ModelSource, settings: Settings, placement: Placement) -> None:
         self.source = source
@@ -83,6 +99,11 @@ class Task(ABC):
     @abstractmethod
     def respond(self, output: Any, params: Any, accept: str) -> Response:
         """Turn one output into the HTTP response."""
+
+    def result_events(self, output: Any, params: Any) -> list[tuple[str, Any]]:
+        """The last events of a progress stream, as (event name, JSON-able data); only called for requests
+        whose `Prepared.stream` the task set."""
+        raise NotImplementedError(f"{self.name} does not stream progress")
 
     @abstractmethod
     def warmup_samples(self) -> list[Prepared]:

@@ -1,0 +1,92 @@
+"""Batch-invariant CPU float32 inference: a sample's result must not depend on its batch-mates.
+
+Batching promises that a request's answer is the one it would get alone; for a seeded image generator that
+means the same bytes. Float arithmetic is not associative, so that holds only if every kernel computes a
+row in the same order whatever the batch size. Three CPU kernels do not (torch 2.13, MKL 2024.2, oneDNN
+3.12, measured on an AVX2 machine; each difference is ~1e-7, enough to flip rounded pixels):
+
+- MKL's sgemm takes a small-matrix path below about 12 rows, a different one for each row count: linear
+  layers that see one row per sample (a UNet's time embedding and `time_emb_proj`s, SDXL's
+  `add_embedding`) round differently at every batch size. From 12 rows on, a row's result is the same
+  whatever the row count (checked up to 16384 rows). Fix: pad such inputs with zero rows to `MIN_GEMM_ROWS`.
+- ATen convolves a single sample of at most `NATIVE_CONV_MAX_ELEMENTS` input values with its own kernel,
+  and anything larger or batched with oneDNN (`ConvParams::use_mkldnn`): a UNet's or VAE's 4-channel
+  `conv_in` rounds differently alone. Fix: such a single sample is convolved next to a zero sample.
+- oneDNN's convolution and ATen's group norm take another kernel for channels-last inputs, and whether an
+  activation comes out channels-last (after an attention block's transposes) depends on the batch size,
+  since a one-sample tensor matches both layouts. Fix: make their inputs contiguous first.
+
+Everything else a diffusion pipeline runs on the CPU (attention, layer norms, elementwise ops, the
+schedulers) computes each row alone. The padding costs a few small matrix products and, per denoising
+step, two convolutions of a few thousand values; the copies only happen after attention blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+MIN_GEMM_ROWS = 32
+"""Linear inputs with fewer rows are padded to this many (MKL's small path ends near 12: a margin for
+other CPUs)."""
+
+NATIVE_CONV_MAX_ELEMENTS = 20480
+"""ATen convolves one sample of at most this many input values without oneDNN
+(`use_mkldnn` in aten/src/ATen/native/Convolution.cpp)."""
+
+
+def make_batch_invariant(module: torch.nn.Module) -> int:
+    """Make the linears, 2-D convolutions and group norms in `module` batch-invariant; return how many.
+
+    Replaces the forward of each such submodule (exact `torch.nn` classes only) in place; parameters,
+    state dict and module tree are unchanged.
+    """
+    patched = 0
+    for submodule in module.modules():
+        kind = type(submodule)
+        if kind is torch.nn.Linear:
+            submodule.forward = _linear(submodule)
+        elif kind is torch.nn.Conv2d:
+            submodule.forward = _conv2d(submodule)
+        elif kind is torch.nn.GroupNorm:
+            submodule.forward = _contiguous_input(submodule.forward)
+        else:
+            continue
+        patched += 1
+    return patched
+
+
+def _linear(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        features = inputs.shape[-1]
+        rows = inputs.numel() // features if features else 0
+        if rows == 0 or rows >= MIN_GEMM_ROWS:
+            return F.linear(inputs, layer.weight, layer.bias)
+        flat = inputs.reshape(rows, features)
+        padded = torch.cat([flat, flat.new_zeros(MIN_GEMM_ROWS - rows, features)])
+        return F.linear(padded, layer.weight, layer.bias)[:rows].reshape(*inputs.shape[:-1], -1)
+
+    return forward
+
+
+def _conv2d(layer: torch.nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    convolve = layer.forward
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.contiguous()
+        if inputs.dim() == 4 and inputs.shape[0] == 1 and inputs.numel() <= NATIVE_CONV_MAX_ELEMENTS:
+            return convolve(torch.cat([inputs, torch.zeros_like(inputs)]))[:1]
+        return convolve(inputs)
+
+    return forward
+
+
+def _contiguous_input(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def contiguous_forward(inputs: torch.Tensor) -> torch.Tensor:
+        return forward(inputs.contiguous())
+
+    return contiguous_forward

@@ -1,0 +1,493 @@
+"""Text-to-image with a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, sd-turbo, ...), answering like the
+Hugging Face Inference API.
+
+Request: JSON `{"inputs": "<prompt>", "parameters": {"negative_prompt", "num_inference_steps",
+"guidance_scale", "width", "height", "seed", "num_images_per_prompt"}}`, every parameter optional.
+Answer, by `Accept`:
+- `image/png` (the default), `image/jpeg`, `image/webp`: the image's bytes; the seed in `X-Seed`;
+- `application/json`: `{"images": [base64 PNG, ...], "media_type", "seed", "timings"}`;
+- `text/event-stream`: one `progress` event per denoising step, one `image` event per image
+  (`{"index", "image", "media_type", "seed"}`), then `done` (see `serve.streaming`).
+
+Seeds: image j of a request with seed s (drawn at random when absent, and returned) comes from its own
+CPU `torch.Generator` seeded s + j, so it is the image that request seed s + j alone would get, on any
+device, whatever the request is batched with.
+
+Batching: the pipeline runs one schedule, one size and one guidance scale per call, so only requests
+with the same steps, width, height, guidance scale and use of a negative prompt share a batch (its key);
+prompts, negative prompts and generators are per row. A request fills `num_images_per_prompt` rows, at
+most `BAKE_MAX_BATCH_SIZE`. Rows are not padded up to the batch's bucket: a padding row would cost as
+much denoising as a real one, and an eager pipeline has no shape-specialised code to keep warm. On the
+CPU in float32 the pipeline is made batch-invariant (`serve.batch_invariance`), so a batched image is
+the same bytes as the image made alone; on CUDA the kernels pick their algorithms by batch size, and
+batched pixels may differ from lone ones by a rounding step.
+
+Cancellation: after every denoising step the task reports progress on each request's channel and, once
+every request of the batch is cancelled (clients gone, deadlines passed), stops the batch there, before
+the remaining steps and the VAE decode.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import inspect
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import torch
+from pydantic import ConfigDict, Field
+from starlette.responses import JSONResponse, Response
+
+from serve import streaming
+from serve.accept import preferred_media_type
+from serve.batch_invariance import make_batch_invariant
+from serve.channel import Channel
+from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
+from serve.image_encoding import ENCODINGS, encode_image
+from serve.payload import StrictModel, parse_json, validate
+from serve.tasks.base import Body, Prepared, Task, TaskInfo
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+"""Pipeline components the request path never runs (the safety checker and its image processor, the
+IP-Adapter image encoder): never loaded, and never baked (see bake/files.py)."""
+
+SIZE_MULTIPLE = 8
+"""Widths and heights must be multiples of this (the VAE's downsampling)."""
+
+WARMUP_STEPS = 2
+"""Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
+
+JSON = "application/json"
+MEDIA_TYPES = (*ENCODINGS, JSON, streaming.MEDIA_TYPE)
+"""What a request may ask for in `Accept`; the first is the default."""
+
+_SEED_LIMIT = 2**63
+_RANDOM_SEED_LIMIT = 2**32
+
+
+class TextToImageParameters(StrictModel):
+    """The `parameters` of a text-to-image request (Hugging Face Inference API)."""
+
+    model_config = ConfigDict(StrictModel.model_config, use_attribute_docstrings=True)
+
+    negative_prompt: str | None = None
+    """What the image should not show (used when guidance is on: guidance_scale > 1)."""
+    num_inference_steps: Annotated[int, Field(ge=1)] | None = None
+    """Denoising steps; default: the model's (see /info), at most BAKE_MAX_STEPS."""
+    guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Classifier-free guidance; above 1 turns guidance on. Default: the model's (see /info)."""
+    width: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
+    """Image width in pixels, a multiple of 8; default: the model's native size."""
+    height: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
+    """Image height in pixels, a multiple of 8; default: the model's native size."""
+    seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] | None = None
+    """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
+    num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
+    """Images to make; more than one needs `Accept: application/json` or `text/event-stream`."""
+
+
+class TextToImageRequest(StrictModel):
+    """A text-to-image request body."""
+
+    inputs: Annotated[str, Field(min_length=1)]
+    """The prompt."""
+    parameters: TextToImageParameters | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every row of a batch shares (the batch key)."""
+
+    steps: int
+    width: int
+    height: int
+    guidance_scale: float
+    negative: bool
+    """Whether the requests have negative prompts (without one, some pipelines guide from zeros)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One request on its way to the device."""
+
+    recipe: Recipe
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    images: int
+    channel: Channel
+    prepared_at: float
+    """`time.perf_counter()` when the request was ready to queue."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One request's images, back from the device."""
+
+    images: list[Image.Image]
+    seed: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How to answer a request: the negotiated media type and the seed of its first image."""
+
+    media_type: str
+    seed: int
+
+
+class _Abandoned(Exception):
+    """Raised between denoising steps to stop a batch nobody waits for any more."""
+
+
+class TextToImage(Task):
+    """A diffusers text-to-image pipeline (`AutoPipelineForText2Image`) on one device."""
+
+    name = "text-to-image"
+    respond_on_worker = True
+    request_openapi = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {"type": "string", "minLength": 1, "description": "The prompt"},
+                        "parameters": TextToImageParameters.model_json_schema(),
+                    },
+                }
+            }
+        },
+    }
+    response_openapi = {
+        "description": "The image (by Accept: PNG by default, JPEG, WebP), JSON with base64 images, or a "
+        "progress stream (text/event-stream)",
+        "headers": {"X-Seed": {"description": "The seed of the image", "schema": {"type": "integer"}}},
+        "content": {
+            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in ENCODINGS},
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["images", "media_type", "seed", "timings"],
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+                        "media_type": {"type": "string"},
+                        "seed": {"type": "integer"},
+                        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+                    },
+                }
+            },
+            streaming.MEDIA_TYPE: {
+                "schema": {"type": "string", "description": "Server-Sent Events: progress..., image..., done"}
+            },
+        },
+    }
+
+    pipe: DiffusionPipeline
+
+    def load(self) -> None:
+        """Load the pipeline offline onto the device, without unused components; read its defaults."""
+        self.pipe = self._from_pretrained().to(self.placement.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if self.settings.attention_slicing:
+            self.pipe.enable_attention_slicing()
+        if self.settings.vae_tiling:
+            self.pipe.vae.enable_tiling()
+        self._batch_invariant = self.placement.device.type == "cpu" and self.placement.dtype == torch.float32
+        if self._batch_invariant:
+            for component in self.pipe.components.values():
+                if isinstance(component, torch.nn.Module):
+                    make_batch_invariant(component)
+        call = inspect.signature(self.pipe.__call__).parameters
+        self._default_width, self._default_height = _native_size(self.pipe)
+        self._default_steps = self.settings.default_steps or min(
+            _default(call, "num_inference_steps", 50), self.settings.max_steps
+        )
+        guidance = self.settings.default_guidance
+        self._default_guidance = float(
+            _default(call, "guidance_scale", 7.5) if guidance is None else guidance
+        )
+        self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
+        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe)
+        self._tokenizer_lock = threading.Lock()
+
+    def _from_pretrained(self) -> DiffusionPipeline:
+        """The pipeline from the model directory, in the compute dtype, its unused components left out."""
+        from diffusers import AutoPipelineForText2Image
+
+        index = self.source.read_json("model_index.json") or {}
+        options: dict[str, Any] = {name: None for name in UNUSED_COMPONENTS if name in index}
+        if "requires_safety_checker" in index:
+            options["requires_safety_checker"] = False
+        self._variant = _weights_variant(self.source.path, self.placement.dtype)
+        path = self.source.path
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                str(path), dtype=self.placement.dtype, variant=self._variant, **options
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelLoadError(f"cannot load a text-to-image pipeline from {path}: {error}") from error
+        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+            raise ModelLoadError(f"{type(pipe).__name__} cannot report its denoising steps: not served")
+        return pipe
+
+    def prepare(self, body: Body) -> Prepared:
+        """Validate the request and its limits; the batch key is its `Recipe`, its rows its images."""
+        media_type = preferred_media_type(body.accept, MEDIA_TYPES)
+        request = validate(TextToImageRequest, parse_json(body.data))
+        params = request.parameters or TextToImageParameters()
+        recipe = Recipe(
+            steps=params.num_inference_steps or self._default_steps,
+            width=params.width or self._default_width,
+            height=params.height or self._default_height,
+            guidance_scale=self._default_guidance if params.guidance_scale is None else params.guidance_scale,
+            negative=params.negative_prompt is not None,
+        )
+        self._check_limits(request.inputs, params, recipe)
+        if params.num_images_per_prompt > 1 and media_type in ENCODINGS:
+            raise InvalidParameters(
+                f"parameters.num_images_per_prompt: {media_type} holds one image; send "
+                f"'Accept: {JSON}' or 'Accept: {streaming.MEDIA_TYPE}' to get {params.num_images_per_prompt}"
+            )
+        seed = secrets.randbelow(_RANDOM_SEED_LIMIT) if params.seed is None else params.seed
+        channel = Channel()
+        generation = Generation(
+            recipe=recipe,
+            prompt=request.inputs,
+            negative_prompt=params.negative_prompt,
+            seed=seed,
+            images=params.num_images_per_prompt,
+            channel=channel,
+            prepared_at=time.perf_counter(),
+        )
+        return Prepared(
+            sample=generation,
+            params=Reply(media_type, seed),
+            batch_key=recipe,
+            rows=generation.images,
+            channel=channel,
+            stream=media_type == streaming.MEDIA_TYPE,
+        )
+
+    def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
+        settings = self.settings
+        if recipe.steps > settings.max_steps:
+            raise InvalidParameters(
+                f"parameters.num_inference_steps: {recipe.steps} is over the limit of {settings.max_steps} "
+                "(BAKE_MAX_STEPS)"
+            )
+        for name, value in (("width", recipe.width), ("height", recipe.height)):
+            if value % SIZE_MULTIPLE:
+                raise InvalidParameters(f"parameters.{name}: {value} is not a multiple of {SIZE_MULTIPLE}")
+        area = recipe.width * recipe.height
+        if area > settings.max_image_area:
+            raise InvalidParameters(
+                f"parameters.width x height: {recipe.width}x{recipe.height} = {area} pixels is over the "
+                f"limit of {settings.max_image_area} (BAKE_MAX_IMAGE_AREA)"
+            )
+        if params.num_images_per_prompt > self._max_images:
+            raise InvalidParameters(
+                f"parameters.num_images_per_prompt: {params.num_images_per_prompt} is over the limit of "
+                f"{self._max_images} (BAKE_MAX_IMAGES_PER_PROMPT, at most BAKE_MAX_BATCH_SIZE)"
+            )
+        for where, text in (("inputs", prompt), ("parameters.negative_prompt", params.negative_prompt)):
+            tokens = self._count_tokens(text) if text else 0
+            if tokens > self._max_prompt_tokens:
+                raise InvalidParameters(
+                    f"{where}: the prompt is {tokens} tokens long, over the text encoder's limit of "
+                    f"{self._max_prompt_tokens}; shorten it"
+                )
+
+    def _count_tokens(self, text: str) -> int:
+        """Tokens of `text`, start and end tokens included (CPU workers share one tokenizer copy)."""
+        if self._tokenizer is None:
+            return 0
+        with self._tokenizer_lock:
+            return len(self._tokenizer(text, truncation=False, verbose=False)["input_ids"])
+
+    @torch.inference_mode()
+    def run_batch(self, samples: Sequence[Generation], batch_size: int) -> list[Any]:
+        """Denoise every row of the batch in one pipeline call; images split back per request.
+
+        `batch_size` (the bucket) is not padded up to: see the module docstring.
+        """
+        recipe = samples[0].recipe
+        rows = [(sample, image) for sample in samples for image in range(sample.images)]
+        started = time.perf_counter()
+
+        def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            for sample in samples:
+                sample.channel.step(index + 1, pipe.num_timesteps)
+            if all(sample.channel.cancelled for sample in samples):
+                raise _Abandoned
+            return tensors
+
+        try:
+            images = self.pipe(
+                prompt=[sample.prompt for sample, _ in rows],
+                negative_prompt=[sample.negative_prompt for sample, _ in rows] if recipe.negative else None,
+                num_inference_steps=recipe.steps,
+                guidance_scale=recipe.guidance_scale,
+                width=recipe.width,
+                height=recipe.height,
+                generator=[torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
+                callback_on_step_end=on_step_end,
+                output_type="pil",
+            ).images
+        except _Abandoned:
+            return [ClientDisconnected() for _ in samples]
+        finished = time.perf_counter()
+        outputs = []
+        first = 0
+        for sample in samples:
+            outputs.append(
+                Generated(
+                    images=images[first : first + sample.images],
+                    seed=sample.seed,
+                    queue_s=started - sample.prepared_at,
+                    inference_s=finished - started,
+                )
+            )
+            first += sample.images
+        return outputs
+
+    def respond(self, output: Generated, params: Reply, accept: str) -> Response:
+        """The image's bytes in the negotiated format, or JSON with every image in base64 PNG."""
+        started = time.perf_counter()
+        if params.media_type != JSON:
+            data = encode_image(output.images[0], params.media_type)
+            return Response(data, media_type=params.media_type, headers={"X-Seed": str(output.seed)})
+        images = [_base64_png(image) for image in output.images]
+        timings = {
+            "queue_s": output.queue_s,
+            "inference_s": output.inference_s,
+            "encode_s": time.perf_counter() - started,
+        }
+        return JSONResponse(
+            {"images": images, "media_type": "image/png", "seed": output.seed, "timings": timings}
+        )
+
+    def result_events(self, output: Generated, params: Reply) -> list[tuple[str, Any]]:
+        """One `image` event per image: base64 PNG, its index and the seed that makes it alone."""
+        return [
+            (
+                "image",
+                {
+                    "index": index,
+                    "image": _base64_png(image),
+                    "media_type": "image/png",
+                    "seed": output.seed + index,
+                },
+            )
+            for index, image in enumerate(output.images)
+        ]
+
+    def warmup_samples(self) -> list[Prepared]:
+        """One prompt at the default size and guidance, a few steps."""
+        recipe = Recipe(
+            steps=min(WARMUP_STEPS, self.settings.max_steps),
+            width=self._default_width,
+            height=self._default_height,
+            guidance_scale=self._default_guidance,
+            negative=False,
+        )
+        sample = Generation(recipe, "a photo of a cat", None, 0, 1, Channel(), time.perf_counter())
+        return [
+            Prepared(sample=sample, params=Reply("image/png", 0), batch_key=recipe, channel=sample.channel)
+        ]
+
+    def info(self) -> TaskInfo:
+        """The pipeline, its components, defaults and limits."""
+        pipe = self.pipe
+        return TaskInfo(
+            task=self.name,
+            details={
+                "pipeline": type(pipe).__name__,
+                "components": {
+                    name: type(component).__name__
+                    for name, component in pipe.components.items()
+                    if component is not None
+                },
+                "scheduler": type(pipe.scheduler).__name__,
+                "variant": self._variant,
+                "defaults": {
+                    "width": self._default_width,
+                    "height": self._default_height,
+                    "num_inference_steps": self._default_steps,
+                    "guidance_scale": self._default_guidance,
+                },
+                "limits": {
+                    "max_steps": self.settings.max_steps,
+                    "max_image_area": self.settings.max_image_area,
+                    "size_multiple": SIZE_MULTIPLE,
+                    "max_images_per_prompt": self._max_images,
+                    "max_prompt_tokens": self._max_prompt_tokens,
+                },
+                "attention_slicing": self.settings.attention_slicing,
+                "vae_tiling": self.settings.vae_tiling,
+                "batch_invariant": self._batch_invariant,
+            },
+        )
+
+
+def _base64_png(image: Image.Image) -> str:
+    return base64.b64encode(encode_image(image, "image/png")).decode("ascii")
+
+
+def _default(parameters: Any, name: str, fallback: Any) -> Any:
+    """The default of the pipeline call's parameter `name`, or `fallback` when it has none."""
+    parameter = parameters.get(name)
+    if parameter is None or parameter.default in (inspect.Parameter.empty, None):
+        return fallback
+    return parameter.default
+
+
+def _native_size(pipe: Any) -> tuple[int, int]:
+    """(width, height) the pipeline makes when asked for no size: its sample size times the VAE's scale."""
+    size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return width * pipe.vae_scale_factor, height * pipe.vae_scale_factor
+
+
+def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
+    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens.
+
+    A prompt longer than every text encoder's window would be cut silently, so it is refused instead.
+    """
+    tokenizers = [
+        component
+        for name, component in pipe.components.items()
+        if name.startswith("tokenizer") and component is not None
+    ]
+    if not tokenizers:
+        return None, 0
+    longest = max(tokenizers, key=lambda tokenizer: tokenizer.model_max_length)
+    return copy.deepcopy(longest), int(longest.model_max_length)
+
+
+def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
+    """ "fp16" when the pipeline must or should load its fp16 variant weights, else None.
+
+    A CUDA build bakes only the `*.fp16.*` files of the components that have them: such a directory loads
+    only with the variant. Where both exist, the variant is taken for half-precision compute only.
+    """
+    weights = [file for file in path.rglob("*") if file.suffix in (".safetensors", ".bin") and file.is_file()]
+    variant = {file.parent for file in weights if ".fp16." in file.name}
+    full = {file.parent for file in weights if ".fp16." not in file.name}
+    if variant - full or (variant and dtype == torch.float16):
+        return "fp16"
+    return None

@@ -1,0 +1,44 @@
+"""How many torch threads the forward pass gets on the CPU (serve.threads), with fake forward passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from serve import threads
+
+
+@pytest.fixture(autouse=True)
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def forward(one_thread_s: float, all_cores_s: float) -> Callable[[], None]:
+    """A fake batch taking `one_thread_s` on one torch thread and `all_cores_s` on more."""
+    return lambda: time.sleep(one_thread_s if torch.get_num_threads() == 1 else all_cores_s)
+
+
+@pytest.mark.parametrize(
+    ("one_thread_s", "all_cores_s", "expected"),
+    [
+        (0.004, 0.001, 1),  # cheap: the cores are better spent on preprocessing
+        (0.030, 0.015, 4),  # compute-bound, 2x faster on every core
+        (0.030, 0.025, 1),  # compute-bound but only 1.2x faster: not worth the contention
+        (0.300, 0.250, 4),  # device-bound (diffusion-like): 1.2x is worth it
+        (0.300, 0.290, 1),  # device-bound, no real gain
+    ],
+)
+def test_threads_follow_the_cost_and_the_gain(one_thread_s: float, all_cores_s: float, expected: int) -> None:
+    chosen = threads.choose_cpu_threads(forward(one_thread_s, all_cores_s), 1, configured=0)
+    assert chosen == expected and torch.get_num_threads() == expected
+
+
+def test_a_configured_count_is_used_as_is() -> None:
+    assert threads.choose_cpu_threads(forward(1.0, 1.0), 1, configured=3) == 3
+    assert torch.get_num_threads() == 3
