@@ -51,7 +51,8 @@ def configure_interpreter() -> None:
 def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configured: int) -> int:
     """Set torch's intra-op thread count for CPU inference and return it.
 
-    `configured` > 0 is used as is. 0 times `run_batch` (one warmed-up batch of `batch_size`) on one thread;
+    `configured` > 0 is used as is. 0 times `run_batch` (one batch of `batch_size` on the warm model, once per
+    setting: at startup every second counts, and the margins below absorb the noise) on one thread;
     a forward pass under `COMPUTE_BOUND_S` per sample stays on one thread, a slower one gets every core if
     they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
     """
@@ -61,12 +62,12 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
         torch.set_num_threads(threads)
         return threads
     torch.set_num_threads(1)
-    single = _best_time(run_batch)
+    single = _time(run_batch)
     per_sample = single / batch_size
     threads = 1
     if per_sample >= COMPUTE_BOUND_S:
         torch.set_num_threads(cores)
-        speedup = single / _best_time(run_batch)
+        speedup = single / _time(run_batch)
         needed = DEVICE_BOUND_SPEEDUP if per_sample >= DEVICE_BOUND_S else MIN_SPEEDUP
         threads = cores if speedup >= needed else 1
         logger.info("forward pass: %.1f ms per sample on one thread, %.2fx faster on %d", per_sample * 1e3, speedup, cores)
@@ -75,11 +76,7 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
     return threads
 
 
-def _best_time(run: Callable[[], object], repeats: int = 2) -> float:
+def _time(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
     run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return time.perf_counter() - started

@@ -1,0 +1,495 @@
+"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first prediction.
+
+One run, for one model published on a local Hub (tests.fixtures.hub) under a fresh repo id:
+  1. cold build: `bake build` (the real CLI, in a subprocess) on a base image no build has used yet:
+     bake-base:bookworm plus one tiny layer (a file holding the run id), so no BuildKit layer of any stage
+     can come from the cache (bake has no --no-cache switch; a new label alone does not change BuildKit's
+     cache keys). pip's download cache mount is shared with every other build on the engine and is not
+     purged: the output says whether it was warm.
+  2. rebuild after a code-only change: the `serve` package bake copies into the image is found with
+     `importlib.util.find_spec("serve")`, so both builds run with PYTHONPATH on a temporary copy of `serve`;
+     a comment line is added to one of its modules between them. The stages that came from the cache are
+     read from BuildKit's progress output (the weights stage must be cached).
+  3. image size split into base / deps / weights / bake (code + config), from `docker history`; every layer
+     of `docker save` is scanned for a file with the bytes of a weights file: exactly one copy is the target.
+  4. `docker run` to the first 200 from POST /predict (a 640x480 JPEG, sent from inside the container,
+     which runs with --network none) against a floor: in the same image and with the same network, the
+     image's python imports torch and transformers, loads the baked weights with
+     AutoModelForImageClassification.from_pretrained (offline) and runs one forward pass; timed from
+     `docker run` to its exit. Rounds alternate the two; the median is reported.
+Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
+Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache a
+cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or `docker builder prune`).
+
+Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
+                                  [--out benchmarks/results/build.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from bake.build import BuildLog
+from benchmarks.report import machine, write_report
+from benchmarks.serving import REGIMES, make_model
+from tests.fixtures import images
+from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image, run_bake
+from tests.fixtures.hub import HubServer
+from tests.fixtures.servers import REPO_ROOT
+
+STAGES = ("deps", "fetcher", "weights", "runtime")
+"""The stages whose steps can come from the cache (the base stage is only a FROM of the base image)."""
+PARTS = ("base", "deps", "weights", "bake")
+REBUILD_TARGET = 0.20
+STARTUP_TARGET = 1.5
+CHANGED_MODULE = "app.py"
+_PROGRESS_LINE = re.compile(r"^#(\d+) [\d.]+ (.*)$")
+_PIP_FETCH = re.compile(r"^\s*(Using cached|Downloading) (\S+)")
+_WEIGHTS_COPY = re.compile(r"^COPY /opt/bake/(hf|model) ")
+_DEPS_LAYER = re.compile(r"requirements\.txt|pip install")
+_READY_IN = re.compile(r"ready in ([\d.]+) s")
+
+FIRST_PREDICTION = """
+import sys, time, urllib.request
+data, deadline = sys.stdin.buffer.read(), time.monotonic() + 600
+request = urllib.request.Request("http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}})
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            answer.read()
+            sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(1)
+"""
+"""Run inside the serving container: POST the JPEG on stdin until the server answers 200."""
+
+FLOOR = """
+import os, torch, transformers
+model = transformers.AutoModelForImageClassification.from_pretrained(
+    os.environ["BAKE_MODEL"], revision=os.environ["BAKE_REVISION"]
+).eval()
+size = getattr(model.config, "image_size", 224)
+with torch.inference_mode():
+    model(pixel_values=torch.zeros(1, model.config.num_channels, size, size))
+"""
+"""The floor: import torch + transformers, load the baked weights offline, one forward pass."""
+
+
+@dataclass(frozen=True)
+class BuildRun:
+    """One `bake build`: how long it took and what BuildKit said about its stages."""
+
+    seconds: float
+    stages_cached: dict[str, str]
+    """Per stage, "cached steps/steps"."""
+    weights_cached: bool
+    pip_from_cache: int
+    """Wheels pip took from its download cache in the deps stage."""
+    pip_downloaded: int
+    """Wheels pip downloaded in the deps stage."""
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """A built image's size, split by part, and where its weights are."""
+
+    total_mib: float
+    parts_mib: dict[str, float]
+    weights_files_mib: float
+    weights_copies: list[str]
+    """Every file, in every layer, with the bytes of a weights file ("layer: path")."""
+
+
+@dataclass(frozen=True)
+class Startup:
+    """Seconds from `docker run` to the first prediction, and to the end of the floor script, per round."""
+
+    first_prediction_s: list[float]
+    floor_s: list[float]
+    server_logs: list[list[str]]
+    """The server's own log lines, per round (from loading to "ready in")."""
+
+
+@dataclass(frozen=True)
+class Bench:
+    """Names and places of one benchmark run (everything it creates is named bake-bench-*)."""
+
+    run_id: str
+    root: Path
+    hub: HubServer
+    model_name: str
+
+    @property
+    def repo(self) -> str:
+        """The model's fresh repo id on the local Hub (so the weights stage's download cache misses)."""
+        return f"bench/{self.model_name}-{self.run_id}"
+
+    @property
+    def base_image(self) -> str:
+        """bake-base:bookworm plus a tiny layer: a base image no build has used yet."""
+        return f"bake-bench-base:{self.run_id}"
+
+    def tag(self, kind: str) -> str:
+        """The tag of the `kind` ("cold", "rebuild") image."""
+        return f"bake-bench/{self.model_name}:{self.run_id}-{kind}"
+
+    def container(self, kind: str, index: int) -> str:
+        """The name of one container of the startup rounds."""
+        return f"bake-bench-{self.run_id}-{kind}-{index}"
+
+
+def fresh_base_image(source: str, tag: str) -> None:
+    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage misses."""
+    dockerfile = f"FROM {source}\nRUN echo {tag} > /etc/bake-bench-base\n"
+    docker("build", "--quiet", "--tag", tag, "-", input=dockerfile.encode())
+
+
+def publish_model(bench: Bench) -> Path:
+    """Make the model and publish it on the local Hub as `bench.repo`; return its folder."""
+    folder = make_model(REGIMES[bench.model_name], bench.root / "model")
+    bench.hub.add_repo(bench.repo, folder, pipeline_tag="image-classification")
+    return folder
+
+
+def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
+    """A project directory with this machine's bake.toml, and the environment the builds run with."""
+    project = bench.root / "project"
+    project.mkdir()
+    (project / "bake.toml").write_text(build_settings_toml())
+    serve_copy = bench.root / "src"
+    shutil.copytree(REPO_ROOT / "serve", serve_copy / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        "HF_ENDPOINT": bench.hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_TOKEN": "",
+        "PYTHONPATH": str(serve_copy),
+    }
+    return project, env
+
+
+def change_code(bench: Bench) -> str:
+    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the line."""
+    line = f"# bake-bench {bench.run_id}: a code-only change"
+    with (bench.root / "src" / "serve" / CHANGED_MODULE).open("a") as module:
+        module.write(line + "\n")
+    return line
+
+
+def change_is_baked(tag: str, line: str) -> bool:
+    """Whether the image `tag` holds the changed module (so the rebuild really rebuilt the code)."""
+    module = f"/opt/bake/app/serve/{CHANGED_MODULE}"
+    return line in docker("run", "--rm", "--network", "none", "--entrypoint", "cat", tag, module).stdout.decode()
+
+
+def bake_build(bench: Bench, project: Path, env: dict[str, str], kind: str) -> BuildRun:
+    """Run `bake build` for the benchmark's model into `bench.tag(kind)`; time it and read its progress."""
+    args = ["build", "--model", bench.repo, "--tag", bench.tag(kind), "--base-image", bench.base_image]
+    began = time.perf_counter()
+    result = run_bake(args, env, project)
+    seconds = time.perf_counter() - began
+    if result.returncode != 0:
+        raise RuntimeError(f"bake build ({kind}) failed:\n{result.stderr[-4000:]}")
+    log = BuildLog()
+    lines = result.stderr.splitlines()
+    for line in lines:
+        log.feed(line)
+    from_cache, downloaded = pip_cache_use(log, lines)
+    return BuildRun(
+        seconds=seconds,
+        stages_cached=stages_cached(log),
+        weights_cached=log.stage_cached("weights"),
+        pip_from_cache=from_cache,
+        pip_downloaded=downloaded,
+    )
+
+
+def stages_cached(log: BuildLog) -> dict[str, str]:
+    """Per stage of the Dockerfile, how many of its steps came from the cache, as "cached/steps"."""
+    counts = {}
+    for stage in STAGES:
+        steps = [step for step, name in log.stage_of_step.items() if name == stage]
+        counts[stage] = f"{sum(step in log.cached_steps for step in steps)}/{len(steps)}"
+    return counts
+
+
+def pip_cache_use(log: BuildLog, lines: list[str]) -> tuple[int, int]:
+    """(wheels pip took from its download cache, wheels it downloaded) in the deps stage's output."""
+    deps_steps = {step for step, name in log.stage_of_step.items() if name == "deps"}
+    from_cache = downloaded = 0
+    for line in lines:
+        step = _PROGRESS_LINE.match(line)
+        fetch = _PIP_FETCH.match(step.group(2)) if step and step.group(1) in deps_steps else None
+        if fetch and not fetch.group(2).endswith(".metadata"):
+            from_cache += fetch.group(1) == "Using cached"
+            downloaded += fetch.group(1) == "Downloading"
+    return from_cache, downloaded
+
+
+def image_facts(tag: str, base_image: str, model_dir: Path) -> ImageFacts:
+    """`tag`'s size by part (MiB) and every copy of a weights file in its layers."""
+    weights = {path.stat().st_size: sha256_of(path.open("rb")) for path in model_dir.glob("*.safetensors")}
+    total = int(docker("image", "inspect", tag, "--format", "{{.Size}}").stdout)
+    return ImageFacts(
+        total_mib=total / 2**20,
+        parts_mib={part: size / 2**20 for part, size in layer_split(tag, base_image).items()},
+        weights_files_mib=sum(weights) / 2**20,
+        weights_copies=list(weight_copies(tag, weights)),
+    )
+
+
+def history(image: str) -> list[tuple[int, str]]:
+    """(bytes, instruction) of each history entry of `image`, oldest first."""
+    output = docker("history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image)
+    rows = [line.split("\t", 1) for line in output.stdout.decode().splitlines()]
+    return [(int(size), created_by) for size, created_by in reversed(rows)]
+
+
+def layer_split(tag: str, base_image: str) -> dict[str, int]:
+    """Bytes of `tag`'s layers per part: the base image's, the deps stage's, the weights', and bake's own."""
+    entries = history(tag)
+    base_entries = len(history(base_image))
+    split = dict.fromkeys(PARTS, 0)
+    split["base"] = sum(size for size, _ in entries[:base_entries])
+    for size, created_by in entries[base_entries:]:
+        if _WEIGHTS_COPY.match(created_by):
+            split["weights"] += size
+        elif _DEPS_LAYER.search(created_by):
+            split["deps"] += size
+        else:
+            split["bake"] += size
+    return split
+
+
+def weight_copies(tag: str, weights: dict[int, str]) -> Iterator[str]:
+    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then sha256)."""
+    smallest = min(weights)
+    with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE) as save:
+        assert save.stdout is not None
+        with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
+            for blob in archive:
+                layer = archive.extractfile(blob) if blob.isfile() and blob.size >= smallest else None
+                if layer is not None:
+                    yield from (f"{blob.name}: {path}" for path in copies_in_layer(layer, weights))
+        save.stdout.read()  # the archive's end padding: let docker save finish writing
+    if save.returncode != 0:
+        raise RuntimeError(f"docker save {tag} failed")
+
+
+def copies_in_layer(layer: IO[bytes], weights: dict[int, str]) -> Iterator[str]:
+    """Paths of the files in the layer tarball `layer` whose bytes are one of `weights` (by size: sha256)."""
+    try:
+        with tarfile.open(fileobj=layer, mode="r|*") as files:
+            for member in files:
+                content = files.extractfile(member) if member.isfile() and member.size in weights else None
+                if content is not None and sha256_of(content) == weights[member.size]:
+                    yield "/" + member.name.removeprefix("./")
+    except tarfile.ReadError:  # a config or manifest blob, not a layer
+        return
+
+
+def sha256_of(stream: IO[bytes]) -> str:
+    """The hex sha256 of everything `stream` holds (closed after)."""
+    digest = hashlib.sha256()
+    with stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image_config(tag: str) -> dict[str, Any]:
+    """The image's config (Env, Entrypoint, ExposedPorts...)."""
+    return json.loads(docker("image", "inspect", tag, "--format", "{{json .Config}}").stdout)
+
+
+def time_first_prediction(tag: str, name: str, jpeg: bytes, env: list[str]) -> tuple[float, list[str]]:
+    """Seconds from `docker run` to the first 200 from POST /predict, and the server's log lines.
+
+    `env` holds KEY=VALUE runtime settings for the container (none: the image's own).
+    """
+    config = image_config(tag)
+    python = config["Entrypoint"][0]
+    port = next(iter(config["ExposedPorts"])).split("/")[0]
+    began = time.perf_counter()
+    docker("run", "-d", "--name", name, "--network", "none", *(f"--env={pair}" for pair in env), tag)
+    docker("exec", "-i", name, python, "-c", FIRST_PREDICTION.format(port=port), input=jpeg, timeout=660)
+    seconds = time.perf_counter() - began
+    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    return seconds, (logs.stdout + logs.stderr).splitlines()
+
+
+def time_floor(tag: str, name: str) -> float:
+    """Seconds from `docker run` to the exit of the floor script, run by the image's own python."""
+    python = image_config(tag)["Entrypoint"][0]
+    began = time.perf_counter()
+    docker("run", "--name", name, "--network", "none", "--entrypoint", python, tag, "-c", FLOOR, timeout=600)
+    return time.perf_counter() - began
+
+
+def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup:
+    """Alternate the server and the floor on the cold image, `rounds` times each."""
+    jpeg = images.photo(640, 480)
+    tag = bench.tag("cold")
+    startup = Startup([], [], [])
+    for index in range(rounds):
+        for kind in ("server", "floor") if index % 2 == 0 else ("floor", "server"):
+            name = bench.container(kind, index)
+            try:
+                if kind == "server":
+                    seconds, log = time_first_prediction(tag, name, jpeg, server_env)
+                    startup.first_prediction_s.append(seconds)
+                    startup.server_logs.append(log)
+                else:
+                    startup.floor_s.append(time_floor(tag, name))
+            finally:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    return startup
+
+
+def docker_versions() -> dict[str, str]:
+    """The engine's and buildx's versions."""
+    return {
+        "docker": docker("version", "--format", "{{.Server.Version}}").stdout.decode().strip(),
+        "buildx": docker("buildx", "version").stdout.decode().strip(),
+    }
+
+
+def ready_in_seconds(logs: list[list[str]]) -> float | None:
+    """The median of the servers' own "ready in N s" (from the runtime's start to loaded and warmed up)."""
+    found = [float(match.group(1)) for log in logs for line in log if (match := _READY_IN.search(line))]
+    return statistics.median(found) if found else None
+
+
+def summarize(cold: BuildRun, rebuild: BuildRun, facts: ImageFacts, startup: Startup) -> dict[str, Any]:
+    """The headline numbers and whether each target is met."""
+    first = statistics.median(startup.first_prediction_s)
+    floor = statistics.median(startup.floor_s)
+    return {
+        "cold_build_s": cold.seconds,
+        "rebuild_s": rebuild.seconds,
+        "rebuild_vs_cold": rebuild.seconds / cold.seconds,
+        "rebuild_target_met": rebuild.seconds / cold.seconds < REBUILD_TARGET,
+        "second_copy_of_weights": len(facts.weights_copies) != 1,
+        "run_to_first_prediction_s": first,
+        "server_ready_in_s": ready_in_seconds(startup.server_logs),
+        "floor_s": floor,
+        "startup_vs_floor": first / floor,
+        "startup_target_met": first / floor <= STARTUP_TARGET,
+    }
+
+
+def pip_cache_state(run: BuildRun) -> str:
+    """Whether pip's download cache mount was warm for `run`, in words."""
+    state = "cold" if not run.pip_from_cache else "partly warm" if run.pip_downloaded else "warm"
+    return f"{state} ({run.pip_from_cache} from the cache, {run.pip_downloaded} downloaded)"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The results as a text table."""
+    cold, rebuild, facts, startup, summary = (
+        report[key] for key in ("cold_build", "rebuild", "image", "startup", "summary")
+    )
+    yes_no = {True: "yes", False: "no"}
+    print(f"\n== bake build: {report['model']} ({facts['weights_files_mib']:.1f} MiB of safetensors) ==")
+    if report["server_env"]:
+        print(f"  serving container settings: {' '.join(report['server_env'])}")
+    print(f"  cold build                      {cold['seconds']:8.1f} s   pip download cache: {report['pip_cache']}")
+    print(f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   {summary['rebuild_vs_cold']:.1%} of cold "
+          f"(target < {REBUILD_TARGET:.0%}: {'met' if summary['rebuild_target_met'] else 'NOT met'})")
+    for name, run in (("cold", cold), ("rebuild", rebuild)):
+        stages = ", ".join(f"{stage} {count}" for stage, count in run["stages_cached"].items())
+        print(f"    {name:8s} steps cached: {stages}; weights stage cached: {yes_no[run['weights_cached']]}")
+    print(f"  image size                      {facts['total_mib']:8.1f} MiB")
+    for part, mib in facts["parts_mib"].items():
+        print(f"    {part:8s}                      {mib:8.1f} MiB")
+    print(f"    copies of the weights in the layers: {len(facts['weights_copies'])} -> second copy of weights: "
+          f"{yes_no[summary['second_copy_of_weights']]}")
+    print(f"  docker run -> first prediction  {summary['run_to_first_prediction_s']:8.2f} s   (median; rounds: "
+          + ", ".join(f"{s:.2f}" for s in startup["first_prediction_s"]) + ")")
+    ready = summary["server_ready_in_s"]
+    print(f"    of which the server's own \"ready in\" {'?' if ready is None else f'{ready:.1f}'} s "
+          "(median; model load + warm-up)")
+    print(f"  floor: import, load, 1 forward  {summary['floor_s']:8.2f} s   (median; rounds: "
+          + ", ".join(f"{s:.2f}" for s in startup["floor_s"]) + ")")
+    print(f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     (target <= {STARTUP_TARGET}: "
+          f"{'met' if summary['startup_target_met'] else 'NOT met'})")
+
+
+def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str, Any]:
+    """Both builds, the image facts and the startup rounds; the report as a JSON-able dict."""
+    fresh_base_image(ensure_base_image(), bench.base_image)
+    model_dir = publish_model(bench)
+    project, env = make_project(bench)
+    print(f"cold build of {bench.repo} ...", flush=True)
+    cold = bake_build(bench, project, env, "cold")
+    change = change_code(bench)
+    print(f"rebuild after a change to serve/{CHANGED_MODULE} ...", flush=True)
+    rebuild = bake_build(bench, project, env, "rebuild")
+    if not change_is_baked(bench.tag("rebuild"), change):
+        raise RuntimeError(f"the rebuilt image lacks the change to serve/{CHANGED_MODULE}: bake did not use the copy")
+    print("image size and weight copies ...", flush=True)
+    facts = image_facts(bench.tag("cold"), bench.base_image, model_dir)
+    print(f"startup: {rounds} rounds of the server and the floor ...", flush=True)
+    startup = measure_startup(bench, rounds, server_env)
+    return {
+        "model": bench.model_name,
+        "server_env": server_env,
+        "pip_cache": pip_cache_state(cold),
+        "cold_build": asdict(cold),
+        "rebuild": asdict(rebuild),
+        "image": asdict(facts),
+        "startup": asdict(startup),
+        "summary": summarize(cold, rebuild, facts, startup),
+    }
+
+
+def clean_up(bench: Bench) -> None:
+    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage collector)."""
+    names = docker("ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}").stdout.split()
+    for name in names:
+        subprocess.run(["docker", "rm", "-f", name.decode()], capture_output=True)
+    for image in (bench.tag("cold"), bench.tag("rebuild"), bench.base_image):
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def main() -> int:
+    """Run the benchmark; print the table; write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(REGIMES), default="resnet50")
+    parser.add_argument("--rounds", type=int, default=3, help="startup rounds (server and floor each)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="runtime setting for the serving container, e.g. BAKE_TORCHSCRIPT=0 (repeatable)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "build.json")
+    args = parser.parse_args()
+    info = {**machine(), **docker_versions(), "load_average_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bake-bench-") as tmp, HubServer() as hub:
+        bench = Bench(uuid.uuid4().hex[:8], Path(tmp), hub, args.model)
+        try:
+            report = run_benchmark(bench, args.rounds, args.server_env)
+        finally:
+            clean_up(bench)
+    report = {"machine": {**info, "load_average_after": os.getloadavg()}, **report}
+    print_table(report)
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
