@@ -32,7 +32,7 @@ from serve.threads import choose_cpu_threads
 logger = logging.getLogger("serve")
 
 PREDICT_PATHS = ("/predict", "/")
-_THREAD_PROBE_BATCH = 2  # batch size timed to choose the CPU thread count: enough work, quick to run
+_THREAD_PROBE_BATCH = 4  # batch size timed to choose the CPU thread count: enough work, quick to run
 
 
 class State(str, Enum):
@@ -122,12 +122,11 @@ class Runtime:
         task = task_class(name)(self.source, settings, self.placement)
         logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
         task.load()
-        warmed_up = task.optimize(self.batcher.buckets)
+        task.optimize(self.batcher.buckets)
         samples = task.warmup_samples()
-        if not warmed_up:
-            for prepared in samples:
-                for size in self.batcher.buckets:
-                    task.run_batch([prepared.sample] * size, size)
+        for prepared in samples:
+            for size in self.batcher.buckets:
+                task.run_batch([prepared.sample] * size, size)
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             probe = [samples[0].sample] * size

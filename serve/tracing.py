@@ -43,15 +43,14 @@ def traced_forward(
 ) -> Forward | None:
     """A frozen TorchScript forward equivalent to `model` on every example, or None if it is not.
 
-    `examples` are inputs of each batch size the server runs; the trace is made on the smallest (the
-    cheapest to record: a trace that does not generalise to the others fails their check).
+    `examples` are inputs of each batch size the server runs; the trace is made on the largest.
     """
     eager = eager_forward(model)
-    smallest = min(examples, key=len)
+    largest = max(examples, key=len)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings are what the verification below checks
-            traced = torch.jit.freeze(torch.jit.trace(_LogitsOnly(model).eval(), (smallest,), check_trace=False))
+            traced = torch.jit.freeze(torch.jit.trace(_LogitsOnly(model).eval(), (largest,), check_trace=False))
     except Exception as error:  # tracing fails in many model-specific ways; the eager model then stays
         logger.warning("TorchScript tracing failed, serving the eager model: %s", error)
         return None

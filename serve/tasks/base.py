@@ -85,13 +85,8 @@ class Task(ABC):
     def load(self) -> None:
         """Load the weights and move them to the device, once."""
 
-    def optimize(self, batch_sizes: Sequence[int]) -> bool:
-        """After `load`, specialise the forward pass for these batch sizes (default: nothing to do).
-
-        Returns whether doing so already ran the forward pass that will serve at every one of them, which
-        makes the runtime's own warm-up batches redundant.
-        """
-        return False
+    def optimize(self, batch_sizes: Sequence[int]) -> None:
+        """After `load`, specialise the forward pass for these batch sizes (default: nothing to do)."""
 
     @abstractmethod
     def prepare(self, body: Body) -> Prepared:

@@ -97,11 +97,10 @@ class ImageClassification(Task):
         self.transform = build_image_transform(self.source.path, self.placement)
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
 
-    def optimize(self, batch_sizes: Sequence[int]) -> bool:
-        """Swap in a traced forward pass when it matches the eager one at every batch size (having run it at
-        each, it is warm)."""
+    def optimize(self, batch_sizes: Sequence[int]) -> None:
+        """Swap in a traced forward pass when it matches the eager one at every batch size."""
         if not self.settings.torchscript:
-            return False
+            return
         shape = self.transform.collate([self.transform.example()], 1).shape[1:]
         generator = torch.Generator().manual_seed(0)
         examples = [
@@ -110,11 +109,9 @@ class ImageClassification(Task):
         ]
         tolerance = 1e-4 if self.placement.dtype == torch.float32 else 2e-2
         traced = traced_forward(self.model, examples, rtol=tolerance, atol=tolerance)
-        if traced is None:
-            return False
-        self._forward = traced
-        self._traced = True
-        return True
+        if traced is not None:
+            self._forward = traced
+            self._traced = True
 
     def prepare(self, body: Body) -> Prepared:
         """Decode and preprocess the image; batch key is the pixel array's shape."""
