@@ -18,9 +18,8 @@ import httpx
 import pytest
 
 from tests.fixtures import images
-from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image, run_bake
+from tests.fixtures.docker import built_project, docker, run_bake
 from tests.fixtures.dockerd import SecondEngine
-from tests.fixtures.models import make_image_classifier
 from tests.fixtures.registry import LocalRegistry
 from tests.fixtures.servers import free_port
 
@@ -40,15 +39,8 @@ class Project:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    ensure_base_image()
-    path = tmp_path_factory.mktemp("launch")
-    (path / "bake.toml").write_text(build_settings_toml())
-    model = make_image_classifier(path / "tiny-convnext", "convnext", image_size=64)
-    image = f"bake-launch/tiny:{uuid.uuid4().hex[:8]}"
-    result = run_bake(["build", "--model", str(model), "--tag", image], {}, path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield Project(path, image)
-    subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    with built_project(tmp_path_factory.mktemp("launch"), "convnext", "bake-launch/tiny") as (path, image):
+        yield Project(path, image)
 
 
 @pytest.fixture

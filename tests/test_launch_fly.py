@@ -13,9 +13,8 @@ import jsonschema
 import pytest
 import tomllib
 
-from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image, run_bake
+from tests.fixtures.docker import built_project, docker, run_bake
 from tests.fixtures.fly_api import SPECS_DIR, FlyApiServer
-from tests.fixtures.models import make_image_classifier
 from tests.fixtures.registry import LocalRegistry
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -26,15 +25,8 @@ TOKEN = "FlyV1 fm2_" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    ensure_base_image()
-    path = tmp_path_factory.mktemp("fly")
-    (path / "bake.toml").write_text(build_settings_toml())
-    model = make_image_classifier(path / "tiny-vit", "vit", image_size=64)
-    tag = f"bake-fly/tiny:{uuid.uuid4().hex[:8]}"
-    result = run_bake(["build", "--model", str(model), "--tag", tag, "--max-batch-size", "4"], {}, path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield path, tag
-    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    with built_project(tmp_path_factory.mktemp("fly"), "vit", "bake-fly/tiny", "--max-batch-size", "4") as built:
+        yield built
 
 
 def test_dry_run_writes_a_schema_valid_fly_toml_with_the_measured_warm_up(image: tuple[Path, str]) -> None:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.fixtures.docker import build_settings_toml, ensure_base_image, run_bake
-from tests.fixtures.models import make_image_classifier
+from tests.fixtures.docker import built_project, run_bake
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    ensure_base_image()
-    path = tmp_path_factory.mktemp("k8s")
-    (path / "bake.toml").write_text(build_settings_toml())
-    model = make_image_classifier(path / "tiny-resnet", "resnet", image_size=64)
-    tag = f"registry.example:5000/bake-k8s/tiny:{uuid.uuid4().hex[:8]}"
-    result = run_bake(["build", "--model", str(model), "--tag", tag, "--max-batch-size", "4"], {}, path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield path, tag
-    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    registry = "registry.example:5000/bake-k8s/tiny"
+    with built_project(tmp_path_factory.mktemp("k8s"), "resnet", registry, "--max-batch-size", "4") as built:
+        yield built
 
 
 def test_knative_manifests_are_written_from_the_labels(image: tuple[Path, str]) -> None:
