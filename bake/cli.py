@@ -26,6 +26,8 @@ from fly import FlyError
 
 _KINDS = {"str": str, "int": int, "float": float, "list": str}
 _HOST_FLAG = find("launch.docker_host").dest
+_host_option = click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+"""The engine flag of the commands that manage launched containers (ps, logs, stop, predict)."""
 
 
 def option_decorator(option: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -135,7 +137,7 @@ def launch_command(image: str | None, env_pairs: tuple[str, ...], wake: bool, dr
 
 
 @cli.command("ps")
-@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@_host_option
 def ps_command(docker_host: str | None) -> None:
     """List the containers bake launched on an engine."""
     config = configure({_HOST_FLAG: docker_host})
@@ -152,7 +154,7 @@ def ps_command(docker_host: str | None) -> None:
 
 @cli.command("logs")
 @click.argument("name")
-@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@_host_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=int, default=None, help="Only the last N lines.")
 def logs_command(name: str, docker_host: str | None, follow: bool, tail: int | None) -> None:
@@ -169,7 +171,7 @@ def logs_command(name: str, docker_host: str | None, follow: bool, tail: int | N
 
 @cli.command("stop")
 @click.argument("name")
-@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@_host_option
 @click.option("--rm", "remove", is_flag=True, help="Also remove the container.")
 def stop_command(name: str, docker_host: str | None, remove: bool) -> None:
     """Stop a launched container gracefully (it drains in-flight requests first)."""
@@ -183,7 +185,7 @@ def stop_command(name: str, docker_host: str | None, remove: bool) -> None:
 @click.argument("value", metavar="INPUT")
 @click.option("--name", default=None, help="Container to ask (default: the only bake container).")
 @click.option("--url", default=None, help="Ask this server instead of a container on an engine.")
-@click.option("--host", "docker_host", default=None, help="Docker engine (default: local).")
+@_host_option
 @click.option("-p", "--param", "params", multiple=True, help="Request parameter KEY=VALUE (e.g. top_k=3).")
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), default=None,
               help="Where to write an image answer.")
