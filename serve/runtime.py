@@ -114,7 +114,8 @@ class Runtime:
         self._on_exit()
 
     def _load_and_warm_up(self) -> None:
-        """Device thread: locate, load and warm up the model at every batch bucket."""
+        """Device thread: locate, load and warm up the model at every batch bucket (unless optimizing it
+        already did), then choose the CPU thread count."""
         settings = self.settings
         self.placement = choose_placement(settings.device, settings.dtype)
         self.source = locate_model(settings.model, settings.revision, offline=settings.offline)
@@ -122,11 +123,12 @@ class Runtime:
         task = task_class(name)(self.source, settings, self.placement)
         logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
         task.load()
-        task.optimize(self.batcher.buckets)
+        warmed_up = task.optimize(self.batcher.buckets)
         samples = task.warmup_samples()
-        for prepared in samples:
-            for size in self.batcher.buckets:
-                task.run_batch([prepared.sample] * size, size)
+        if not warmed_up:
+            for prepared in samples:
+                for size in self.batcher.buckets:
+                    task.run_batch([prepared.sample] * size, size)
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             probe = [samples[0].sample] * size

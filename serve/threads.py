@@ -6,11 +6,11 @@ decoding a JPEG, all of them wait. For small models that costs far more than it 
 2 cores: a tiny ResNet served 152 req/s with one thread and 90 with two), while large models need every
 core (ResNet-50: 12 req/s with two threads, 7 with one). Timing a batch alone at warm-up does not tell
 the two apart (both run faster on two idle cores); what does is the forward pass's cost next to a request's
-other CPU work (decoding, resizing, HTTP: a few ms). So with `BAKE_CPU_THREADS=0` the runtime times one
-batch on one thread, and only a forward pass costing at least `COMPUTE_BOUND_S` per sample, which every
-core then runs clearly faster, gets every core. From `DEVICE_BOUND_S` per sample on (ResNet-50, a diffusion
-model's denoising) a request's other CPU work is lost in the noise, and every core is used if it is faster at
-all.
+other CPU work (decoding, resizing, HTTP: a few ms). From `DEVICE_BOUND_S` per sample on (ResNet-50, a
+diffusion model's denoising) that work is lost in the noise: a forward pass this slow even on every core
+keeps every core, untimed on one thread. Below it, with `BAKE_CPU_THREADS=0` the runtime times one batch on
+one thread, and only a forward pass costing at least `COMPUTE_BOUND_S` per sample, which every core then runs
+clearly faster, gets every core.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ MIN_SPEEDUP = 1.4
 """All cores are used only if they run a batch at least this much faster than one core alone."""
 
 DEVICE_BOUND_S = 0.05
-"""Per-sample forward time on one thread from which all cores are used when at least `DEVICE_BOUND_SPEEDUP`
-faster: next to 50 ms of arithmetic a request's few ms of decoding are noise. (ResNet-50, 150-190 ms per
-sample on one thread, measured 1.16x to 1.83x faster on 2 busy cores from start to start, and served 10-12
-req/s on both against 5 on one; an SD-like UNet at 128x128: 330 ms, 1.4x.)"""
+"""Per-sample forward time from which the forward pass is device-bound: next to 50 ms of arithmetic a
+request's few ms of decoding are noise. That slow on every core: every core is kept. That slow on one thread
+only: every core is used when at least `DEVICE_BOUND_SPEEDUP` faster. (ResNet-50 on 2 cores: 80-100 ms per
+sample on both, 150-190 ms on one, measured 1.16x to 1.83x faster on 2 busy cores from start to start, and
+served 10-12 req/s on both against 5 on one; an SD-like UNet at 128x128: 330 ms on one thread, 1.4x.)"""
 
 DEVICE_BOUND_SPEEDUP = 1.1
 
@@ -53,15 +54,23 @@ def configure_interpreter() -> None:
 def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configured: int) -> int:
     """Set torch's intra-op thread count for CPU inference and return it.
 
-    `configured` > 0 is used as is. 0 times `run_batch` (one warmed-up batch of `batch_size`) on one thread;
-    a forward pass under `COMPUTE_BOUND_S` per sample stays on one thread, a slower one gets every core if
-    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
+    `configured` > 0 is used as is. 0 first times `run_batch` (one warmed-up batch of `batch_size`) on every
+    core: a forward pass still costing `DEVICE_BOUND_S` per sample there is device-bound and keeps every core,
+    without the single-thread timing (for ResNet-50 on 2 cores that timing alone took 2 s of start-up, and a
+    forward pass that slow is always helped by more cores). Otherwise it times the batch on one thread: under
+    `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if they run the
+    batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
         threads = configured or 1
         torch.set_num_threads(threads)
         return threads
+    torch.set_num_threads(cores)
+    all_cores = _time(run_batch) / batch_size
+    if all_cores >= DEVICE_BOUND_S:
+        logger.info("forward pass on %d CPU threads (%.1f ms per sample on them)", cores, all_cores * 1e3)
+        return cores
     torch.set_num_threads(1)
     single = _best_time(run_batch)
     per_sample = single / batch_size
@@ -77,11 +86,12 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
     return threads
 
 
+def _time(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
 def _best_time(run: Callable[[], object], repeats: int = 2) -> float:
     run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return min(_time(run) for _ in range(repeats))

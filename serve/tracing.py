@@ -39,33 +39,48 @@ def eager_forward(model: torch.nn.Module) -> Forward:
 
 @torch.inference_mode()
 def traced_forward(
-    model: torch.nn.Module, examples: Sequence[torch.Tensor], *, rtol: float, atol: float
+    model: torch.nn.Module, distinct: torch.Tensor, batch_sizes: Sequence[int], *, rtol: float, atol: float
 ) -> Forward | None:
-    """A frozen TorchScript forward equivalent to `model` on every example, or None if it is not.
+    """A frozen TorchScript forward equivalent to `model` at every one of `batch_sizes`, or None if it is not.
 
-    `examples` are inputs of each batch size the server runs; the trace is made on the largest.
+    `distinct` holds a few different inputs (rows). A checked batch of size n is made of rows
+    `i % len(distinct)`, so every batch mixes different inputs. The eager model runs once, on `distinct`.
+    The trace is made on the smallest batch size above 1 (a batch of one invites shape specialisation, e.g. by
+    `squeeze`), with the rows in reverse order, so that a value it froze from its example data (a Python
+    branch or number read from a tensor) meets other data in the check; it must reproduce the eager rows at
+    every batch size. The checked runs are also the trace's warm-up at every batch size (its first run at a
+    shape is the slow, profiling one).
     """
-    eager = eager_forward(model)
-    largest = max(examples, key=len)
+    expected = eager_forward(model)(distinct)
+    sizes = sorted(set(batch_sizes))
+
+    def batch(rows: torch.Tensor, size: int) -> torch.Tensor:
+        return rows[torch.arange(size, device=rows.device) % len(rows)]
+
+    trace_size = next((size for size in sizes if size > 1), sizes[0])
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings are what the verification below checks
-            traced = torch.jit.freeze(torch.jit.trace(_LogitsOnly(model).eval(), (largest,), check_trace=False))
+            warnings.simplefilter("ignore")  # TracerWarnings are what the check below is for
+            example = batch(distinct.flip(0), trace_size)
+            traced = torch.jit.trace(_LogitsOnly(model).eval(), (example,), check_trace=False)
+            traced = torch.jit.freeze(traced)
     except Exception as error:  # tracing fails in many model-specific ways; the eager model then stays
         logger.warning("TorchScript tracing failed, serving the eager model: %s", error)
         return None
-    for example in examples:
-        expected = eager(example)
+    for size in sizes:
+        wanted = batch(expected, size)
         try:
-            actual = traced(example)
+            actual = traced(batch(distinct, size))
         except Exception as error:  # a trace that cannot run a batch size is not used at all
-            logger.warning("traced model fails at batch size %d, serving the eager model: %s", len(example), error)
+            logger.warning("traced model fails at batch size %d, serving the eager model: %s", size, error)
             return None
-        if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=rtol, atol=atol):
-            difference = (actual.float() - expected.float()).abs().max().item()
+        if actual.shape != wanted.shape or not torch.allclose(actual, wanted, rtol=rtol, atol=atol):
+            difference = (
+                (actual.float() - wanted.float()).abs().max().item() if actual.shape == wanted.shape else float("inf")
+            )
             logger.warning(
                 "traced model differs from eager at batch size %d (max |diff| %.2e), serving the eager model",
-                len(example),
+                size,
                 difference,
             )
             return None

@@ -30,8 +30,9 @@ def forward(one_thread_s: float, all_cores_s: float) -> Callable[[], None]:
         (0.004, 0.001, 1),  # cheap: the cores are better spent on preprocessing
         (0.030, 0.015, 4),  # compute-bound, 2x faster on every core
         (0.030, 0.025, 1),  # compute-bound but only 1.2x faster: not worth the contention
-        (0.300, 0.250, 4),  # device-bound (diffusion-like): 1.2x is worth it
-        (0.300, 0.290, 1),  # device-bound, no real gain
+        (0.080, 0.040, 4),  # device-bound on one thread only: 2x is worth it
+        (0.052, 0.049, 1),  # device-bound on one thread only, no real gain
+        (0.300, 0.250, 4),  # device-bound even on every core (ResNet-50, diffusion): every core
     ],
 )
 def test_threads_follow_the_cost_and_the_gain(one_thread_s: float, all_cores_s: float, expected: int) -> None:
@@ -42,3 +43,15 @@ def test_threads_follow_the_cost_and_the_gain(one_thread_s: float, all_cores_s: 
 def test_a_configured_count_is_used_as_is() -> None:
     assert threads.choose_cpu_threads(forward(1.0, 1.0), 1, configured=3) == 3
     assert torch.get_num_threads() == 3
+
+
+def test_a_device_bound_forward_pass_is_never_timed_on_one_thread() -> None:
+    """A forward pass slow even on every core keeps them without the costly single-thread timing."""
+    thread_counts: list[int] = []
+
+    def run_batch() -> None:
+        thread_counts.append(torch.get_num_threads())
+        time.sleep(0.06)
+
+    assert threads.choose_cpu_threads(run_batch, 1, configured=0) == 4
+    assert thread_counts == [4]

@@ -85,8 +85,13 @@ class Task(ABC):
     def load(self) -> None:
         """Load the weights and move them to the device, once."""
 
-    def optimize(self, batch_sizes: Sequence[int]) -> None:
-        """After `load`, specialise the forward pass for these batch sizes (default: nothing to do)."""
+    def optimize(self, batch_sizes: Sequence[int]) -> bool:
+        """After `load`, specialise the forward pass for these batch sizes (default: nothing to do).
+
+        Returns True when doing so already ran the forward pass now in use at every batch size, on inputs
+        of the served shape, so that no separate warm-up is needed.
+        """
+        return False
 
     @abstractmethod
     def prepare(self, body: Body) -> Prepared:
