@@ -9,10 +9,6 @@ from serve.tracing import traced_forward
 BATCH_SIZES = (1, 2, 4, 8)
 
 
-class Output(tuple):
-    """What a transformers model returns with `return_dict=False`: a tuple whose first item is the logits."""
-
-
 class Linear(torch.nn.Module):
     """A well-behaved model: the trace is exact at every batch size."""
 
