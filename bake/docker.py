@@ -22,13 +22,17 @@ def docker_client(host: str = "") -> DockerClient:
 def ensure_engine(client: DockerClient, *, buildx: bool = False) -> None:
     """Raise `DockerUnavailable` unless the engine answers (and, with `buildx`, the buildx plugin exists)."""
     try:
-        client.system.info()
+        # Debian's docker CLI 26 exits 0 from `docker info --format` when no engine answers, reporting
+        # the error in the output instead: an empty server version says the same.
+        reason = "" if client.system.info().server_version else "docker info reports no server"
     except DockerException as error:
+        reason = _first_line(error)
+    if reason:
         where = client.client_config.host or "the local socket"
         raise DockerUnavailable(
-            f"no Docker engine answers at {where} ({_first_line(error)})",
+            f"no Docker engine answers at {where} ({reason})",
             "start dockerd (or Docker Desktop), or point DOCKER_HOST / --host at a running engine",
-        ) from None
+        )
     if buildx:
         try:
             client.buildx.version()
