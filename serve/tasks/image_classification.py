@@ -101,8 +101,9 @@ class ImageClassification(Task):
     def optimize(self, batch_sizes: Sequence[int]) -> bool:
         """Swap in a traced forward pass when it matches the eager one at every batch size.
 
-        The check runs random images through the serving path's own `collate` (same layout and strides as
-        requests), so a verified trace has also been warmed up at every batch size: returns True then.
+        The check runs noise images through the serving path's own `prepare` and `collate` (same shape,
+        layout and strides as requests), so a verified trace has also been warmed up at every batch size:
+        returns True then.
         """
         if not self.settings.torchscript:
             return False
