@@ -57,9 +57,9 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
     `configured` > 0 is used as is. 0 first times `run_batch` (one warmed-up batch of `batch_size`) on every
     core: a forward pass still costing `DEVICE_BOUND_S` per sample there is device-bound and keeps every core,
     without the single-thread timing (for ResNet-50 on 2 cores that timing alone took 2 s of start-up, and a
-    forward pass that slow is in practice always helped by more cores). Otherwise it times the batch on one thread: under
-    `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if they run the
-    batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
+    forward pass that slow is in practice always helped by more cores). Otherwise it times the batch on one
+    thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if
+    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:

@@ -75,9 +75,8 @@ def traced_forward(
             logger.warning("traced model fails at batch size %d, serving the eager model: %s", size, error)
             return None
         if actual.shape != wanted.shape or not torch.allclose(actual, wanted, rtol=rtol, atol=atol):
-            difference = (
-                (actual.float() - wanted.float()).abs().max().item() if actual.shape == wanted.shape else float("inf")
-            )
+            same_shape = actual.shape == wanted.shape
+            difference = (actual.float() - wanted.float()).abs().max().item() if same_shape else float("inf")
             logger.warning(
                 "traced model differs from eager at batch size %d (max |diff| %.2e), serving the eager model",
                 size,

@@ -109,8 +109,9 @@ class ImageClassification(Task):
             return False
         generator = np.random.default_rng(0)
         rows = min(2, max(batch_sizes))
-        noise = [Image.fromarray(generator.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(rows)]
-        distinct = self.transform.collate([self.transform.prepare(image) for image in noise], rows)
+        noise = [generator.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(rows)]
+        prepared = [self.transform.prepare(Image.fromarray(pixels)) for pixels in noise]
+        distinct = self.transform.collate(prepared, rows)
         tolerance = 1e-4 if self.placement.dtype == torch.float32 else 2e-2
         traced = traced_forward(self.model, distinct, batch_sizes, rtol=tolerance, atol=tolerance)
         if traced is None:
