@@ -39,6 +39,8 @@ _CONVNEXT_CROP_BELOW = 384
 _TORCH_MODES = {int(Image.Resampling.BILINEAR): "bilinear"}
 # Decoded images are read-only buffers; torch only reads them, so its warning about that is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+EXAMPLE_INPUT_SIZE = (640, 480)
+"""(width, height) of the input image that warm-up and trace-checking examples are made from."""
 # The base-class methods a processor must not override for the standard fast path to be exact.
 _STANDARD_METHODS = ("preprocess", "_preprocess", "resize", "center_crop", "rescale", "normalize")
 
@@ -142,7 +144,7 @@ class FastImageTransform(ImageTransform):
         """A mid-grey image of the output size (or of a 640x480 input when the size depends on the input)."""
         if self.output_size is not None:
             return np.full((*self.output_size, 3), 128, dtype=np.uint8)
-        return self.prepare(Image.new("RGB", (640, 480), (128, 128, 128)))
+        return self.prepare(Image.new("RGB", EXAMPLE_INPUT_SIZE, (128, 128, 128)))
 
 
 class ProcessorImageTransform(ImageTransform):
@@ -167,7 +169,7 @@ class ProcessorImageTransform(ImageTransform):
 
     def example(self) -> np.ndarray:
         """The processor's output for a mid-grey 640x480 image."""
-        return self.prepare(Image.new("RGB", (640, 480), (128, 128, 128)))
+        return self.prepare(Image.new("RGB", EXAMPLE_INPUT_SIZE, (128, 128, 128)))
 
 
 def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransform:

@@ -17,7 +17,7 @@ from serve.imaging import decode_image
 from serve.payload import StrictModel, binary_request
 from serve.tasks.base import Body, Prepared, Task, TaskInfo
 from serve.tracing import eager_forward, traced_forward
-from serve.transforms import ImageTransform, build_image_transform
+from serve.transforms import EXAMPLE_INPUT_SIZE, ImageTransform, build_image_transform
 
 
 class ClassificationParameters(StrictModel):
@@ -109,7 +109,8 @@ class ImageClassification(Task):
             return False
         generator = np.random.default_rng(0)
         rows = min(2, max(batch_sizes))
-        noise = [generator.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(rows)]
+        width, height = EXAMPLE_INPUT_SIZE
+        noise = [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(rows)]
         prepared = [self.transform.prepare(Image.fromarray(pixels)) for pixels in noise]
         distinct = self.transform.collate(prepared, rows)
         tolerance = 1e-4 if self.placement.dtype == torch.float32 else 2e-2
