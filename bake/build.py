@@ -13,7 +13,7 @@ from typing import TextIO
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from bake.config import Config
+from bake.config import Config, check_build
 from bake.docker import docker_client, ensure_engine
 from bake.env import Environment
 from bake.errors import BuildFailed, GatedModel
@@ -64,6 +64,7 @@ class BuiltImage:
 
 def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
     """Build (and with --push, push) the image for `config`; progress goes to `output`."""
+    check_build(config)
     client = docker_client()
     ensure_engine(client, buildx=True)
     model = resolve_model(config.model, env, device=config.build.device)

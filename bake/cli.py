@@ -14,15 +14,15 @@ from bake import __version__
 from bake.build import BuiltImage, build
 from bake.config import Config, load_config
 from bake.env import read_environment
-from bake.errors import BakeError, ConfigError
+from bake.errors import ConfigError
 from bake.init_config import write_config
-from bake.labels import MODEL
 from bake.launch import commands as launch_commands
 from bake.launch import docker_target
 from bake.launch.commands import project_dir
 from bake.options import Option, find, options_for
 from bake.state import record_build
-from fly import FlyError
+from serve.contract.errors import INTERRUPTED_EXIT_CODE, UserError
+from serve.contract.labels import MODEL
 
 _KINDS = {"str": str, "int": int, "float": float, "list": str}
 _HOST_FLAG = find("launch.docker_host").dest
@@ -217,15 +217,16 @@ def _report(built: BuiltImage) -> None:
 
 
 def main() -> None:
-    """Console entry point: run the CLI, turning `BakeError`s into one line and an exit status."""
+    """Console entry point: run the CLI, turning `UserError`s (bake's, fly's, the contract's) into one line and
+    their exit status."""
     try:
         cli.main(standalone_mode=False)
-    except (BakeError, FlyError) as error:
+    except UserError as error:
         click.echo(f"bake: error: {error}", err=True)
-        sys.exit(getattr(error, "exit_code", 1))
+        sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("bake: aborted", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import get_token
 
+from serve.contract.settings import API_KEY_ENV
+
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
 
@@ -38,5 +40,5 @@ def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
         hf_token=token or None,
         hf_endpoint=(variables.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/"),
         fly_api_token=variables.get("FLY_API_TOKEN") or None,
-        api_key=variables.get("BAKE_API_KEY") or None,
+        api_key=variables.get(API_KEY_ENV) or None,
     )

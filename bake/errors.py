@@ -1,27 +1,34 @@
-"""Exception types of the bake CLI. Every one carries the fix, and prints as one line."""
+"""Exception types of the bake CLI. Every one carries the fix and prints as one line, in the one format of
+`serve.contract.errors.UserError`, whose exit-code rule they follow (2: a setting or flag, 1: anything else).
+"""
 
 from __future__ import annotations
 
+from serve.contract.errors import USAGE_EXIT_CODE, UnsupportedModel, UserError
 
-class BakeError(Exception):
+__all__ = [
+    "AccessDenied",
+    "BakeError",
+    "BuildFailed",
+    "ConfigError",
+    "DockerUnavailable",
+    "GatedModel",
+    "HubUnreachable",
+    "LaunchFailed",
+    "ModelNotFound",
+    "RevisionNotFound",
+    "UnsupportedModel",
+]
+
+
+class BakeError(UserError):
     """An error the user can act on: `message` says what is wrong, `fix` what to do about it."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-    def __str__(self) -> str:
-        text = f"{self.message}: {self.fix}" if self.fix else self.message
-        return " ".join(text.split())  # always one line, whatever a library's message held
 
 
 class ConfigError(BakeError):
-    """A flag, environment variable or bake.toml key has an unusable value."""
+    """A flag, environment variable or bake.toml key has an unusable value, or two of them do not fit."""
 
-    exit_code = 2
+    exit_code = USAGE_EXIT_CODE
 
 
 class ModelNotFound(BakeError):
@@ -38,10 +45,6 @@ class GatedModel(BakeError):
 
 class AccessDenied(BakeError):
     """The Hub refused the token (invalid, expired, or without access to the model)."""
-
-
-class UnsupportedModel(BakeError):
-    """bake cannot serve this model for the requested (or detected) task."""
 
 
 class HubUnreachable(BakeError):

@@ -7,7 +7,6 @@ are fetched inside the image build. Hub errors become one-line `BakeError`s with
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from bake.errors import (
     RevisionNotFound,
     UnsupportedModel,
 )
-from bake.files import TASKS, Selection, detect_task, parse_json_bytes, select_files
+from serve.contract.files import Selection, detect_task, parse_json_bytes, select_files
+from serve.contract.tasks import TASKS
 
 _SKIPPED_DIRS = {".git", ".cache", "__pycache__"}
 _HASH_CHUNK = 1 << 20
@@ -69,17 +69,9 @@ class ResolvedModel:
         """Total size of the files to bake."""
         return sum(file.size for file in self.files)
 
-    @property
-    def short_name(self) -> str:
-        """The model's name without its namespace, lower-case (for tags and container names)."""
-        name = self.local_dir.name if self.local_dir else self.id.rsplit("/", 1)[-1]
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower()).strip("-.") or "model"
-
 
 def resolve_model(spec: ModelSpec, env: Environment, *, device: str) -> ResolvedModel:
     """Pin `spec` to a commit and choose its files; raises a `BakeError` subclass with the fix."""
-    if not spec.id:
-        raise ModelNotFound("no model given", "pass --model ORG/NAME (or a directory), or set model.id in bake.toml")
     if spec.local_dir is not None:
         return _resolve_local(spec, spec.local_dir, device=device)
     if spec.id.startswith((".", "/", "~")) or spec.id.count("/") > 1:
@@ -240,7 +232,3 @@ def _sha256(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def describe(model: ResolvedModel) -> str:
-    """One JSON line describing the files to bake (used in labels and logs)."""
-    return json.dumps({file.path: file.sha256 for file in model.files}, sort_keys=True)

@@ -57,4 +57,6 @@ def _origin(option: Option) -> str:
 
 
 def _toml_value(value: object) -> str:
+    if value is None:
+        return '""'  # an optional setting left unset: the empty string reads as "not set"
     return tomlkit.item(list(value) if isinstance(value, tuple) else value).as_string()

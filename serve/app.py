@@ -1,4 +1,5 @@
-"""The HTTP application: routes, error bodies and middleware around a `Runtime`."""
+"""The HTTP application: the protocols' routes, the operational routes, error bodies and middleware around a
+`Runtime`."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from starlette.responses import JSONResponse, Response
 
 from serve import __version__
 from serve.auth import BearerAuthMiddleware
+from serve.contract import routes
 from serve.errors import ClientDisconnected, RequestError
 from serve.metrics import ObserveMiddleware
-from serve.runtime import PREDICT_PATHS, Runtime, State
-from serve.tasks import TASKS
+from serve.protocols import huggingface
+from serve.runtime import Runtime, State
 
 logger = logging.getLogger("serve")
 
@@ -33,9 +35,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         version=__version__,
         description=f"Serves {runtime.settings.model} with dynamic batching.",
         lifespan=runtime.lifespan,
-        docs_url="/docs",
+        docs_url=routes.DOCS,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=routes.OPENAPI,
     )
     _add_error_handlers(app)
     _add_routes(app, runtime)
@@ -50,26 +52,14 @@ def _add_routes(app: FastAPI, runtime: Runtime) -> None:
         str(code): {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
         for code, text in _ERROR_DESCRIPTIONS.items()
     }
-
-    async def predict(request: Request) -> Response:
-        return await runtime.predict(request)
-
-    for path in PREDICT_PATHS:
-        app.add_api_route(
-            path,
-            predict,
-            methods=["POST"],
-            summary="Run the model on one input",
-            operation_id="predict" if path == "/predict" else "predict_root",
-            openapi_extra={"responses": errors},
-        )
+    huggingface.add_routes(app, runtime, errors)
     app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
 
-    @app.get("/health", summary="Liveness: the process answers")
+    @app.get(routes.HEALTH, summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the model is loaded and warmed up", responses={503: {}})
+    @app.get(routes.READY, summary="Readiness: the model is loaded and warmed up", responses={503: {}})
     async def ready() -> JSONResponse:
         if runtime.state is State.READY:
             return JSONResponse({"status": "ready"})
@@ -78,17 +68,17 @@ def _add_routes(app: FastAPI, runtime: Runtime) -> None:
             body["error"] = runtime.error
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
-    @app.get("/info", summary="What is served, and how")
+    @app.get(routes.INFO, summary="What is served, and how")
     async def info() -> dict[str, Any]:
         return runtime.info()
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(routes.METRICS, summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, Any]]:
-    """FastAPI's schema, with the request and response of POST /predict described for the served task.
+    """FastAPI's schema, with each protocol's requests and responses described for the served task.
 
     The task may only be known once the model is loaded, so the schema is cached only from then on.
     """
@@ -97,13 +87,10 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        task_cls = type(runtime.task) if runtime.task is not None else TASKS.get(runtime.settings.task or "")
-        if task_cls is None:
+        task = runtime.task.name if runtime.task is not None else runtime.settings.task
+        if task is None:
             return schema
-        for path in PREDICT_PATHS:
-            operation = schema["paths"][path]["post"]
-            operation["requestBody"] = task_cls.request_openapi
-            operation["responses"]["200"] = task_cls.response_openapi
+        huggingface.document(schema, task)
         app.openapi_schema = schema
         return schema
 

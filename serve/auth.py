@@ -7,10 +7,8 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve.contract.routes import OPEN_PATHS
 from serve.errors import Unauthorized
-
-OPEN_PATHS = frozenset({"/health", "/ready"})
-"""Routes that load balancers probe without credentials."""
 
 
 class BearerAuthMiddleware:

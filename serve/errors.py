@@ -1,7 +1,8 @@
 """Exception types of the runtime.
 
-`RequestError` subclasses carry the HTTP status they map to; the app turns any of them into a JSON
-body `{"error": "<message>"}` with that status. Everything else is a startup error.
+`RequestError` subclasses carry the HTTP status they map to; each protocol turns any of them into its own
+error shape with that status (the Hugging Face routes: `{"error": "<message>"}`). Everything else is a
+start-up error. Settings errors are the contract's (`serve.contract.errors.SettingsError`), shared with bake.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ from __future__ import annotations
 
 class ServeError(Exception):
     """Base class of every error the runtime raises on purpose."""
-
-
-class SettingsError(ServeError):
-    """An environment variable holds a value the runtime cannot use."""
 
 
 class ModelLoadError(ServeError):

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.contract.routes import PROBE_PATHS
 from serve.lifecycle import Activity
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
-"""Paths that load balancers and scrapers poll: they never count as activity for the idle timeout."""
 
 
 class Metrics:

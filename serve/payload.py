@@ -7,7 +7,8 @@ Binary-input tasks (images) take any of:
 - JSON `{"inputs": "<base64 or data: URL>", "parameters": {...}}`.
 JSON-input tasks (prompts) take `{"inputs": "...", "parameters": {...}}`.
 
-Parameters are validated strictly against a pydantic model (unknown fields and wrong types are 422).
+Parameters are returned as parsed; the runtime validates them strictly against the task's pydantic model
+(unknown fields and wrong types are 422, see `validate`).
 """
 
 from __future__ import annotations
@@ -77,20 +78,15 @@ def describe_validation_error(error: ValidationError, *, prefix: str = "") -> st
     return "; ".join(parts)
 
 
-def binary_request(
-    data: bytes, content_type: str, query: Iterable[tuple[str, str]], params_model: type[ParamsT]
-) -> tuple[bytes, ParamsT]:
-    """Extract the input bytes and the validated parameters from a binary-input request."""
+def binary_request(data: bytes, content_type: str, query: Iterable[tuple[str, str]]) -> tuple[bytes, Any]:
+    """The input bytes and the (not yet validated) parameters of a binary-input request."""
     kind = media_type(content_type)
     if kind == "application/json":
         envelope = validate(_BinaryEnvelope, parse_json(data))
-        return decode_base64_input(envelope.inputs), validate(
-            params_model, envelope.parameters, where="parameters"
-        )
+        return decode_base64_input(envelope.inputs), envelope.parameters
     if kind == "multipart/form-data":
-        payload, fields = parse_multipart(data, content_type)
-        return payload, validate(params_model, fields, where="parameters")
-    return data, validate(params_model, _loose_fields(query), where="parameters")
+        return parse_multipart(data, content_type)
+    return data, _loose_fields(query)
 
 
 def decode_base64_input(inputs: str) -> bytes:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from serve.app import create_app
+from serve.contract.settings import Settings
 from serve.runtime import Runtime, State
-from serve.settings import Settings
 from serve.threads import configure_interpreter
 
 _DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
-from transformers.image_processing_backends import PilBackend
-from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+from transformers import AutoImageProcessor, ConvNextImageProcessorPil, PilBackend
 
 from serve.device import Placement
 from serve.errors import ModelLoadError

@@ -180,7 +180,7 @@ def test_labels_carry_model_sha_task_hashes_and_settings(tmp_path: Path) -> None
     facts = ImageFacts.from_labels(labels)
     assert facts.model == "org/Tiny-Model" and facts.commit_sha == SHA and facts.task == "image-classification"
     assert facts.weights["model.safetensors"] == "ab" * 32
-    assert facts.serve["BAKE_MAX_BATCH_SIZE"] == "4" and facts.port == 8080
+    assert facts.serve.max_batch_size == 4 and facts.port == 8080
 
 
 def test_default_tag_is_the_model_name_and_short_sha() -> None:

@@ -33,6 +33,8 @@ from bake.launch.kubernetes import (
     write_manifests,
 )
 from fly.spec import FlyServiceSpec, concurrency_limits, estimated_memory_mb
+from serve.contract.errors import SettingsError
+from serve.contract.settings import ServeSettings
 from tests.fixtures.kube_api import (
     KNATIVE_SCHEMA,
     KSERVE_SCHEMA,
@@ -88,10 +90,9 @@ def image_facts(
         commit_sha=SHA,
         task="image-classification",
         device=device,
-        port=port,
         weights={"model.safetensors": "ab" * 32},
         weights_bytes=weights_bytes,
-        serve=SERVE if serve is None else serve,
+        serve=ServeSettings.from_environment({**(SERVE if serve is None else serve), "PORT": str(port)}),
         bake_version="0.1.0",
     )
 
@@ -297,10 +298,11 @@ def test_concurrency_and_memory_are_fly_s_numbers() -> None:
 
 @pytest.mark.parametrize("label", ["eight", "-1", "nan", "0"])
 def test_unusable_serve_label_is_refused(label: str) -> None:
-    with pytest.raises(ConfigError, match="BAKE_MAX_BATCH_SIZE"):
-        render_manifests(
-            image_facts(serve={**SERVE, "BAKE_MAX_BATCH_SIZE": label}), IMAGE, KubernetesOptions("m")
-        )
+    """The labels are read once, with the runtime's parser, before any target sees them."""
+    labels = image_facts().to_labels(base_image="b", source=None)
+    labels["dev.bake.serve"] = json.dumps({**SERVE, "BAKE_MAX_BATCH_SIZE": label})
+    with pytest.raises(SettingsError, match="BAKE_MAX_BATCH_SIZE"):
+        ImageFacts.from_labels(labels)
 
 
 def test_port_knative_reserves_device_and_image_are_checked() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.settings import Settings
+from serve.contract.settings import Settings
 from tests.fixtures.gated_task import GatedEcho, Gates, registered
 from tests.fixtures.servers import ThreadServer, free_port
 

@@ -14,10 +14,15 @@ from bake.config import Config
 from bake.docker import docker_client, ensure_engine
 from bake.env import Environment
 from bake.errors import ConfigError, LaunchFailed
-from bake.labels import ImageFacts, TASK
+from bake.labels import ImageFacts
 from bake.launch import docker_target, fly_target, kubernetes
 from bake.launch.images import read_facts
+from bake.launch.names import default_name
 from bake.state import last_built_tag
+from fly.auth import require_token
+from serve.contract.labels import TASK
+from serve.contract.settings import API_KEY_ENV
+from serve.contract.tasks import TEXT_TO_IMAGE
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,13 @@ def launch(config: Config, env: Environment, request: LaunchRequest, output: Tex
     """Put the image on the configured target and report where it answers."""
     spec = config.launch
     image = choose_image(config, request.image)
+    runtime_env = dict(request.env)
+    if env.api_key and API_KEY_ENV not in runtime_env:
+        runtime_env[API_KEY_ENV] = env.api_key
+    _check_before_work(config, env, request, runtime_env)
     local = docker_client()
     ensure_engine(local)
     facts = read_facts(local, image)
-    runtime_env = dict(request.env)
-    if env.api_key and "BAKE_API_KEY" not in runtime_env:
-        runtime_env["BAKE_API_KEY"] = env.api_key
     if spec.target in ("local", "docker"):
         return _launch_docker(config, local, image, facts, runtime_env, output)
     if spec.target == "fly":
@@ -78,18 +84,39 @@ def launch(config: Config, env: Environment, request: LaunchRequest, output: Tex
     return _launch_kubernetes(config, image, facts, request, runtime_env)
 
 
+def _check_before_work(config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]) -> None:
+    """Refuse what the target would refuse, before the engine, the image or the network is touched."""
+    if config.launch.target == "fly" and not request.dry_run:
+        require_token(env.fly_api_token)
+    if config.launch.target == "kubernetes":
+        _kubernetes_options(config, request, runtime_env, name=config.launch.name or "bake")
+
+
+def _kubernetes_options(
+    config: Config, request: LaunchRequest, env: dict[str, str], *, name: str
+) -> kubernetes.KubernetesOptions:
+    """The manifests' options (checked as they are made: `ConfigError` for anything Kubernetes would refuse)."""
+    if API_KEY_ENV in env:
+        raise ConfigError(
+            "an API key must not be written into Kubernetes manifests",
+            f"store it in a Secret and pass --secret-env {API_KEY_ENV}=SECRET:KEY",
+        )
+    return kubernetes.KubernetesOptions(
+        name=name, namespace=request.namespace, kserve=request.kserve, max_scale=request.max_scale, env=env,
+        secret_env=dict(request.secret_env),
+    )
+
+
 def _launch_docker(
     config: Config, local: DockerClient, image: str, facts: ImageFacts, env: dict[str, str], output: TextIO
 ) -> LaunchOutcome:
     spec = config.launch
     target = local
     if spec.target == "docker":
-        if not spec.docker_host:
-            raise ConfigError("the docker target needs an engine", "pass --host ssh://user@box or tcp://box:2376")
         target = docker_client(spec.docker_host)
         ensure_engine(target)
         image = docker_target.transfer_image(local, target, image, registry=spec.registry)
-    name = spec.name or docker_target.default_name(facts)
+    name = spec.name or default_name(facts.model)
     launched = docker_target.launch_container(
         target, image, facts, name=name, host_port=spec.host_port,
         address=docker_target.engine_address(spec.docker_host if spec.target == "docker" else ""),
@@ -107,16 +134,7 @@ def _launch_docker(
 def _launch_kubernetes(
     config: Config, image: str, facts: ImageFacts, request: LaunchRequest, env: dict[str, str]
 ) -> LaunchOutcome:
-    secret_env = dict(request.secret_env)
-    if "BAKE_API_KEY" in env:
-        raise ConfigError(
-            "an API key must not be written into Kubernetes manifests",
-            "store it in a Secret and pass --secret-env BAKE_API_KEY=SECRET:KEY",
-        )
-    options = kubernetes.KubernetesOptions(
-        name=config.launch.name or docker_target.default_name(facts), namespace=request.namespace,
-        kserve=request.kserve, max_scale=request.max_scale, env=env, secret_env=secret_env,
-    )
+    options = _kubernetes_options(config, request, env, name=config.launch.name or default_name(facts.model))
     documents = kubernetes.render_manifests(facts, image, options)
     path = kubernetes.write_manifests(project_dir(config) / "k8s" / f"{options.name}.yaml", documents)
     lines = [f"wrote {path}"]
@@ -172,7 +190,7 @@ def predict(
         url = docker_target.wake(client, container_name, address=address,
                                  ready_timeout_s=config.launch.ready_timeout_s, output=stream).url
     headers = {"Authorization": f"Bearer {env.api_key}"} if env.api_key else {}
-    if task == "text-to-image" or (task is None and not Path(value).is_file()):
+    if task == TEXT_TO_IMAGE or (task is None and not Path(value).is_file()):
         body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
         response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
     else:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -37,13 +38,6 @@ class Launched:
     url: str
     image: str
     ready_seconds: float
-
-
-def default_name(facts: ImageFacts) -> str:
-    """bake-<model name>: lower-case, Docker-safe."""
-    base = facts.model.rstrip("/").rsplit("/", 1)[-1].lower()
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in base).strip("-.")
-    return f"bake-{cleaned or 'model'}"
 
 
 def engine_address(docker_host: str) -> str:
@@ -83,7 +77,7 @@ def launch_container(
             restart="on-failure",
             gpus=gpus,
             pull="never",
-            stop_timeout=int(float(facts.serve["BAKE_DRAIN_TIMEOUT_S"])) + _STOP_MARGIN_S,
+            stop_timeout=math.ceil(facts.serve.drain_timeout_s) + _STOP_MARGIN_S,
         )
     except DockerException as error:
         _remove_quietly(client, name)

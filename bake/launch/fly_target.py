@@ -17,7 +17,7 @@ from python_on_whales.exceptions import DockerException
 from bake.config import LaunchSpec
 from bake.errors import LaunchFailed
 from bake.labels import ImageFacts
-from bake.launch.docker_target import default_name
+from bake.launch.names import default_name
 from bake.launch.readiness import wait_ready
 from fly import FLY_REGISTRY, DeployResult, FlyServiceSpec, check_no_gpu, deploy
 
@@ -29,12 +29,12 @@ def fly_spec(facts: ImageFacts, image: str, launch: LaunchSpec, env: dict[str, s
     """What Fly needs to know about `image`, from its labels and the launch settings."""
     serve = facts.serve
     return FlyServiceSpec(
-        app=launch.name or default_name(facts),
+        app=launch.name or default_name(facts.model),
         image=image,
-        max_batch_size=int(serve["BAKE_MAX_BATCH_SIZE"]),
-        max_queue=int(serve["BAKE_MAX_QUEUE"]),
+        max_batch_size=serve.max_batch_size,
+        max_queue=serve.max_queue,
         warmup_seconds=warmup_s,
-        drain_seconds=float(serve["BAKE_DRAIN_TIMEOUT_S"]),
+        drain_seconds=serve.drain_timeout_s,
         weights_bytes=facts.weights_bytes,
         device=facts.device,
         primary_region=launch.fly_region,

@@ -7,6 +7,7 @@ from python_on_whales.exceptions import NoSuchImage
 
 from bake.errors import LaunchFailed
 from bake.labels import ImageFacts, is_bake_image
+from serve.contract.errors import SettingsError
 
 
 def read_facts(client: DockerClient, image: str) -> ImageFacts:
@@ -20,5 +21,5 @@ def read_facts(client: DockerClient, image: str) -> ImageFacts:
         raise LaunchFailed(f"image {image} was not built by bake (it has no dev.bake.* labels)", "build it with bake")
     try:
         return ImageFacts.from_labels(labels)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, SettingsError) as error:
         raise LaunchFailed(f"image {image} has unreadable bake labels ({error})", "rebuild it with this bake") from None

@@ -46,8 +46,11 @@ import yaml
 from bake import __version__
 from bake.errors import ConfigError, LaunchFailed
 from bake.labels import ImageFacts
-from bake.options import find
-from fly.spec import OFFLINE_ENV, Concurrency, estimated_memory_mb
+from bake.launch.names import DNS_1035_LABEL, KSERVE_PREDICTOR_SUFFIX
+from fly.spec import Concurrency, estimated_memory_mb
+from serve.contract import routes
+from serve.contract.errors import require
+from serve.contract.settings import API_KEY_ENV, OFFLINE_ENV, env_name
 
 KNATIVE_API_VERSION = "serving.knative.dev/v1"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
@@ -63,23 +66,19 @@ KNATIVE_CONTAINER = "user-container"
 """Knative's default name for the serving container."""
 KSERVE_CONTAINER = "kserve-container"
 """The container name KServe's custom predictor looks for."""
-KSERVE_PREDICTOR_SUFFIX = "-predictor"
-"""KServe names the predictor's Knative Service `<name>-predictor`, itself a 63-character DNS label."""
 PORT_NAME = "http1"
 """Knative accepts only "http1" or "h2c" (or no name) for the serving port; the server speaks HTTP/1.1."""
 KNATIVE_RESERVED_PORTS = frozenset({8008, 8012, 8013, 8022, 9090, 9091})
 """Ports the queue-proxy sidecar listens on (profiling, HTTP/1, HTTP/2, admin, autoscaler and user metrics)."""
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 """Variables Knative sets itself; PORT is the container port, which is the image's port."""
-IDLE_ENV = "BAKE_IDLE_TIMEOUT_S"
+IDLE_ENV = env_name("idle_timeout_s")
 TARGET_UTILIZATION_PERCENT = 100
 TIMEOUT_MARGIN_S = 10
 SCALE_DOWN_DELAY_MAX_S = 3600
 """Knative refuses a scale-down delay longer than its longest window, 1 h."""
 CPU_REQUEST = "1"
 GPU_RESOURCE = "nvidia.com/gpu"
-READY_PATH = "/ready"
-HEALTH_PATH = "/health"
 LIVENESS = {"initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
 """A minute without an answer from /health before the kubelet restarts the container."""
 SECURITY_CONTEXT = {
@@ -91,7 +90,6 @@ SECURITY_CONTEXT = {
 """The "restricted" Pod Security profile; the image runs as uid 10001 and needs no capability."""
 APPLY_TIMEOUT_S = 300
 
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -133,64 +131,64 @@ class KubernetesOptions:
     """Variable -> (Secret name, key), e.g. {"BAKE_API_KEY": ("resnet-api", "key")}."""
 
     def __post_init__(self) -> None:
-        _require(
-            len(self.name) <= 63 and _DNS_1035_LABEL.match(self.name) is not None,
+        require(ConfigError, 
+            len(self.name) <= 63 and DNS_1035_LABEL.match(self.name) is not None,
             f"invalid Kubernetes name {self.name!r}",
             "use at most 63 lowercase letters, digits and dashes, starting with a letter and ending with a "
             "letter or digit",
         )
-        _require(
+        require(ConfigError, 
             not self.kserve or len(self.name + KSERVE_PREDICTOR_SUFFIX) <= 63,
             f"the name {self.name!r} is too long for KServe, which adds {KSERVE_PREDICTOR_SUFFIX!r} to it",
             f"use at most {63 - len(KSERVE_PREDICTOR_SUFFIX)} characters",
         )
-        _require(
+        require(ConfigError, 
             len(self.namespace) <= 63 and _DNS_1123_LABEL.match(self.namespace) is not None,
             f"invalid namespace {self.namespace!r}",
             "use at most 63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
         )
-        _require(self.min_scale >= 0, f"min_scale is {self.min_scale}", "use 0 (scale to zero) or more")
-        _require(
+        require(ConfigError, self.min_scale >= 0, f"min_scale is {self.min_scale}", "use 0 (scale to zero) or more")
+        require(ConfigError, 
             self.max_scale >= max(1, self.min_scale),
             f"max_scale is {self.max_scale} (min_scale {self.min_scale})",
             "use at least 1 and at least min_scale",
         )
         delay = _duration_seconds(self.scale_down_delay)
-        _require(
+        require(ConfigError, 
             delay is not None and 0 <= delay <= SCALE_DOWN_DELAY_MAX_S and delay == round(delay),
             f"invalid scale_down_delay {self.scale_down_delay!r}",
             "use a duration of whole seconds between 0s and 1h, such as 90s, 5m or 1h",
         )
         for name, value in self.env.items():
             _check_env_name(name)
-            _require(
+            require(ConfigError, 
                 not _looks_secret(name),
                 f"{name} would be written into the manifest in clear",
                 f"store it in a Secret (kubectl create secret generic NAME --from-literal=KEY=...) and pass "
                 f"{name} as secret_env",
             )
             if name == IDLE_ENV:
-                _require(
+                require(ConfigError, 
                     _is_zero(value),
                     f"{IDLE_ENV}={value} would make the container exit when idle, which Kubernetes restarts "
                     f"as a crash",
                     "leave it out: Knative scales idle services to zero (scale_down_delay)",
                 )
             if name in OFFLINE_ENV:
-                _require(
+                require(ConfigError, 
                     value == OFFLINE_ENV[name],
                     f"env sets {name}={value!r}",
                     f"leave {name} out: a bake image always runs with {name}={OFFLINE_ENV[name]}",
                 )
         for name, (secret, key) in self.secret_env.items():
             _check_env_name(name)
-            _require(name not in self.env, f"{name} is in both env and secret_env", "give it only once")
-            _require(
+            require(ConfigError, name not in self.env, f"{name} is in both env and secret_env", "give it only once")
+            require(ConfigError, 
                 len(secret) <= 253 and _DNS_1123_SUBDOMAIN.match(secret) is not None,
                 f"invalid Secret name {secret!r} for {name}",
                 "use the name of a Secret in the same namespace (lowercase letters, digits, '-' and '.')",
             )
-            _require(
+            require(ConfigError, 
                 _SECRET_KEY.match(key) is not None,
                 f"invalid Secret key {key!r} for {name}",
                 "use a key of the Secret (letters, digits, '-', '_' and '.')",
@@ -207,8 +205,7 @@ def _concurrency(facts: ImageFacts) -> Concurrency:
     the device and `BAKE_MAX_QUEUE` requests waiting, and answers 503 to the next one; with this limit
     Knative's queue-proxy and activator buffer the excess (and the autoscaler sees it) instead.
     """
-    batch = int(_serve_number(facts, "serve.max_batch_size", minimum=1))
-    queue = int(_serve_number(facts, "serve.max_queue", minimum=1))
+    batch, queue = facts.serve.max_batch_size, facts.serve.max_queue
     return Concurrency(soft_limit=batch, hard_limit=batch + queue)
 
 
@@ -219,7 +216,7 @@ def _timeout_seconds(facts: ImageFacts) -> int:
     rather than the proxy's. Knative also uses this value as the pod's `terminationGracePeriodSeconds` (and
     refuses that field in the Service), so it must cover the drain after SIGTERM as well.
     """
-    longest = max(_serve_number(facts, "serve.timeout_s"), _serve_number(facts, "serve.drain_timeout_s"))
+    longest = max(facts.serve.timeout_s, facts.serve.drain_timeout_s)
     return math.ceil(longest) + TIMEOUT_MARGIN_S
 
 
@@ -393,8 +390,8 @@ def _container(name: str, facts: ImageFacts, image: str, options: KubernetesOpti
         "ports": [{"name": PORT_NAME, "containerPort": facts.port}],
         "env": env,
         "resources": {"requests": {"cpu": CPU_REQUEST, "memory": memory}, "limits": limits},
-        "readinessProbe": {"httpGet": {"path": READY_PATH, "port": facts.port}},
-        "livenessProbe": {"httpGet": {"path": HEALTH_PATH, "port": facts.port}, **LIVENESS},
+        "readinessProbe": {"httpGet": {"path": routes.READY, "port": facts.port}},
+        "livenessProbe": {"httpGet": {"path": routes.HEALTH, "port": facts.port}, **LIVENESS},
         "securityContext": copy.deepcopy(SECURITY_CONTEXT),
     }
 
@@ -410,20 +407,6 @@ def _labels(options: KubernetesOptions) -> dict[str, str]:
     return {"app.kubernetes.io/name": options.name, "app.kubernetes.io/managed-by": "bake"}
 
 
-def _serve_number(facts: ImageFacts, option_name: str, *, minimum: float = 0) -> float:
-    """A serve setting the image records in its labels, or bake's default when an older image lacks it."""
-    option = find(option_name)
-    assert option.env is not None
-    text = facts.serve.get(option.env, str(option.default))
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"the image's label says {option.env}={text!r}", "rebuild the image with this bake")
-    return value
-
-
 def _duration_seconds(text: str) -> float | None:
     """Seconds in a Go duration ("90s", "1m30s", "0"), or None when it is not one."""
     if text == "0":
@@ -434,12 +417,12 @@ def _duration_seconds(text: str) -> float | None:
 
 
 def _check_env_name(name: str) -> None:
-    _require(
+    require(ConfigError, 
         _ENV_NAME.match(name) is not None,
         f"invalid environment variable name {name!r}",
         "use letters, digits and underscores, not starting with a digit",
     )
-    _require(
+    require(ConfigError, 
         name not in KNATIVE_RESERVED_ENV,
         f"{name} is set by Knative itself",
         "leave it out (PORT is the image's port; rebuild with --port to change it)",
@@ -447,7 +430,7 @@ def _check_env_name(name: str) -> None:
 
 
 def _looks_secret(name: str) -> bool:
-    return name == "BAKE_API_KEY" or name.endswith(_SECRET_SUFFIXES)
+    return name == API_KEY_ENV or name.endswith(_SECRET_SUFFIXES)
 
 
 def _is_zero(value: str) -> bool:
@@ -496,8 +479,3 @@ def _apply_failure(reason: str, path: Path, context: str | None) -> LaunchFailed
     return LaunchFailed(
         f"kubectl apply failed: {reason}", f"fix what it reports; the manifests are in {path}"
     )
-
-
-def _require(condition: bool, message: str, fix: str) -> None:
-    if not condition:
-        raise ConfigError(message, fix)

@@ -10,6 +10,7 @@ from typing import TextIO
 import httpx
 
 from bake.errors import LaunchFailed
+from serve.contract import routes
 
 _SPINNER = "|/-\\"
 _POLL_S = 0.25
@@ -34,12 +35,12 @@ def wait_ready(
     while True:
         elapsed = time.monotonic() - started
         try:
-            response = httpx.get(f"{url}/ready", timeout=2.0)
+            response = httpx.get(f"{url}{routes.READY}", timeout=2.0)
             if response.status_code == 200:
                 if interactive:
                     output.write("\r" + " " * 60 + "\r")
                 return elapsed
-            last_status = f"/ready answers {response.status_code}: {response.text[:120]}"
+            last_status = f"{routes.READY} answers {response.status_code}: {response.text[:120]}"
         except httpx.TransportError as error:
             last_status = f"no answer ({type(error).__name__})"
         reason = died()
@@ -51,6 +52,6 @@ def wait_ready(
                 "see `bake logs`; a big model may need a longer --ready-timeout-s",
             )
         if interactive:
-            output.write(f"\r{next(spinner)} waiting for {url}/ready ({elapsed:.0f} s)")
+            output.write(f"\r{next(spinner)} waiting for {url}{routes.READY} ({elapsed:.0f} s)")
             output.flush()
         time.sleep(_POLL_S)

@@ -1,13 +1,9 @@
 """Text-to-image with a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, sd-turbo, ...), answering like the
 Hugging Face Inference API.
 
-Request: JSON `{"inputs": "<prompt>", "parameters": {"negative_prompt", "num_inference_steps",
-"guidance_scale", "width", "height", "seed", "num_images_per_prompt"}}`, every parameter optional.
-Answer, by `Accept`:
-- `image/png` (the default), `image/jpeg`, `image/webp`: the image's bytes; the seed in `X-Seed`;
-- `application/json`: `{"images": [base64 PNG, ...], "media_type", "seed", "timings"}`;
-- `text/event-stream`: one `progress` event per denoising step, one `image` event per image
-  (`{"index", "image", "media_type", "seed"}`), then `done` (see `serve.streaming`).
+Inputs: the prompt, and the Hugging Face text-to-image parameters (`negative_prompt`, `num_inference_steps`,
+`guidance_scale`, `width`, `height`, `seed`, `num_images_per_prompt`), every one optional. The result: the
+images (PIL), the seed of the first and timings; each protocol encodes them its own way.
 
 Seeds: image j of a request with seed s (drawn at random when absent, and returned) comes from its own
 CPU `torch.Generator` seeded s + j, so it is the image that request seed s + j alone would get, on any
@@ -29,7 +25,6 @@ the remaining steps and the VAE decode.
 
 from __future__ import annotations
 
-import base64
 import copy
 import inspect
 import secrets
@@ -42,34 +37,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from pydantic import ConfigDict, Field
-from starlette.responses import JSONResponse, Response
 
-from serve import streaming
-from serve.accept import preferred_media_type
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
+from serve.contract.files import UNUSED_DIFFUSION_COMPONENTS
+from serve.contract.tasks import TEXT_TO_IMAGE
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
-from serve.image_encoding import ENCODINGS, encode_image
-from serve.payload import StrictModel, parse_json, validate
-from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.payload import StrictModel
+from serve.tasks.base import Prepared, Task, TaskInfo
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from PIL import Image
-
-UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-"""Pipeline components the request path never runs (the safety checker and its image processor, the
-IP-Adapter image encoder): never loaded, and never baked (see bake/files.py)."""
 
 SIZE_MULTIPLE = 8
 """Widths and heights must be multiples of this (the VAE's downsampling)."""
 
 WARMUP_STEPS = 2
 """Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
-
-JSON = "application/json"
-MEDIA_TYPES = (*ENCODINGS, JSON, streaming.MEDIA_TYPE)
-"""What a request may ask for in `Accept`; the first is the default."""
 
 _SEED_LIMIT = 2**63
 _RANDOM_SEED_LIMIT = 2**32
@@ -94,14 +79,6 @@ class TextToImageParameters(StrictModel):
     """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
     num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
     """Images to make; more than one needs `Accept: application/json` or `text/event-stream`."""
-
-
-class TextToImageRequest(StrictModel):
-    """A text-to-image request body."""
-
-    inputs: Annotated[str, Field(min_length=1)]
-    """The prompt."""
-    parameters: TextToImageParameters | None = None
 
 
 @dataclass(frozen=True)
@@ -140,14 +117,6 @@ class Generated:
     inference_s: float
 
 
-@dataclass(frozen=True)
-class Reply:
-    """How to answer a request: the negotiated media type and the seed of its first image."""
-
-    media_type: str
-    seed: int
-
-
 class _Abandoned(Exception):
     """Raised between denoising steps to stop a batch nobody waits for any more."""
 
@@ -155,47 +124,9 @@ class _Abandoned(Exception):
 class TextToImage(Task):
     """A diffusers text-to-image pipeline (`AutoPipelineForText2Image`) on one device."""
 
-    name = "text-to-image"
-    respond_on_worker = True
-    request_openapi = {
-        "required": True,
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "minLength": 1, "description": "The prompt"},
-                        "parameters": TextToImageParameters.model_json_schema(),
-                    },
-                }
-            }
-        },
-    }
-    response_openapi = {
-        "description": "The image (by Accept: PNG by default, JPEG, WebP), JSON with base64 images, or a "
-        "progress stream (text/event-stream)",
-        "headers": {"X-Seed": {"description": "The seed of the image", "schema": {"type": "integer"}}},
-        "content": {
-            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in ENCODINGS},
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["images", "media_type", "seed", "timings"],
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
-                        "media_type": {"type": "string"},
-                        "seed": {"type": "integer"},
-                        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-                    },
-                }
-            },
-            streaming.MEDIA_TYPE: {
-                "schema": {"type": "string", "description": "Server-Sent Events: progress..., image..., done"}
-            },
-        },
-    }
+    name = TEXT_TO_IMAGE
+    Parameters = TextToImageParameters
+    text_input = True
 
     pipe: DiffusionPipeline
 
@@ -230,7 +161,7 @@ class TextToImage(Task):
         from diffusers import AutoPipelineForText2Image
 
         index = self.source.read_json("model_index.json") or {}
-        options: dict[str, Any] = {name: None for name in UNUSED_COMPONENTS if name in index}
+        options: dict[str, Any] = {name: None for name in UNUSED_DIFFUSION_COMPONENTS if name in index}
         if "requires_safety_checker" in index:
             options["requires_safety_checker"] = False
         self._variant = _weights_variant(self.source.path, self.placement.dtype)
@@ -245,11 +176,10 @@ class TextToImage(Task):
             raise ModelLoadError(f"{type(pipe).__name__} cannot report its denoising steps: not served")
         return pipe
 
-    def prepare(self, body: Body) -> Prepared:
-        """Validate the request and its limits; the batch key is its `Recipe`, its rows its images."""
-        media_type = preferred_media_type(body.accept, MEDIA_TYPES)
-        request = validate(TextToImageRequest, parse_json(body.data))
-        params = request.parameters or TextToImageParameters()
+    def prepare(self, inputs: str, params: TextToImageParameters) -> Prepared:
+        """Check the prompt and the limits; the batch key is the request's `Recipe`, its rows its images."""
+        if not inputs:
+            raise InvalidParameters("inputs: the prompt is empty")
         recipe = Recipe(
             steps=params.num_inference_steps or self._default_steps,
             width=params.width or self._default_width,
@@ -257,31 +187,19 @@ class TextToImage(Task):
             guidance_scale=self._default_guidance if params.guidance_scale is None else params.guidance_scale,
             negative=params.negative_prompt is not None,
         )
-        self._check_limits(request.inputs, params, recipe)
-        if params.num_images_per_prompt > 1 and media_type in ENCODINGS:
-            raise InvalidParameters(
-                f"parameters.num_images_per_prompt: {media_type} holds one image; send "
-                f"'Accept: {JSON}' or 'Accept: {streaming.MEDIA_TYPE}' to get {params.num_images_per_prompt}"
-            )
+        self._check_limits(inputs, params, recipe)
         seed = secrets.randbelow(_RANDOM_SEED_LIMIT) if params.seed is None else params.seed
         channel = Channel()
         generation = Generation(
             recipe=recipe,
-            prompt=request.inputs,
+            prompt=inputs,
             negative_prompt=params.negative_prompt,
             seed=seed,
             images=params.num_images_per_prompt,
             channel=channel,
             prepared_at=time.perf_counter(),
         )
-        return Prepared(
-            sample=generation,
-            params=Reply(media_type, seed),
-            batch_key=recipe,
-            rows=generation.images,
-            channel=channel,
-            stream=media_type == streaming.MEDIA_TYPE,
-        )
+        return Prepared(sample=generation, params=params, batch_key=recipe, rows=generation.images, channel=channel)
 
     def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
         settings = self.settings
@@ -365,37 +283,6 @@ class TextToImage(Task):
             first += sample.images
         return outputs
 
-    def respond(self, output: Generated, params: Reply, accept: str) -> Response:
-        """The image's bytes in the negotiated format, or JSON with every image in base64 PNG."""
-        started = time.perf_counter()
-        if params.media_type != JSON:
-            data = encode_image(output.images[0], params.media_type)
-            return Response(data, media_type=params.media_type, headers={"X-Seed": str(output.seed)})
-        images = [_base64_png(image) for image in output.images]
-        timings = {
-            "queue_s": output.queue_s,
-            "inference_s": output.inference_s,
-            "encode_s": time.perf_counter() - started,
-        }
-        return JSONResponse(
-            {"images": images, "media_type": "image/png", "seed": output.seed, "timings": timings}
-        )
-
-    def result_events(self, output: Generated, params: Reply) -> list[tuple[str, Any]]:
-        """One `image` event per image: base64 PNG, its index and the seed that makes it alone."""
-        return [
-            (
-                "image",
-                {
-                    "index": index,
-                    "image": _base64_png(image),
-                    "media_type": "image/png",
-                    "seed": output.seed + index,
-                },
-            )
-            for index, image in enumerate(output.images)
-        ]
-
     def warmup_samples(self) -> list[Prepared]:
         """One prompt at the default size and guidance, a few steps."""
         recipe = Recipe(
@@ -406,9 +293,7 @@ class TextToImage(Task):
             negative=False,
         )
         sample = Generation(recipe, "a photo of a cat", None, 0, 1, Channel(), time.perf_counter())
-        return [
-            Prepared(sample=sample, params=Reply("image/png", 0), batch_key=recipe, channel=sample.channel)
-        ]
+        return [Prepared(sample=sample, params=TextToImageParameters(), batch_key=recipe, channel=sample.channel)]
 
     def info(self) -> TaskInfo:
         """The pipeline, its components, defaults and limits."""
@@ -442,10 +327,6 @@ class TextToImage(Task):
                 "batch_invariant": self._batch_invariant,
             },
         )
-
-
-def _base64_png(image: Image.Image) -> str:
-    return base64.b64encode(encode_image(image, "image/png")).decode("ascii")
 
 
 def _default(parameters: Any, name: str, fallback: Any) -> Any:

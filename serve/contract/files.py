@@ -1,4 +1,5 @@
-"""Which files of a model repository a served task needs, and which task a repository is for.
+"""Which task a model repository is for, and which of its files that task needs: `bake build` bakes exactly
+these, and the runtime checks a cache or directory holds them before loading.
 
 One weight format only: safetensors when the repository has them, else PyTorch `.bin` files (converted
 to safetensors during the build). TensorFlow, Flax, ONNX, OpenVINO and Core ML copies are never fetched.
@@ -11,16 +12,13 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bake.errors import UnsupportedModel
-
-TASKS = ("image-classification", "text-to-image")
-"""The tasks the runtime serves."""
+from serve.contract.errors import UnsupportedModel
+from serve.contract.tasks import IMAGE_CLASSIFICATION, TASKS, TEXT_TO_IMAGE
 
 _CLASSIFIER_CONFIGS = ("config.json", "preprocessor_config.json")
 UNUSED_DIFFUSION_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-"""Pipeline components the runtime never loads (the same list as serve.tasks.text_to_image.UNUSED_COMPONENTS;
-bake never imports serve; a test keeps them equal): the safety checker, its image processor, the IP-Adapter
-image encoder."""
+"""Pipeline components the request path never runs, so they are never baked nor loaded: the safety checker,
+its image processor, the IP-Adapter image encoder."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
     """The task of a repository with files `names`; `read_json(name)` parses one of its JSON files."""
     names = set(names)
     if "model_index.json" in names:
-        return "text-to-image"
+        return TEXT_TO_IMAGE
     config = read_json("config.json") if "config.json" in names else None
     if config is None:
         raise UnsupportedModel(
@@ -44,7 +42,7 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
         )
     architectures = config.get("architectures") or []
     if any(name.endswith("ForImageClassification") for name in architectures):
-        return "image-classification"
+        return IMAGE_CLASSIFICATION
     raise UnsupportedModel(
         f"cannot serve architectures {architectures or '(none listed)'}",
         f"bake serves these tasks: {', '.join(TASKS)}; pass --task if the model fits one of them",
@@ -54,9 +52,9 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
 def select_files(names: Iterable[str], task: str, *, device: str, read_json: Callable[[str], dict | None]) -> Selection:
     """The files `task` needs out of a repository's `names` (paths relative to its root)."""
     names = sorted(set(names))
-    if task == "image-classification":
+    if task == IMAGE_CLASSIFICATION:
         return _select_classifier(names)
-    if task == "text-to-image":
+    if task == TEXT_TO_IMAGE:
         return _select_diffusion(names, device=device, read_json=read_json)
     raise UnsupportedModel(f"task {task!r} is not served", f"use one of: {', '.join(TASKS)}")
 
@@ -107,6 +105,11 @@ def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str
                    and not name.endswith(".index.json")]
         support = [name for name in files if _is_tokenizer_file(name)]
         weights, needs_conversion = _diffusion_weights(files, component, device=device)
+        if f"{component}/config.json" in configs and not weights:
+            raise UnsupportedModel(
+                f"the pipeline's {component} has a config.json but no weights in {component}/",
+                "add its diffusion_pytorch_model.safetensors (or model.safetensors)",
+            )
         convert = convert or needs_conversion
         chosen += configs + support + weights
     return Selection(files=tuple(dict.fromkeys(chosen)), convert_to_safetensors=convert)
