@@ -37,8 +37,9 @@ def option_decorator(option: Option) -> Callable[[Callable[..., Any]], Callable[
         name = option.cli_flag.removeprefix("--")
         return click.option(f"--{name}/--no-{name}", option.dest, default=None, help=hint)
     kind: Any = click.Choice([c for c in option.choices if c]) if option.choices else _KINDS[option.kind]
-    return click.option(option.cli_flag, option.dest, type=kind, default=None, multiple=option.kind == "list",
-                        help=hint)
+    return click.option(
+        option.cli_flag, option.dest, type=kind, default=None, multiple=option.kind == "list", help=hint
+    )
 
 
 def with_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -49,7 +50,10 @@ def with_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[...,
             for option in reversed(options_for(section)):
                 command = option_decorator(option)(command)
         return click.option(
-            "--config", "config_file", type=click.Path(path_type=Path), default=None,
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            default=None,
             help="bake.toml to read (default: ./bake.toml if present).",
         )(command)
 
@@ -103,7 +107,9 @@ def _secret_refs(pairs: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     for variable, reference in _key_values(pairs, "--secret-env").items():
         secret, sep, key = reference.partition(":")
         if not sep or not secret or not key:
-            raise ConfigError(f"--secret-env {variable}={reference!r} is not VAR=SECRET:KEY", "name the Secret and key")
+            raise ConfigError(
+                f"--secret-env {variable}={reference!r} is not VAR=SECRET:KEY", "name the Secret and key"
+            )
         refs[variable] = (secret, key)
     return refs
 
@@ -114,22 +120,39 @@ def _secret_refs(pairs: tuple[str, ...]) -> dict[str, tuple[str, str]]:
 @click.option("-e", "--env", "env_pairs", multiple=True, help="Runtime setting for the container, KEY=VALUE.")
 @click.option("--wake", is_flag=True, help="Start the (idle-stopped) container again instead of launching.")
 @click.option("--dry-run", is_flag=True, help="fly/kubernetes: write (and print) the files, deploy nothing.")
-@click.option("--kserve", is_flag=True, help="kubernetes: a KServe InferenceService instead of a Knative Service.")
+@click.option(
+    "--kserve", is_flag=True, help="kubernetes: a KServe InferenceService instead of a Knative Service."
+)
 @click.option("--apply", "apply_", is_flag=True, help="kubernetes: kubectl apply the manifests.")
 @click.option("--namespace", default="default", show_default=True, help="kubernetes namespace.")
 @click.option("--max-scale", default=1, show_default=True, help="kubernetes: most replicas.")
 @click.option("--secret-env", "secret_pairs", multiple=True, help="kubernetes: VAR=SECRET:KEY from a Secret.")
-def launch_command(image: str | None, env_pairs: tuple[str, ...], wake: bool, dry_run: bool, kserve: bool,
-                   apply_: bool, namespace: str, max_scale: int, secret_pairs: tuple[str, ...],
-                   **flags: Any) -> None:
+def launch_command(
+    image: str | None,
+    env_pairs: tuple[str, ...],
+    wake: bool,
+    dry_run: bool,
+    kserve: bool,
+    apply_: bool,
+    namespace: str,
+    max_scale: int,
+    secret_pairs: tuple[str, ...],
+    **flags: Any,
+) -> None:
     """Run IMAGE (default: the last one built here) on a container host and wait until it is ready."""
     config = configure(flags)
     if wake:
         outcome = launch_commands.wake(config, config.launch.name or None, sys.stderr)
     else:
         request = launch_commands.LaunchRequest(
-            image=image, env=_key_values(env_pairs, "--env"), secret_env=_secret_refs(secret_pairs),
-            dry_run=dry_run, kserve=kserve, apply=apply_, namespace=namespace, max_scale=max_scale,
+            image=image,
+            env=_key_values(env_pairs, "--env"),
+            secret_env=_secret_refs(secret_pairs),
+            dry_run=dry_run,
+            kserve=kserve,
+            apply=apply_,
+            namespace=namespace,
+            max_scale=max_scale,
         )
         outcome = launch_commands.launch(config, read_environment(), request, sys.stderr)
     for line in outcome.lines:
@@ -145,8 +168,15 @@ def ps_command(docker_host: str | None) -> None:
     rows = [("NAME", "STATUS", "URL", "MODEL", "IMAGE")]
     for container in docker_target.list_launched(client):
         labels = container.config.labels or {}
-        rows.append((container.name, container.state.status or "?", docker_target.url_of(container, address),
-                     labels.get(MODEL, "?"), labels.get(docker_target.IMAGE, "?")))
+        rows.append(
+            (
+                container.name,
+                container.state.status or "?",
+                docker_target.url_of(container, address),
+                labels.get(MODEL, "?"),
+                labels.get(docker_target.IMAGE, "?"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -187,15 +217,37 @@ def stop_command(name: str, docker_host: str | None, remove: bool) -> None:
 @click.option("--url", default=None, help="Ask this server instead of a container on an engine.")
 @_host_option
 @click.option("-p", "--param", "params", multiple=True, help="Request parameter KEY=VALUE (e.g. top_k=3).")
-@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), default=None,
-              help="Where to write an image answer.")
-def predict_command(value: str, name: str | None, url: str | None, docker_host: str | None,
-                    params: tuple[str, ...], output_path: Path | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write an image answer.",
+)
+def predict_command(
+    value: str,
+    name: str | None,
+    url: str | None,
+    docker_host: str | None,
+    params: tuple[str, ...],
+    output_path: Path | None,
+) -> None:
     """Send INPUT (an image file, or a prompt) to a launched model; starts it first if it idled out."""
     config = configure({_HOST_FLAG: docker_host})
     parameters = {key: _json_value(raw) for key, raw in _key_values(params, "--param").items()}
-    click.echo(launch_commands.predict(config, read_environment(), name=name, url=url, value=value,
-                                       parameters=parameters, output_path=output_path, stream=sys.stderr))
+    click.echo(
+        launch_commands.predict(
+            config,
+            read_environment(),
+            name=name,
+            url=url,
+            value=value,
+            parameters=parameters,
+            output_path=output_path,
+            stream=sys.stderr,
+        )
+    )
 
 
 def _json_value(raw: str) -> Any:
@@ -211,8 +263,10 @@ def _report(built: BuiltImage) -> None:
     click.echo(f"\nimage     {built.tag} ({size})")
     click.echo(f"model     {facts.model} ({facts.task}, {facts.device})")
     click.echo(f"revision  {facts.revision} -> {facts.commit_sha}")
-    click.echo(f"weights   {facts.weights_bytes / 2**20:.1f} MiB, {len(facts.weights)} files"
-               + (" (from the build cache)" if built.weights_cached else ""))
+    click.echo(
+        f"weights   {facts.weights_bytes / 2**20:.1f} MiB, {len(facts.weights)} files"
+        + (" (from the build cache)" if built.weights_cached else "")
+    )
     click.echo(f"\nnext:     bake launch {built.tag}")
 
 

@@ -23,8 +23,7 @@ from bake.env import Environment
 from bake.errors import ConfigError, ModelNotFound
 from bake.launch.names import check_name
 from bake.options import OPTIONS, Option, options_for
-from serve.contract.errors import require
-from serve.contract.errors import SettingsError
+from serve.contract.errors import SettingsError, require
 from serve.contract.settings import ServeSettings, parse_flag
 
 CONFIG_FILE = "bake.toml"
@@ -64,8 +63,12 @@ class BuildSpec:
     push: bool
 
     def __post_init__(self) -> None:
-        require(ConfigError, self.tag != "" or not self.push, "--push needs to know where to push",
-                "pass --tag REGISTRY/NAME:TAG")
+        require(
+            ConfigError,
+            self.tag != "" or not self.push,
+            "--push needs to know where to push",
+            "pass --tag REGISTRY/NAME:TAG",
+        )
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,24 @@ class LaunchSpec:
     fly_api_url: str
 
     def __post_init__(self) -> None:
-        require(ConfigError, 0 < self.host_port < 65536, f"--host-port {self.host_port} is not a TCP port",
-                "use a port between 1 and 65535")
-        require(ConfigError, self.target != "docker" or self.docker_host != "",
-                "the docker target needs an engine", "pass --host ssh://user@box or tcp://box:2376")
-        require(ConfigError, len(self.fly_region) == 3 and self.fly_region.isalpha() and self.fly_region.islower(),
-                f"invalid Fly region {self.fly_region!r}", "use a three-letter region code such as iad, ams or sin")
+        require(
+            ConfigError,
+            0 < self.host_port < 65536,
+            f"--host-port {self.host_port} is not a TCP port",
+            "use a port between 1 and 65535",
+        )
+        require(
+            ConfigError,
+            self.target != "docker" or self.docker_host != "",
+            "the docker target needs an engine",
+            "pass --host ssh://user@box or tcp://box:2376",
+        )
+        require(
+            ConfigError,
+            len(self.fly_region) == 3 and self.fly_region.isalpha() and self.fly_region.islower(),
+            f"invalid Fly region {self.fly_region!r}",
+            "use a three-letter region code such as iad, ams or sin",
+        )
         if self.name:
             check_name(self.name, self.target)
 
@@ -155,11 +170,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         keys = {option.key for option in options_for(section)}
         for key in content:
             if key not in keys:
-                raise ConfigError(f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}")
+                raise ConfigError(
+                    f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}"
+                )
     return document
 
 
-def _pick(option: Option, flags: Mapping[str, Any], env: Environment, table: Mapping[str, Any]) -> tuple[Any, str]:
+def _pick(
+    option: Option, flags: Mapping[str, Any], env: Environment, table: Mapping[str, Any]
+) -> tuple[Any, str]:
     flag = flags.get(option.dest)
     if flag is not None and flag != () and flag != []:
         return flag, "flag"
@@ -180,7 +199,9 @@ def _convert(option: Option, value: Any, origin: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{where}={value!r} is not a valid {option.kind}", option.help) from None
     if option.choices and converted not in option.choices:
-        raise ConfigError(f"{where}={converted!r} is not one of: {', '.join(c or '(empty)' for c in option.choices)}")
+        raise ConfigError(
+            f"{where}={converted!r} is not one of: {', '.join(c or '(empty)' for c in option.choices)}"
+        )
     if option.kind in ("int", "float") and converted < 0:
         raise ConfigError(f"{where}={converted} must not be negative")
     return converted
@@ -238,9 +259,21 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
 def check_build(config: Config) -> None:
     """What `bake build` needs beyond valid settings: a model, and the files the settings name."""
     build = config.build
-    require(ModelNotFound, config.model.id != "", "no model given",
-            "pass --model ORG/NAME (or a directory), or set model.id in bake.toml")
-    require(ConfigError, build.ca_cert is None or build.ca_cert.is_file(), f"--ca-cert {build.ca_cert} is not a file",
-            "pass a PEM bundle")
-    require(ConfigError, build.pip_find_links is None or build.pip_find_links.is_dir(),
-            f"--pip-find-links {build.pip_find_links} is not a directory", "pass a directory of wheels")
+    require(
+        ModelNotFound,
+        config.model.id != "",
+        "no model given",
+        "pass --model ORG/NAME (or a directory), or set model.id in bake.toml",
+    )
+    require(
+        ConfigError,
+        build.ca_cert is None or build.ca_cert.is_file(),
+        f"--ca-cert {build.ca_cert} is not a file",
+        "pass a PEM bundle",
+    )
+    require(
+        ConfigError,
+        build.pip_find_links is None or build.pip_find_links.is_dir(),
+        f"--pip-find-links {build.pip_find_links} is not a directory",
+        "pass a directory of wheels",
+    )

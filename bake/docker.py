@@ -14,7 +14,8 @@ def docker_client(host: str = "") -> DockerClient:
     """A client for the engine at `host` (ssh://, tcp://, unix://; empty: the local default)."""
     if shutil.which("docker") is None:
         raise DockerUnavailable(
-            "the docker command-line client is not installed", "install Docker (Debian: apt-get install docker.io)"
+            "the docker command-line client is not installed",
+            "install Docker (Debian: apt-get install docker.io)",
         )
     return DockerClient(host=host or None)
 

@@ -93,7 +93,8 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
     task = _task(spec, names, read_json)
     selection = select_files(names, task, device=device, read_json=read_json)
     files = tuple(
-        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name)) for name in selection.files
+        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name))
+        for name in selection.files
     )
     digest = hashlib.sha256("".join(f"{file.path}\0{file.sha256}\n" for file in files).encode()).hexdigest()
     return ResolvedModel(
@@ -131,7 +132,11 @@ def _resolve_hub_files(
             return None
         with _hub_errors(spec, env):
             path = hf_hub_download(
-                spec.id, name, revision=sha, endpoint=env.hf_endpoint, token=env.hf_token or False,
+                spec.id,
+                name,
+                revision=sha,
+                endpoint=env.hf_endpoint,
+                token=env.hf_token or False,
                 cache_dir=metadata_cache,
             )
         return parse_json_bytes(Path(path).read_bytes())
@@ -198,7 +203,8 @@ class _hub_errors:
             raise _gated(spec, env) from None
         if isinstance(error, RevisionNotFoundError):
             raise RevisionNotFound(
-                f"{spec.id} has no revision {spec.revision!r}", "pass --revision with an existing branch, tag or commit"
+                f"{spec.id} has no revision {spec.revision!r}",
+                "pass --revision with an existing branch, tag or commit",
             ) from None
         if isinstance(error, RepositoryNotFoundError):
             hint = "check the id" if env.hf_token else "check the id, or set HF_TOKEN if the model is private"
@@ -221,8 +227,10 @@ class _hub_errors:
 
 def _is_transport_error(error: BaseException) -> bool:
     """huggingface_hub 2.x speaks httpx2; its transport errors are not httpx's."""
-    return any(cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
-               for cls in type(error).__mro__)
+    return any(
+        cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
+        for cls in type(error).__mro__
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -231,4 +239,3 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-

@@ -62,7 +62,17 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int, seco
         body_file = Path(tmp, "body")
         body_file.write_bytes(body)
         env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": content_type}
-        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url]
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(script),
+            url,
+        ]
         completed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     line = next(line for line in completed.stdout.splitlines() if line.startswith("BENCH_RESULT "))
     raw = json.loads(line.removeprefix("BENCH_RESULT "))

@@ -86,7 +86,9 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         task = runtime.task.name if runtime.task is not None else runtime.settings.task
         if task is None:
             return schema
@@ -104,7 +106,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+        return JSONResponse(
+            {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
+        )
 
     async def validation_error(_request: Request, error: Exception) -> Response:
         return JSONResponse({"error": str(error)}, status_code=422)

@@ -34,7 +34,9 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         error = Unauthorized(
-            "missing bearer key: send 'Authorization: Bearer <key>'" if not given else "the bearer key is not valid"
+            "missing bearer key: send 'Authorization: Bearer <key>'"
+            if not given
+            else "the bearer key is not valid"
         )
         body = json.dumps({"error": error.message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

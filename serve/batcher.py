@@ -146,7 +146,9 @@ class Batcher:
         try:
             return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("the request was not answered within its deadline (BAKE_TIMEOUT_S)") from None
+            raise DeadlineExceeded(
+                "the request was not answered within its deadline (BAKE_TIMEOUT_S)"
+            ) from None
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)

@@ -17,7 +17,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes, over the limit of {limit} (BAKE_MAX_BODY_BYTES)")
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes, over the limit of {limit} (BAKE_MAX_BODY_BYTES)"
+        )
     chunks = []
     size = 0
     async for chunk in request.stream():

@@ -22,7 +22,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_paths = known_paths
         self.requests = Counter(
-            "bake_requests", "HTTP requests by path and status code", ["path", "status"], registry=self.registry
+            "bake_requests",
+            "HTTP requests by path and status code",
+            ["path", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "bake_request_duration_seconds",
@@ -44,7 +47,10 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "bake_queue_wait_seconds", "Time requests wait for the device", buckets=_FAST_BUCKETS, registry=self.registry
+            "bake_queue_wait_seconds",
+            "Time requests wait for the device",
+            buckets=_FAST_BUCKETS,
+            registry=self.registry,
         )
         self.preprocess = Histogram(
             "bake_preprocess_seconds",
@@ -57,7 +63,9 @@ class Metrics:
             "Steps of step-by-step inference (diffusion denoising) run on the device, counted per request",
             registry=self.registry,
         )
-        self.queue_depth = Gauge("bake_queue_depth", "Requests waiting for the device", registry=self.registry)
+        self.queue_depth = Gauge(
+            "bake_queue_depth", "Requests waiting for the device", registry=self.registry
+        )
         self.in_flight = Gauge("bake_requests_in_flight", "Requests being handled", registry=self.registry)
         self.ready = Gauge("bake_ready", "1 once the model is loaded and warmed up", registry=self.registry)
 

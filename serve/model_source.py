@@ -118,7 +118,9 @@ def locate_model(model: str, revision: str, *, offline: bool) -> ModelSource:
     except (HfHubHTTPError, OSError, ValueError) as error:
         raise ModelLoadError(f"cannot fetch model {model!r} (revision {revision!r}): {error}") from error
     sha = path.name if _COMMIT_SHA.match(path.name) else None
-    return ModelSource(model_id=model, path=path, revision=revision, commit_sha=sha, listing=_listing(model, sha))
+    return ModelSource(
+        model_id=model, path=path, revision=revision, commit_sha=sha, listing=_listing(model, sha)
+    )
 
 
 def _listing(model: str, sha: str | None) -> tuple[str, ...] | None:

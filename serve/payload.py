@@ -52,7 +52,10 @@ def parse_json(data: bytes) -> Any:
         raise BadRequest("the request body is empty: send a JSON object")
     try:
         return json.loads(data)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
+    except (
+        ValueError,
+        RecursionError,
+    ) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
@@ -142,7 +145,9 @@ def parse_multipart(data: bytes, content_type: str) -> tuple[bytes, dict[str, An
     elif len(files) == 1:
         payload = next(iter(files.values()))
     elif not files:
-        raise BadRequest(f"the multipart body has no file: upload the image in a file field named {_FILE_FIELD!r}")
+        raise BadRequest(
+            f"the multipart body has no file: upload the image in a file field named {_FILE_FIELD!r}"
+        )
     else:
         raise BadRequest(
             f"the multipart body has {len(files)} files ({', '.join(sorted(files))}): "
@@ -150,7 +155,9 @@ def parse_multipart(data: bytes, content_type: str) -> tuple[bytes, dict[str, An
         )
     if any(name == "parameters" for name, _ in fields):
         if len(fields) > 1:
-            raise InvalidParameters("send parameters either as one JSON 'parameters' field or as fields, not both")
+            raise InvalidParameters(
+                "send parameters either as one JSON 'parameters' field or as fields, not both"
+            )
         if not fields[0][1].strip():
             raise InvalidParameters("parameters: the field is empty; send a JSON object")
         document = parse_json(fields[0][1].encode())

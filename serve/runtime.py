@@ -66,8 +66,15 @@ class Runtime:
         self.metrics = Metrics(
             max_batch_size=settings.max_batch_size,
             known_paths=frozenset(
-                {*routes.PREDICT_PATHS, routes.HEALTH, routes.READY, routes.INFO, routes.METRICS, routes.DOCS,
-                 routes.OPENAPI}
+                {
+                    *routes.PREDICT_PATHS,
+                    routes.HEALTH,
+                    routes.READY,
+                    routes.INFO,
+                    routes.METRICS,
+                    routes.DOCS,
+                    routes.OPENAPI,
+                }
             ),
         )
         self._on_exit = on_exit or (lambda: None)
@@ -81,7 +88,9 @@ class Runtime:
             executor=self._device,
             is_out_of_memory=is_out_of_memory,
             on_out_of_memory=self._release_memory,
-            stats=BatchStats(on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe),
+            stats=BatchStats(
+                on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe
+            ),
         )
         self.metrics.watch_queue(lambda: self.batcher.depth)
 
@@ -135,7 +144,13 @@ class Runtime:
         name = settings.task or self.source.detect_task()
         self.source.require_files(name, "cuda" if self.placement.is_cuda else "cpu")
         task = task_class(name)(self.source, settings, self.placement)
-        logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
+        logger.info(
+            "loading %s for %s on %s (%s)",
+            settings.model,
+            name,
+            self.placement.device,
+            self.placement.dtype_name,
+        )
         task.load()
         warmed_up = task.optimize(self.batcher.buckets)
         samples = task.warmup_samples()
@@ -146,7 +161,9 @@ class Runtime:
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             probe = [samples[0].sample] * size
-            self.cpu_threads = choose_cpu_threads(lambda: task.run_batch(probe, size), size, settings.cpu_threads)
+            self.cpu_threads = choose_cpu_threads(
+                lambda: task.run_batch(probe, size), size, settings.cpu_threads
+            )
         self.task = task
 
     def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:
@@ -196,7 +213,9 @@ class Runtime:
                 timeout=max(deadline - time.monotonic(), 0.0),
             )
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)") from None
+            raise DeadlineExceeded(
+                "preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)"
+            ) from None
         finally:
             self.metrics.preprocess.observe(time.perf_counter() - started)
 

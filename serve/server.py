@@ -68,7 +68,9 @@ def build_server(settings: Settings) -> tuple[DrainingServer, Runtime]:
 def run(settings: Settings) -> int:
     """Serve until stopped; return the exit status (0 after a clean stop, 1 if the model failed to load)."""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     configure_interpreter()
     server, runtime = build_server(settings)

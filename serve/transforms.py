@@ -118,7 +118,9 @@ class FastImageTransform(ImageTransform):
         if mode is None:
             return np.asarray(image.resize((size[1], size[0]), resample=self._resample))
         batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels-last NCHW, no copy
-        resized = torch.nn.functional.interpolate(batch, size=size, mode=mode, antialias=True, align_corners=False)
+        resized = torch.nn.functional.interpolate(
+            batch, size=size, mode=mode, antialias=True, align_corners=False
+        )
         return resized[0].permute(1, 2, 0).numpy()
 
     def collate(self, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
@@ -174,7 +176,13 @@ def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransfo
     """Build the fastest exact transform for the image processor saved in `model_dir`."""
     try:
         processor = AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # malformed configs surface as any
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as error:  # malformed configs surface as any
         raise ModelLoadError(f"no usable image processor config in {model_dir}: {error}") from error
     fast = _fast_transform_for(processor, placement)
     return fast if fast is not None else ProcessorImageTransform(processor, placement)

@@ -35,7 +35,10 @@ def test_defaults_when_nothing_is_said(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, '[model]\nid = "file/model"\nrevision = "v-file"\n[serve]\nmax_batch_size = 4\nmax_queue = 10\n')
+    path = write(
+        tmp_path,
+        '[model]\nid = "file/model"\nrevision = "v-file"\n[serve]\nmax_batch_size = 4\nmax_queue = 10\n',
+    )
     variables = env(BAKE_REVISION="v-env", BAKE_MAX_BATCH_SIZE="16")
     config = load_config({"revision": "v-flag"}, variables, path)
     assert config.model.id == "file/model"  # file only
@@ -52,10 +55,14 @@ def test_bake_toml_in_the_working_directory_is_read(tmp_path: Path, monkeypatch:
     assert load_config({}, env()).build.device == "cuda"
 
 
-def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_in_the_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "models" / "mine").mkdir(parents=True)
     (tmp_path / "wheels").mkdir()
-    path = write(tmp_path, '[model]\nid = "models/mine"\n[build]\nca_cert = "ca.pem"\npip_find_links = "wheels"\n')
+    path = write(
+        tmp_path, '[model]\nid = "models/mine"\n[build]\nca_cert = "ca.pem"\npip_find_links = "wheels"\n'
+    )
     monkeypatch.chdir("/")
     config = load_config({}, env(), path)
     assert config.model.local_dir == tmp_path / "models" / "mine"
@@ -107,7 +114,7 @@ def test_every_serve_variable_bake_sets_is_one_the_runtime_reads(tmp_path: Path)
         ("[launch]\nhost_port = 0\n", "--host-port 0 is not a TCP port"),
         ('[launch]\ntarget = "docker"\n', "the docker target needs an engine"),
         ('[launch]\nname = "My_Model"\ntarget = "kubernetes"\n', "invalid Kubernetes name 'My_Model'"),
-        ('[build]\npush = true\n', "--push needs to know where to push"),
+        ("[build]\npush = true\n", "--push needs to know where to push"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, text: str, fragment: str) -> None:
@@ -161,7 +168,11 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     ("flags", "error", "fragment"),
     [
         ({}, ModelNotFound, "pass --model"),
-        ({"model": "org/name", "ca_cert": "/no/such.pem"}, ConfigError, "--ca-cert /no/such.pem is not a file"),
+        (
+            {"model": "org/name", "ca_cert": "/no/such.pem"},
+            ConfigError,
+            "--ca-cert /no/such.pem is not a file",
+        ),
         ({"model": "org/name", "pip_find_links": "/no/wheels"}, ConfigError, "is not a directory"),
     ],
 )
@@ -176,7 +187,10 @@ def test_a_build_is_checked_before_any_work(
 def test_host_variables_that_share_a_name_with_the_runtimes_mean_the_same() -> None:
     """A variable set on the host means what it means inside the image, or the host does not read it."""
     runtime = {spec.env: spec for spec in specs(Settings)}
-    identity = {"model.revision": "revision", "model.task": "task"}  # written into the image as they are given
+    identity = {
+        "model.revision": "revision",
+        "model.task": "task",
+    }  # written into the image as they are given
     for option in OPTIONS:
         if option.env in runtime and option.name not in identity:
             assert option.spec is not None and option.spec.env == option.env, option.name

@@ -89,7 +89,7 @@ async def test_timer_starts_at_the_first_arrival_not_the_last() -> None:
     await asyncio.sleep(0.3)
     second = asyncio.ensure_future(batcher.submit(2, deadline=deadline()))
     assert await asyncio.gather(first, second) == [2, 4]
-    (samples, _, ran_at), = device.calls
+    ((samples, _, ran_at),) = device.calls
     assert samples == [1, 2]
     waited = ran_at - begin
     # From the first arrival the batch runs at ~0.5 s; from the last it would be ~0.8 s.

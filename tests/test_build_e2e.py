@@ -71,7 +71,10 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Project
 @pytest.fixture(scope="module")
 def built(project: Project, hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     model_dir = make_image_classifier(
-        tmp_path_factory.mktemp("model") / "resnet", "resnet", image_size=64, extra_formats=("bin", "flax", "tf", "onnx")
+        tmp_path_factory.mktemp("model") / "resnet",
+        "resnet",
+        image_size=64,
+        extra_formats=("bin", "flax", "tf", "onnx"),
     )
     sha = hub.add_repo(REPO, model_dir, token=TOKEN)
     tag = f"bake-e2e/tiny-resnet:{uuid.uuid4().hex[:8]}"
@@ -109,7 +112,9 @@ def test_image_serves_offline_read_only_as_non_root_like_the_pipeline(built: Bui
     result = predict_inside(container, PHOTO)
     assert_same_scores(result["answer"], reference(built.model_dir, PHOTO))
     info = result["info"]
-    assert info["model"] == REPO and info["commit_sha"] == built.sha and info["task"] == "image-classification"
+    assert (
+        info["model"] == REPO and info["commit_sha"] == built.sha and info["task"] == "image-classification"
+    )
     assert docker("exec", container, "id", "-u").stdout.strip() == b"10001"
     env = docker("image", "inspect", built.tag, "--format", "{{json .Config.Env}}").stdout.decode()
     assert "HF_HUB_OFFLINE=1" in env and "TRANSFORMERS_OFFLINE=1" in env
@@ -126,9 +131,14 @@ def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -
 
 
 def test_hf_home_holds_only_the_needed_files(built: Built) -> None:
-    listing = docker("run", "--rm", "--entrypoint", "find", built.tag, "/opt/bake/hf", "-type", "l", "-o", "-type", "f")
-    files = sorted(line.split(f"/snapshots/{built.sha}/", 1)[1]
-                   for line in listing.stdout.decode().splitlines() if "/snapshots/" in line)
+    listing = docker(
+        "run", "--rm", "--entrypoint", "find", built.tag, "/opt/bake/hf", "-type", "l", "-o", "-type", "f"
+    )
+    files = sorted(
+        line.split(f"/snapshots/{built.sha}/", 1)[1]
+        for line in listing.stdout.decode().splitlines()
+        if "/snapshots/" in line
+    )
     assert files == ["config.json", "model.safetensors", "preprocessor_config.json"]
     blobs = [line for line in listing.stdout.decode().splitlines() if "/blobs/" in line]
     assert len(blobs) == 3, "one blob per file, no second copy of the weights"
@@ -186,7 +196,9 @@ def test_a_local_directory_is_baked_through_a_named_context(project: Project, tm
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
-def test_a_bin_only_repository_is_converted_to_safetensors(project: Project, hub: HubServer, tmp_path: Path) -> None:
+def test_a_bin_only_repository_is_converted_to_safetensors(
+    project: Project, hub: HubServer, tmp_path: Path
+) -> None:
     model_dir = make_image_classifier(tmp_path / "vit-bin", "vit", image_size=64, weights_format="bin")
     hub.add_repo("e2e/vit-bin-only", model_dir)
     tag = f"bake-e2e/vit-bin:{uuid.uuid4().hex[:8]}"

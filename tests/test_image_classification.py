@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
+from serve.contract.settings import Settings
 from serve.device import choose_placement
 from serve.model_source import locate_model
-from serve.contract.settings import Settings
 from serve.tasks.image_classification import ClassificationParameters, ImageClassification
 from tests.fixtures import images
 
@@ -76,7 +76,9 @@ def test_the_traced_forward_matches_eager_on_real_images(model: tuple[str, Path]
     _, folder = model
     traced, eager = load_task(folder, torchscript=True), load_task(folder, torchscript=False)
     samples = [traced.prepare(data, DEFAULT).sample for data in PICTURES.values()][:4]
-    np.testing.assert_allclose(traced.run_batch(samples, 4), eager.run_batch(samples, 4), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        traced.run_batch(samples, 4), eager.run_batch(samples, 4), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_warmup_samples_have_the_served_shape(model: tuple[str, Path]) -> None:

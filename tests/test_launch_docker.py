@@ -112,14 +112,18 @@ def test_ps_logs_predict_and_stop(project: Project, name: str) -> None:
 
 def test_idle_container_stops_itself_and_the_next_predict_wakes_it(project: Project, name: str) -> None:
     port = str(free_port())
-    launched = project.bake("launch", project.image, "--name", name, "--host-port", port, "-e", "BAKE_IDLE_TIMEOUT_S=2")
+    launched = project.bake(
+        "launch", project.image, "--name", name, "--host-port", port, "-e", "BAKE_IDLE_TIMEOUT_S=2"
+    )
     assert launched.returncode == 0, launched.stderr[-2000:]
     deadline = time.monotonic() + 60
     while state(name)["Running"]:
         assert time.monotonic() < deadline, "the idle timeout did not stop the container"
         time.sleep(0.5)
     time.sleep(3)
-    assert state(name)["Running"] is False and state(name)["ExitCode"] == 0, "an idle exit must not be restarted"
+    assert state(name)["Running"] is False and state(name)["ExitCode"] == 0, (
+        "an idle exit must not be restarted"
+    )
     photo = project.path / "photo.jpg"
     photo.write_bytes(PHOTO)
     predicted = project.bake("predict", str(photo), "--name", name)
@@ -176,14 +180,28 @@ def remote() -> Iterator[SecondEngine]:
         yield engine
 
 
-def test_remote_engine_gets_the_image_streamed_without_a_registry(project: Project, remote: SecondEngine) -> None:
+def test_remote_engine_gets_the_image_streamed_without_a_registry(
+    project: Project, remote: SecondEngine
+) -> None:
     name = f"bake-remote-{uuid.uuid4().hex[:6]}"
     port = str(free_port())
-    result = project.bake("launch", project.image, "--target", "docker", "--host", remote.host, "--name", name,
-                          "--host-port", port)
+    result = project.bake(
+        "launch",
+        project.image,
+        "--target",
+        "docker",
+        "--host",
+        remote.host,
+        "--name",
+        name,
+        "--host-port",
+        port,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert state(name, remote.host)["Running"] is True
-    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0, "not on the local engine"
+    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0, (
+        "not on the local engine"
+    )
     assert httpx.post(f"http://127.0.0.1:{port}/predict", content=PHOTO).status_code == 200
     listed = project.bake("ps", "--host", remote.host)
     assert name in listed.stdout
@@ -195,12 +213,26 @@ def test_remote_engine_pulls_the_image_through_a_registry(project: Project, remo
     port = str(free_port())
     subprocess.run(["docker", "-H", remote.host, "rmi", "-f", project.image], capture_output=True)
     with LocalRegistry() as registry:
-        result = project.bake("launch", project.image, "--target", "docker", "--host", remote.host, "--name", name,
-                              "--host-port", port, "--registry", registry.address)
+        result = project.bake(
+            "launch",
+            project.image,
+            "--target",
+            "docker",
+            "--host",
+            remote.host,
+            "--name",
+            name,
+            "--host-port",
+            port,
+            "--registry",
+            registry.address,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         repository, tag = project.image.rsplit(":", 1)
         assert registry.manifest_status(repository, tag) == 200
-    running = docker("-H", remote.host, "inspect", name, "--format", "{{.Config.Image}}").stdout.decode().strip()
+    running = (
+        docker("-H", remote.host, "inspect", name, "--format", "{{.Config.Image}}").stdout.decode().strip()
+    )
     assert running == f"{registry.address}/{project.image}"
     assert httpx.post(f"http://127.0.0.1:{port}/predict", content=PHOTO).status_code == 200
     subprocess.run(["docker", "-H", remote.host, "rm", "-f", name], capture_output=True)

@@ -22,7 +22,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
 
 def test_knative_manifests_are_written_from_the_labels(image: tuple[Path, str]) -> None:
     path, tag = image
-    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny", "--max-scale", "3"], {}, path)
+    result = run_bake(
+        ["launch", tag, "--target", "kubernetes", "--name", "tiny", "--max-scale", "3"], {}, path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = path / "k8s" / "tiny.yaml"
     shown = "k8s/tiny.yaml"  # next to bake.toml, shown relative to where bake runs
@@ -40,8 +42,21 @@ def test_knative_manifests_are_written_from_the_labels(image: tuple[Path, str]) 
 
 def test_kserve_and_secret_env(image: tuple[Path, str]) -> None:
     path, tag = image
-    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny-kserve", "--kserve",
-                       "--secret-env", "BAKE_API_KEY=bake-keys:api"], {}, path)
+    result = run_bake(
+        [
+            "launch",
+            tag,
+            "--target",
+            "kubernetes",
+            "--name",
+            "tiny-kserve",
+            "--kserve",
+            "--secret-env",
+            "BAKE_API_KEY=bake-keys:api",
+        ],
+        {},
+        path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     [service] = list(yaml.safe_load_all((path / "k8s" / "tiny-kserve.yaml").read_text()))
     assert service["kind"] == "InferenceService"
@@ -52,7 +67,9 @@ def test_kserve_and_secret_env(image: tuple[Path, str]) -> None:
 
 def test_an_inline_api_key_is_refused(image: tuple[Path, str]) -> None:
     path, tag = image
-    result = run_bake(["launch", tag, "--target", "kubernetes", "--name", "tiny"], {"BAKE_API_KEY": "s3cret"}, path)
+    result = run_bake(
+        ["launch", tag, "--target", "kubernetes", "--name", "tiny"], {"BAKE_API_KEY": "s3cret"}, path
+    )
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "--secret-env BAKE_API_KEY=SECRET:KEY" in line and "s3cret" not in result.stderr

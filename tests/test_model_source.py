@@ -24,7 +24,10 @@ from tests.fixtures.servers import ServerProcess
 @pytest.fixture(scope="module")
 def repo(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = make_image_classifier(
-        tmp_path_factory.mktemp("partial") / "clf", "resnet", image_size=32, extra_formats=("bin", "flax", "onnx")
+        tmp_path_factory.mktemp("partial") / "clf",
+        "resnet",
+        image_size=32,
+        extra_formats=("bin", "flax", "onnx"),
     )
     hub.add_repo("partial/classifier", folder)
     return "partial/classifier"
@@ -41,7 +44,9 @@ def test_a_cache_with_every_needed_file_serves(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     source = locate_model(repo, "main", offline=True)
     assert (source.path / "model.safetensors").is_file() and not (source.path / "pytorch_model.bin").exists()
-    assert source.listing is not None and "pytorch_model.bin" in source.listing, "the cache knows the whole repo"
+    assert source.listing is not None and "pytorch_model.bin" in source.listing, (
+        "the cache knows the whole repo"
+    )
     assert source.detect_task() == "image-classification"
     source.require_files("image-classification", "cpu")  # raises if anything needed were missing
 

@@ -27,8 +27,9 @@ def test_the_default_name_is_valid_on_every_target(model: str) -> None:
     assert len(name) <= MAX_LENGTH
     for target in ("local", "docker", "fly", "kubernetes"):
         check_name(name, target)
-    FlyServiceSpec(app=name, image="i", max_batch_size=1, max_queue=1, warmup_seconds=0, drain_seconds=0,
-                   weights_bytes=0)
+    FlyServiceSpec(
+        app=name, image="i", max_batch_size=1, max_queue=1, warmup_seconds=0, drain_seconds=0, weights_bytes=0
+    )
     KubernetesOptions(name=name, kserve=True)
 
 

@@ -270,12 +270,16 @@ def test_the_api_key_is_not_in_the_repr() -> None:
 
 
 def test_serve_settings_round_trip_through_their_variables() -> None:
-    chosen = ServeSettings(max_batch_size=4, max_wait_ms=2.5, jpeg_draft=True, default_guidance=0.0, port=9000)
+    chosen = ServeSettings(
+        max_batch_size=4, max_wait_ms=2.5, jpeg_draft=True, default_guidance=0.0, port=9000
+    )
     variables = chosen.environment()
     assert variables["BAKE_MAX_BATCH_SIZE"] == "4" and variables["BAKE_JPEG_DRAFT"] == "1"
     assert variables["PORT"] == "9000"
     assert ServeSettings.from_environment(variables) == chosen
-    assert "BAKE_DEFAULT_GUIDANCE" not in ServeSettings().environment(), "unset optional settings are left out"
+    assert "BAKE_DEFAULT_GUIDANCE" not in ServeSettings().environment(), (
+        "unset optional settings are left out"
+    )
 
 
 def test_the_image_settings_are_the_runtime_settings_minus_identity() -> None:

@@ -27,11 +27,11 @@ import torch
 from huggingface_hub import InferenceClient
 from PIL import Image
 
+from serve.contract.settings import Settings
 from serve.device import choose_placement
 from serve.errors import ClientDisconnected, InvalidParameters
-from serve.model_source import locate_model
-from serve.contract.settings import Settings
 from serve.image_encoding import encode_image
+from serve.model_source import locate_model
 from serve.tasks.base import Prepared
 from serve.tasks.text_to_image import Generated, TextToImage, TextToImageParameters
 from tests.fixtures.hub import HubServer, offline_cache
@@ -322,7 +322,9 @@ def test_same_seed_same_bytes_over_http(served: Served) -> None:
 
 
 def test_the_root_path_answers_like_predict(served: Served) -> None:
-    root = httpx.post(served.url + "/", json={"inputs": "a red fox", "parameters": {**SMALL, "seed": 23}}, timeout=60)
+    root = httpx.post(
+        served.url + "/", json={"inputs": "a red fox", "parameters": {**SMALL, "seed": 23}}, timeout=60
+    )
     assert root.status_code == 200 and root.content == served.post(seed=23).content
 
 

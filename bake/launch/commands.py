@@ -75,16 +75,29 @@ def launch(config: Config, env: Environment, request: LaunchRequest, output: Tex
         return _launch_docker(config, local, image, facts, runtime_env, output)
     if spec.target == "fly":
         result = fly_target.launch_fly(
-            local, facts, image, spec, runtime_env, fly_toml=project_dir(config) / "fly.toml",
-            token=env.fly_api_token, dry_run=request.dry_run, output=output,
+            local,
+            facts,
+            image,
+            spec,
+            runtime_env,
+            fly_toml=project_dir(config) / "fly.toml",
+            token=env.fly_api_token,
+            dry_run=request.dry_run,
+            output=output,
         )
         if request.dry_run:
-            return LaunchOutcome(None, (result.fly_toml_text, f"wrote {result.fly_toml} (dry run: nothing deployed)"))
-        return LaunchOutcome(result.url, (f"deployed {result.app} to Fly ({result.method})", f"url       {result.url}"))
+            return LaunchOutcome(
+                None, (result.fly_toml_text, f"wrote {result.fly_toml} (dry run: nothing deployed)")
+            )
+        return LaunchOutcome(
+            result.url, (f"deployed {result.app} to Fly ({result.method})", f"url       {result.url}")
+        )
     return _launch_kubernetes(config, image, facts, request, runtime_env)
 
 
-def _check_before_work(config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]) -> None:
+def _check_before_work(
+    config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]
+) -> None:
     """Refuse what the target would refuse, before the engine, the image or the network is touched."""
     if config.launch.target == "fly" and not request.dry_run:
         require_token(env.fly_api_token)
@@ -102,7 +115,11 @@ def _kubernetes_options(
             f"store it in a Secret and pass --secret-env {API_KEY_ENV}=SECRET:KEY",
         )
     return kubernetes.KubernetesOptions(
-        name=name, namespace=request.namespace, kserve=request.kserve, max_scale=request.max_scale, env=env,
+        name=name,
+        namespace=request.namespace,
+        kserve=request.kserve,
+        max_scale=request.max_scale,
+        env=env,
         secret_env=dict(request.secret_env),
     )
 
@@ -118,17 +135,26 @@ def _launch_docker(
         image = docker_target.transfer_image(local, target, image, registry=spec.registry)
     name = spec.name or default_name(facts.model)
     launched = docker_target.launch_container(
-        target, image, facts, name=name, host_port=spec.host_port,
+        target,
+        image,
+        facts,
+        name=name,
+        host_port=spec.host_port,
         address=docker_target.engine_address(spec.docker_host if spec.target == "docker" else ""),
-        env=env, ready_timeout_s=spec.ready_timeout_s, output=output,
+        env=env,
+        ready_timeout_s=spec.ready_timeout_s,
+        output=output,
     )
     host_flag = f" --host {spec.docker_host}" if spec.target == "docker" else ""
-    return LaunchOutcome(launched.url, (
-        f"{launched.name} is ready at {launched.url} ({launched.ready_seconds:.1f} s)",
-        f"try:      bake predict{host_flag} --name {launched.name} INPUT",
-        f"logs:     bake logs{host_flag} {launched.name}",
-        f"stop:     bake stop{host_flag} {launched.name}",
-    ))
+    return LaunchOutcome(
+        launched.url,
+        (
+            f"{launched.name} is ready at {launched.url} ({launched.ready_seconds:.1f} s)",
+            f"try:      bake predict{host_flag} --name {launched.name} INPUT",
+            f"logs:     bake logs{host_flag} {launched.name}",
+            f"stop:     bake stop{host_flag} {launched.name}",
+        ),
+    )
 
 
 def _launch_kubernetes(
@@ -157,8 +183,11 @@ def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
     """Start the (idle-stopped) container again and wait for it."""
     client, address = engine(config)
     launched = docker_target.wake(
-        client, _default_container(config, client, name), address=address,
-        ready_timeout_s=config.launch.ready_timeout_s, output=output,
+        client,
+        _default_container(config, client, name),
+        address=address,
+        ready_timeout_s=config.launch.ready_timeout_s,
+        output=output,
     )
     return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
 
@@ -175,8 +204,15 @@ def _default_container(config: Config, client: DockerClient, name: str | None) -
 
 
 def predict(
-    config: Config, env: Environment, *, name: str | None, url: str | None, value: str,
-    parameters: dict[str, Any], output_path: Path | None, stream: TextIO,
+    config: Config,
+    env: Environment,
+    *,
+    name: str | None,
+    url: str | None,
+    value: str,
+    parameters: dict[str, Any],
+    output_path: Path | None,
+    stream: TextIO,
 ) -> str:
     """Send one input to a launched server (waking it if it idled out); return what to print."""
     task = None
@@ -187,15 +223,25 @@ def predict(
         task = (container.config.labels or {}).get(TASK)
         if not container.state.running:
             stream.write(f"{container_name} is stopped (idle): starting it\n")
-        url = docker_target.wake(client, container_name, address=address,
-                                 ready_timeout_s=config.launch.ready_timeout_s, output=stream).url
+        url = docker_target.wake(
+            client,
+            container_name,
+            address=address,
+            ready_timeout_s=config.launch.ready_timeout_s,
+            output=stream,
+        ).url
     headers = {"Authorization": f"Bearer {env.api_key}"} if env.api_key else {}
     if task == TEXT_TO_IMAGE or (task is None and not Path(value).is_file()):
         body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
         response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
     else:
-        response = httpx.post(f"{url}/predict", content=Path(value).read_bytes(), params=parameters,
-                              headers=headers, timeout=600)
+        response = httpx.post(
+            f"{url}/predict",
+            content=Path(value).read_bytes(),
+            params=parameters,
+            headers=headers,
+            timeout=600,
+        )
     if response.status_code != 200:
         message = response.json().get("error", response.text) if _is_json(response) else response.text
         raise LaunchFailed(f"the server answered {response.status_code}: {message}", "check the input")

@@ -87,7 +87,9 @@ def launch_container(
     return Launched(name=name, url=url, image=image, ready_seconds=seconds)
 
 
-def wake(client: DockerClient, name: str, *, address: str, ready_timeout_s: float, output: TextIO) -> Launched:
+def wake(
+    client: DockerClient, name: str, *, address: str, ready_timeout_s: float, output: TextIO
+) -> Launched:
     """Start a stopped bake container again (after an idle exit) and wait until it is ready."""
     container = find(client, name)
     if not container.state.running:
@@ -95,7 +97,9 @@ def wake(client: DockerClient, name: str, *, address: str, ready_timeout_s: floa
     port = int((container.config.labels or {}).get(HOST_PORT, "0"))
     url = f"http://{address}:{port}"
     seconds = wait_ready(url, timeout_s=ready_timeout_s, output=output, died=lambda: _exited(client, name))
-    return Launched(name=name, url=url, image=(container.config.labels or {}).get(IMAGE, ""), ready_seconds=seconds)
+    return Launched(
+        name=name, url=url, image=(container.config.labels or {}).get(IMAGE, ""), ready_seconds=seconds
+    )
 
 
 def find(client: DockerClient, name: str) -> Container:
@@ -103,7 +107,9 @@ def find(client: DockerClient, name: str) -> Container:
     try:
         container = client.container.inspect(name)
     except NoSuchContainer:
-        raise LaunchFailed(f"no container called {name}", "see `bake ps` for what runs, or launch one") from None
+        raise LaunchFailed(
+            f"no container called {name}", "see `bake ps` for what runs, or launch one"
+        ) from None
     if (container.config.labels or {}).get(LAUNCHED) != "1":
         raise LaunchFailed(f"container {name} was not launched by bake", "pass the name of a bake container")
     return container
@@ -157,7 +163,8 @@ def _remove_previous(client: DockerClient, name: str) -> None:
         return
     if (container.config.labels or {}).get(LAUNCHED) != "1":
         raise LaunchFailed(
-            f"a container called {name} exists and was not launched by bake", "pass --name to use another name"
+            f"a container called {name} exists and was not launched by bake",
+            "pass --name to use another name",
         )
     if container.state.running:
         client.container.stop(name)

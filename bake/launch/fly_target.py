@@ -25,7 +25,9 @@ _ESTIMATE_BASE_S = 20.0
 _ESTIMATE_BYTES_PER_S = 200 * 2**20
 
 
-def fly_spec(facts: ImageFacts, image: str, launch: LaunchSpec, env: dict[str, str], warmup_s: float) -> FlyServiceSpec:
+def fly_spec(
+    facts: ImageFacts, image: str, launch: LaunchSpec, env: dict[str, str], warmup_s: float
+) -> FlyServiceSpec:
     """What Fly needs to know about `image`, from its labels and the launch settings."""
     serve = facts.serve
     return FlyServiceSpec(
@@ -64,12 +66,19 @@ def launch_fly(
     else:
         output.write(f"warm-up measured at {warmup:.1f} s (container start to /ready)\n")
     return deploy(
-        fly_spec(facts, image, launch, env, warmup), token, fly_toml=fly_toml, dry_run=dry_run, docker=client,
-        api_url=launch.fly_api_url, registry=launch.registry or FLY_REGISTRY,
+        fly_spec(facts, image, launch, env, warmup),
+        token,
+        fly_toml=fly_toml,
+        dry_run=dry_run,
+        docker=client,
+        api_url=launch.fly_api_url,
+        registry=launch.registry or FLY_REGISTRY,
     )
 
 
-def measure_warmup(client: DockerClient, image: str, port: int, *, timeout_s: float, output: TextIO) -> float | None:
+def measure_warmup(
+    client: DockerClient, image: str, port: int, *, timeout_s: float, output: TextIO
+) -> float | None:
     """Seconds from `docker run` to /ready answering 200 on this engine, or None if it cannot run here."""
     started = time.monotonic()
     try:
@@ -77,7 +86,9 @@ def measure_warmup(client: DockerClient, image: str, port: int, *, timeout_s: fl
     except DockerException:
         return None
     try:
-        host_port = int(client.container.inspect(container).network_settings.ports[f"{port}/tcp"][0]["HostPort"])
+        host_port = int(
+            client.container.inspect(container).network_settings.ports[f"{port}/tcp"][0]["HostPort"]
+        )
         wait_ready(f"http://127.0.0.1:{host_port}", timeout_s=timeout_s, output=output)
         return time.monotonic() - started
     except (LaunchFailed, KeyError, IndexError, TypeError):

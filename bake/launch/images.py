@@ -15,11 +15,17 @@ def read_facts(client: DockerClient, image: str) -> ImageFacts:
     try:
         inspected = client.image.inspect(image)
     except NoSuchImage:
-        raise LaunchFailed(f"image {image} is not on this Docker engine", "build it with `bake build`") from None
+        raise LaunchFailed(
+            f"image {image} is not on this Docker engine", "build it with `bake build`"
+        ) from None
     labels = inspected.config.labels or {}
     if not is_bake_image(labels):
-        raise LaunchFailed(f"image {image} was not built by bake (it has no dev.bake.* labels)", "build it with bake")
+        raise LaunchFailed(
+            f"image {image} was not built by bake (it has no dev.bake.* labels)", "build it with bake"
+        )
     try:
         return ImageFacts.from_labels(labels)
     except (KeyError, ValueError, SettingsError) as error:
-        raise LaunchFailed(f"image {image} has unreadable bake labels ({error})", "rebuild it with this bake") from None
+        raise LaunchFailed(
+            f"image {image} has unreadable bake labels ({error})", "rebuild it with this bake"
+        ) from None

@@ -131,64 +131,84 @@ class KubernetesOptions:
     """Variable -> (Secret name, key), e.g. {"BAKE_API_KEY": ("resnet-api", "key")}."""
 
     def __post_init__(self) -> None:
-        require(ConfigError, 
+        require(
+            ConfigError,
             len(self.name) <= 63 and DNS_1035_LABEL.match(self.name) is not None,
             f"invalid Kubernetes name {self.name!r}",
             "use at most 63 lowercase letters, digits and dashes, starting with a letter and ending with a "
             "letter or digit",
         )
-        require(ConfigError, 
+        require(
+            ConfigError,
             not self.kserve or len(self.name + KSERVE_PREDICTOR_SUFFIX) <= 63,
             f"the name {self.name!r} is too long for KServe, which adds {KSERVE_PREDICTOR_SUFFIX!r} to it",
             f"use at most {63 - len(KSERVE_PREDICTOR_SUFFIX)} characters",
         )
-        require(ConfigError, 
+        require(
+            ConfigError,
             len(self.namespace) <= 63 and _DNS_1123_LABEL.match(self.namespace) is not None,
             f"invalid namespace {self.namespace!r}",
             "use at most 63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
         )
-        require(ConfigError, self.min_scale >= 0, f"min_scale is {self.min_scale}", "use 0 (scale to zero) or more")
-        require(ConfigError, 
+        require(
+            ConfigError,
+            self.min_scale >= 0,
+            f"min_scale is {self.min_scale}",
+            "use 0 (scale to zero) or more",
+        )
+        require(
+            ConfigError,
             self.max_scale >= max(1, self.min_scale),
             f"max_scale is {self.max_scale} (min_scale {self.min_scale})",
             "use at least 1 and at least min_scale",
         )
         delay = _duration_seconds(self.scale_down_delay)
-        require(ConfigError, 
+        require(
+            ConfigError,
             delay is not None and 0 <= delay <= SCALE_DOWN_DELAY_MAX_S and delay == round(delay),
             f"invalid scale_down_delay {self.scale_down_delay!r}",
             "use a duration of whole seconds between 0s and 1h, such as 90s, 5m or 1h",
         )
         for name, value in self.env.items():
             _check_env_name(name)
-            require(ConfigError, 
+            require(
+                ConfigError,
                 not _looks_secret(name),
                 f"{name} would be written into the manifest in clear",
                 f"store it in a Secret (kubectl create secret generic NAME --from-literal=KEY=...) and pass "
                 f"{name} as secret_env",
             )
             if name == IDLE_ENV:
-                require(ConfigError, 
+                require(
+                    ConfigError,
                     _is_zero(value),
                     f"{IDLE_ENV}={value} would make the container exit when idle, which Kubernetes restarts "
                     f"as a crash",
                     "leave it out: Knative scales idle services to zero (scale_down_delay)",
                 )
             if name in OFFLINE_ENV:
-                require(ConfigError, 
+                require(
+                    ConfigError,
                     value == OFFLINE_ENV[name],
                     f"env sets {name}={value!r}",
                     f"leave {name} out: a bake image always runs with {name}={OFFLINE_ENV[name]}",
                 )
         for name, (secret, key) in self.secret_env.items():
             _check_env_name(name)
-            require(ConfigError, name not in self.env, f"{name} is in both env and secret_env", "give it only once")
-            require(ConfigError, 
+            require(
+                ConfigError,
+                name not in self.env,
+                f"{name} is in both env and secret_env",
+                "give it only once",
+            )
+            require(
+                ConfigError,
                 len(secret) <= 253 and _DNS_1123_SUBDOMAIN.match(secret) is not None,
                 f"invalid Secret name {secret!r} for {name}",
                 "use the name of a Secret in the same namespace (lowercase letters, digits, '-' and '.')",
             )
-            require(ConfigError, 
+            require(
+                ConfigError,
                 _SECRET_KEY.match(key) is not None,
                 f"invalid Secret key {key!r} for {name}",
                 "use a key of the Secret (letters, digits, '-', '_' and '.')",
@@ -417,12 +437,14 @@ def _duration_seconds(text: str) -> float | None:
 
 
 def _check_env_name(name: str) -> None:
-    require(ConfigError, 
+    require(
+        ConfigError,
         _ENV_NAME.match(name) is not None,
         f"invalid environment variable name {name!r}",
         "use letters, digits and underscores, not starting with a digit",
     )
-    require(ConfigError, 
+    require(
+        ConfigError,
         name not in KNATIVE_RESERVED_ENV,
         f"{name} is set by Knative itself",
         "leave it out (PORT is the image's port; rebuild with --port to change it)",

@@ -49,13 +49,24 @@ def default_name(model: str) -> str:
 def check_name(name: str, target: str) -> None:
     """Raise `ConfigError` unless `name` is valid for `target` (local, docker, fly or kubernetes)."""
     if target in ("local", "docker"):
-        require(ConfigError, DOCKER_NAME.match(name) is not None, f"invalid container name {name!r}",
-                "use letters, digits, '_', '.' and '-', starting with a letter or digit")
+        require(
+            ConfigError,
+            DOCKER_NAME.match(name) is not None,
+            f"invalid container name {name!r}",
+            "use letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
     elif target == "fly":
-        require(ConfigError, APP_NAME.match(name) is not None, f"invalid Fly app name {name!r}",
-                "use 1-63 lowercase letters, digits and dashes, starting and ending with a letter or digit")
+        require(
+            ConfigError,
+            APP_NAME.match(name) is not None,
+            f"invalid Fly app name {name!r}",
+            "use 1-63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
+        )
     elif target == "kubernetes":
-        require(ConfigError, len(name) <= 63 and DNS_1035_LABEL.match(name) is not None,
-                f"invalid Kubernetes name {name!r}",
-                "use at most 63 lowercase letters, digits and dashes, starting with a letter and ending with a "
-                "letter or digit")
+        require(
+            ConfigError,
+            len(name) <= 63 and DNS_1035_LABEL.match(name) is not None,
+            f"invalid Kubernetes name {name!r}",
+            "use at most 63 lowercase letters, digits and dashes, starting with a letter and ending with a "
+            "letter or digit",
+        )

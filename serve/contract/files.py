@@ -49,7 +49,9 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
     )
 
 
-def select_files(names: Iterable[str], task: str, *, device: str, read_json: Callable[[str], dict | None]) -> Selection:
+def select_files(
+    names: Iterable[str], task: str, *, device: str, read_json: Callable[[str], dict | None]
+) -> Selection:
     """The files `task` needs out of a repository's `names` (paths relative to its root)."""
     names = sorted(set(names))
     if task == IMAGE_CLASSIFICATION:
@@ -80,11 +82,11 @@ def _select_classifier(names: list[str]) -> Selection:
 def _weights_in(names: list[str], folder: str) -> tuple[list[str], bool]:
     """Weight files directly in `folder` ("" for the root): safetensors if any, else .bin (to convert)."""
     prefix = f"{folder}/" if folder else ""
-    direct = [name for name in names if name.startswith(prefix) and "/" not in name[len(prefix):]]
+    direct = [name for name in names if name.startswith(prefix) and "/" not in name[len(prefix) :]]
     for pattern, convert in (("*.safetensors", False), ("*.bin", True)):
-        found = [name for name in direct if fnmatch.fnmatch(name[len(prefix):], pattern)]
+        found = [name for name in direct if fnmatch.fnmatch(name[len(prefix) :], pattern)]
         if found:
-            index = [name for name in direct if fnmatch.fnmatch(name[len(prefix):], pattern + ".index.json")]
+            index = [name for name in direct if fnmatch.fnmatch(name[len(prefix) :], pattern + ".index.json")]
             return sorted(found) + index, convert
     return [], False
 
@@ -92,7 +94,8 @@ def _weights_in(names: list[str], folder: str) -> tuple[list[str], bool]:
 def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str], dict | None]) -> Selection:
     index = read_json("model_index.json") or {}
     components = [
-        name for name, value in index.items()
+        name
+        for name, value in index.items()
         if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
     ]
     chosen = ["model_index.json"]
@@ -101,8 +104,13 @@ def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str
         if component in UNUSED_DIFFUSION_COMPONENTS:
             continue
         files = [name for name in names if name.startswith(f"{component}/")]
-        configs = [name for name in files if name.endswith(".json") and "/" not in name[len(component) + 1:]
-                   and not name.endswith(".index.json")]
+        configs = [
+            name
+            for name in files
+            if name.endswith(".json")
+            and "/" not in name[len(component) + 1 :]
+            and not name.endswith(".index.json")
+        ]
         support = [name for name in files if _is_tokenizer_file(name)]
         weights, needs_conversion = _diffusion_weights(files, component, device=device)
         if f"{component}/config.json" in configs and not weights:
@@ -116,7 +124,13 @@ def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str
 
 
 def _is_tokenizer_file(name: str) -> bool:
-    return name.rsplit("/", 1)[-1] in ("vocab.json", "merges.txt", "spiece.model", "tokenizer.json", "vocab.txt")
+    return name.rsplit("/", 1)[-1] in (
+        "vocab.json",
+        "merges.txt",
+        "spiece.model",
+        "tokenizer.json",
+        "vocab.txt",
+    )
 
 
 def _diffusion_weights(files: list[str], component: str, *, device: str) -> tuple[list[str], bool]:

@@ -130,51 +130,118 @@ def setting(default: Any, env: str, help: str, **options: Any) -> Any:
 class ServeSettings:
     """The runtime settings an image carries (bake.toml `[serve]`), all with defaults."""
 
-    dtype: str = setting("auto", "BAKE_DTYPE", "Compute dtype: auto (float16 on CUDA, float32 on CPU), float32, "
-                         "float16 or bfloat16.", choices=DTYPES)
+    dtype: str = setting(
+        "auto",
+        "BAKE_DTYPE",
+        "Compute dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.",
+        choices=DTYPES,
+    )
     max_batch_size: int = setting(8, "BAKE_MAX_BATCH_SIZE", "Largest batch run on the device.", minimum=1)
-    max_wait_ms: float = setting(10.0, "BAKE_MAX_WAIT_MS", "How long the first queued request waits for "
-                                 "batch-mates, in milliseconds.", minimum=0)
-    max_queue: int = setting(256, "BAKE_MAX_QUEUE", "Requests waiting beyond this are refused with 503 at once.",
-                             minimum=1)
-    timeout_s: float = setting(30.0, "BAKE_TIMEOUT_S", "Per-request deadline in seconds (504 past it).",
-                               minimum=0.001)
-    idle_timeout_s: float = setting(0.0, "BAKE_IDLE_TIMEOUT_S", "Exit 0 after this many seconds without "
-                                    "requests (0: never); the host starts it again on demand.", minimum=0)
-    drain_timeout_s: float = setting(30.0, "BAKE_DRAIN_TIMEOUT_S", "On SIGTERM, seconds in-flight requests get "
-                                     "to finish.", minimum=0)
-    port: int = setting(8080, "PORT", "Port the server listens on inside the container.", minimum=1,
-                        maximum=65535, host_env="BAKE_PORT")
-    max_body_bytes: int = setting(20 * 1024 * 1024, "BAKE_MAX_BODY_BYTES", "Larger request bodies get 413.",
-                                  minimum=1)
-    max_image_pixels: int = setting(40_000_000, "BAKE_MAX_IMAGE_PIXELS", "Images declaring more pixels are "
-                                    "refused with 413 (decompression bombs).", minimum=1)
-    workers: int = setting(0, "BAKE_WORKERS", "CPU preprocessing threads; 0: twice the CPU count (some wait for "
-                           "the GIL while others decode: 2 cores, tiny ResNet, 640x480 JPEGs: 134 req/s with 4 "
-                           "workers, 114 with 2).", minimum=0)
-    jpeg_draft: bool = setting(False, "BAKE_JPEG_DRAFT", "Decode big JPEGs at reduced size (never below twice "
-                               "the model's input): 2-4x faster preprocessing of multi-megapixel photos, pixels "
-                               "within 2 uint8 steps of the model's processor instead of 1.")
-    torchscript: bool = setting(True, "BAKE_TORCHSCRIPT", "Serve a traced, frozen forward pass once it matched "
-                                "the eager one at every batch size.")
-    cpu_threads: int = setting(0, "BAKE_CPU_THREADS", "Torch threads for the forward pass on the CPU; 0 chooses "
-                               "at warm-up (every core for a forward pass of 50 ms per sample or more, else "
-                               "every core only if clearly faster than one).", minimum=0)
+    max_wait_ms: float = setting(
+        10.0,
+        "BAKE_MAX_WAIT_MS",
+        "How long the first queued request waits for batch-mates, in milliseconds.",
+        minimum=0,
+    )
+    max_queue: int = setting(
+        256, "BAKE_MAX_QUEUE", "Requests waiting beyond this are refused with 503 at once.", minimum=1
+    )
+    timeout_s: float = setting(
+        30.0, "BAKE_TIMEOUT_S", "Per-request deadline in seconds (504 past it).", minimum=0.001
+    )
+    idle_timeout_s: float = setting(
+        0.0,
+        "BAKE_IDLE_TIMEOUT_S",
+        "Exit 0 after this many seconds without requests (0: never); the host starts it again on demand.",
+        minimum=0,
+    )
+    drain_timeout_s: float = setting(
+        30.0, "BAKE_DRAIN_TIMEOUT_S", "On SIGTERM, seconds in-flight requests get to finish.", minimum=0
+    )
+    port: int = setting(
+        8080,
+        "PORT",
+        "Port the server listens on inside the container.",
+        minimum=1,
+        maximum=65535,
+        host_env="BAKE_PORT",
+    )
+    max_body_bytes: int = setting(
+        20 * 1024 * 1024, "BAKE_MAX_BODY_BYTES", "Larger request bodies get 413.", minimum=1
+    )
+    max_image_pixels: int = setting(
+        40_000_000,
+        "BAKE_MAX_IMAGE_PIXELS",
+        "Images declaring more pixels are refused with 413 (decompression bombs).",
+        minimum=1,
+    )
+    workers: int = setting(
+        0,
+        "BAKE_WORKERS",
+        "CPU preprocessing threads; 0: twice the CPU count (some wait for "
+        "the GIL while others decode: 2 cores, tiny ResNet, 640x480 JPEGs: 134 req/s with 4 "
+        "workers, 114 with 2).",
+        minimum=0,
+    )
+    jpeg_draft: bool = setting(
+        False,
+        "BAKE_JPEG_DRAFT",
+        "Decode big JPEGs at reduced size (never below twice "
+        "the model's input): 2-4x faster preprocessing of multi-megapixel photos, pixels "
+        "within 2 uint8 steps of the model's processor instead of 1.",
+    )
+    torchscript: bool = setting(
+        True,
+        "BAKE_TORCHSCRIPT",
+        "Serve a traced, frozen forward pass once it matched the eager one at every batch size.",
+    )
+    cpu_threads: int = setting(
+        0,
+        "BAKE_CPU_THREADS",
+        "Torch threads for the forward pass on the CPU; 0 chooses "
+        "at warm-up (every core for a forward pass of 50 ms per sample or more, else "
+        "every core only if clearly faster than one).",
+        minimum=0,
+    )
     log_level: str = setting("info", "BAKE_LOG_LEVEL", "Server log level.", choices=LOG_LEVELS)
-    attention_slicing: bool = setting(False, "BAKE_ATTENTION_SLICING", "Text-to-image: trade speed for memory "
-                                      "in attention layers.")
+    attention_slicing: bool = setting(
+        False, "BAKE_ATTENTION_SLICING", "Text-to-image: trade speed for memory in attention layers."
+    )
     vae_tiling: bool = setting(False, "BAKE_VAE_TILING", "Text-to-image: decode large images tile by tile.")
-    max_steps: int = setting(100, "BAKE_MAX_STEPS", "Text-to-image: the most denoising steps a request may ask "
-                             "for (422 above).", minimum=1)
-    max_image_area: int = setting(1024 * 1024, "BAKE_MAX_IMAGE_AREA", "Text-to-image: the largest width x "
-                                  "height a request may ask for (422 above).", minimum=64)
-    max_images_per_prompt: int = setting(4, "BAKE_MAX_IMAGES_PER_PROMPT", "Text-to-image: the most images one "
-                                         "request may ask for (never more than max_batch_size).", minimum=1)
-    default_steps: int = setting(0, "BAKE_DEFAULT_STEPS", "Text-to-image: steps when a request names none; 0: "
-                                 "the pipeline's own default (sd-turbo wants 1 to 4).", minimum=0)
-    default_guidance: float | None = setting(None, "BAKE_DEFAULT_GUIDANCE", "Text-to-image: guidance scale "
-                                             "when a request names none; unset: the pipeline's own default "
-                                             "(sd-turbo wants 0).", minimum=0, optional=True)
+    max_steps: int = setting(
+        100,
+        "BAKE_MAX_STEPS",
+        "Text-to-image: the most denoising steps a request may ask for (422 above).",
+        minimum=1,
+    )
+    max_image_area: int = setting(
+        1024 * 1024,
+        "BAKE_MAX_IMAGE_AREA",
+        "Text-to-image: the largest width x height a request may ask for (422 above).",
+        minimum=64,
+    )
+    max_images_per_prompt: int = setting(
+        4,
+        "BAKE_MAX_IMAGES_PER_PROMPT",
+        "Text-to-image: the most images one request may ask for (never more than max_batch_size).",
+        minimum=1,
+    )
+    default_steps: int = setting(
+        0,
+        "BAKE_DEFAULT_STEPS",
+        "Text-to-image: steps when a request names none; 0: "
+        "the pipeline's own default (sd-turbo wants 1 to 4).",
+        minimum=0,
+    )
+    default_guidance: float | None = setting(
+        None,
+        "BAKE_DEFAULT_GUIDANCE",
+        "Text-to-image: guidance scale "
+        "when a request names none; unset: the pipeline's own default "
+        "(sd-turbo wants 0).",
+        minimum=0,
+        optional=True,
+    )
 
     def __post_init__(self) -> None:
         for spec in specs(type(self)):
@@ -194,9 +261,7 @@ class ServeSettings:
     def from_environment(cls: type[SettingsT], environ: Mapping[str, str], **values: Any) -> SettingsT:
         """Settings from the variables in `environ` (missing or blank: the default), over `values`."""
         read = {
-            spec.key: spec.parse(environ.get(spec.env, ""))
-            for spec in specs(cls)
-            if spec.key not in values
+            spec.key: spec.parse(environ.get(spec.env, "")) for spec in specs(cls) if spec.key not in values
         }
         return cls(**read, **values)
 
@@ -217,9 +282,12 @@ class Settings(ServeSettings):
     model: str
     """`BAKE_MODEL`: a Hugging Face model id (resolved in the HF cache) or a local directory."""
     revision: str = setting("main", "BAKE_REVISION", "Branch, tag or commit sha of the model.")
-    task: str | None = setting(None, "BAKE_TASK", "The serving task; unset: detected from the model's files.",
-                               optional=True)
-    device: str = setting("auto", "BAKE_DEVICE", "auto, cpu, cuda or cuda:N.", choices=DEVICES, cuda_index=True)
+    task: str | None = setting(
+        None, "BAKE_TASK", "The serving task; unset: detected from the model's files.", optional=True
+    )
+    device: str = setting(
+        "auto", "BAKE_DEVICE", "auto, cpu, cuda or cuda:N.", choices=DEVICES, cuda_index=True
+    )
     api_key: str | None = field(default=None, repr=False)
     """`BAKE_API_KEY`: when set, every route but /health and /ready needs `Authorization: Bearer <key>`."""
     host: str = setting("0.0.0.0", "BAKE_HOST", "The address to bind.")
@@ -232,7 +300,9 @@ class Settings(ServeSettings):
         env = os.environ if environ is None else environ
         model = env.get(MODEL_ENV, "").strip()
         if not model:
-            raise SettingsError(f"{MODEL_ENV} is not set", "give a Hugging Face model id or a local model directory")
+            raise SettingsError(
+                f"{MODEL_ENV} is not set", "give a Hugging Face model id or a local model directory"
+            )
         offline = any(parse_flag(env[name], name) for name in OFFLINE_ENV if env.get(name, "").strip())
         return cls.from_environment(env, model=model, api_key=env.get(API_KEY_ENV) or None, offline=offline)
 

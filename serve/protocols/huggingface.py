@@ -68,7 +68,9 @@ def add_routes(app: FastAPI, runtime: Runtime, error_responses: dict[str, Any]) 
         params = runtime.parameters(document)
         if task.name == TEXT_TO_IMAGE:
             return await _text_to_image(runtime, request, inputs, params, deadline)
-        return JSONResponse(await until_disconnected(request, runtime.predict(inputs, params, deadline=deadline)))
+        return JSONResponse(
+            await until_disconnected(request, runtime.predict(inputs, params, deadline=deadline))
+        )
 
     for path in routes.PREDICT_PATHS:
         app.add_api_route(
@@ -122,14 +124,23 @@ def _image_response(generated: Generated, media_type: str) -> Response:
         "inference_s": generated.inference_s,
         "encode_s": time.perf_counter() - started,
     }
-    return JSONResponse({"images": images, "media_type": "image/png", "seed": generated.seed, "timings": timings})
+    return JSONResponse(
+        {"images": images, "media_type": "image/png", "seed": generated.seed, "timings": timings}
+    )
 
 
 def _image_events(generated: Generated) -> list[tuple[str, Any]]:
     """One `image` event per image: base64 PNG, its index and the seed that makes it alone."""
     return [
-        ("image", {"index": index, "image": _base64_png(image), "media_type": "image/png",
-                   "seed": generated.seed + index})
+        (
+            "image",
+            {
+                "index": index,
+                "image": _base64_png(image),
+                "media_type": "image/png",
+                "seed": generated.seed + index,
+            },
+        )
         for index, image in enumerate(generated.images)
     ]
 
@@ -149,7 +160,10 @@ def _classification_request() -> dict[str, Any]:
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"image": {"type": "string", "format": "binary"}, **parameters["properties"]},
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **parameters["properties"],
+                    },
                     "required": ["image"],
                 }
             },

@@ -46,7 +46,9 @@ class ImageClassification(Task):
                 str(self.source.path), dtype=self.placement.dtype
             )
         except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load an image classifier from {self.source.path}: {error}") from error
+            raise ModelLoadError(
+                f"cannot load an image classifier from {self.source.path}: {error}"
+            ) from error
         self.model = model.to(self.placement.device).eval()
         self._forward = eager_forward(self.model)
         config = model.config
@@ -80,7 +82,9 @@ class ImageClassification(Task):
 
     def prepare(self, inputs: bytes, params: ClassificationParameters) -> Prepared:
         """Decode and preprocess the image; batch key is the pixel array's shape."""
-        image = decode_image(inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size)
+        image = decode_image(
+            inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size
+        )
         pixels = self.transform.prepare(image)
         return Prepared(sample=pixels, params=params, batch_key=pixels.shape)
 

@@ -199,7 +199,9 @@ class TextToImage(Task):
             channel=channel,
             prepared_at=time.perf_counter(),
         )
-        return Prepared(sample=generation, params=params, batch_key=recipe, rows=generation.images, channel=channel)
+        return Prepared(
+            sample=generation, params=params, batch_key=recipe, rows=generation.images, channel=channel
+        )
 
     def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
         settings = self.settings
@@ -293,7 +295,9 @@ class TextToImage(Task):
             negative=False,
         )
         sample = Generation(recipe, "a photo of a cat", None, 0, 1, Channel(), time.perf_counter())
-        return [Prepared(sample=sample, params=TextToImageParameters(), batch_key=recipe, channel=sample.channel)]
+        return [
+            Prepared(sample=sample, params=TextToImageParameters(), batch_key=recipe, channel=sample.channel)
+        ]
 
     def info(self) -> TaskInfo:
         """The pipeline, its components, defaults and limits."""
