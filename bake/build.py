@@ -24,7 +24,8 @@ from bake.plan import BuildPlan, plan_build
 _STEP = re.compile(r"^#(\d+) \[(\S+) ")
 _CACHED = re.compile(r"^#(\d+) CACHED")
 _TAIL_LINES = 400
-# The last line of a Python traceback inside a step, e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
+# The last line of a Python traceback inside a step,
+# e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
 
 
@@ -121,12 +122,14 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if "no space left on device" in lowered:
         return BuildFailed(
             "the disk filled up during the build",
-            "free space (docker builder prune, docker image prune) or point Docker's data-root at a bigger disk",
+            "free space (docker builder prune, docker image prune) "
+            "or point Docker's data-root at a bigger disk",
         )
     if "failed to resolve source metadata" in lowered or "pull access denied" in lowered:
         return BuildFailed(
             f"the base image {plan.base_image} cannot be pulled",
-            "check its name, `docker login` to its registry, or pass --base-image with an image the engine has",
+            "check its name, `docker login` to its registry, "
+            "or pass --base-image with an image the engine has",
         )
     if "gatedrepoerror" in lowered or "cannot access gated repo" in lowered:
         return BuildFailed(
@@ -154,7 +157,8 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
 def _announce(model: ResolvedModel, config: Config, output: TextIO) -> None:
     mib = model.weights_bytes / 2**20
     output.write(
-        f"bake: {model.id} @ {model.commit_sha[:12]} ({model.revision}) for {model.task} on {config.build.device}; "
+        f"bake: {model.id} @ {model.commit_sha[:12]} ({model.revision}) "
+        f"for {model.task} on {config.build.device}; "
         f"{len(model.files)} files, {mib:.1f} MiB"
         + (", .bin weights converted to safetensors" if model.convert_to_safetensors else "")
         + "\n"

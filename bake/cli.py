@@ -271,8 +271,8 @@ def _report(built: BuiltImage) -> None:
 
 
 def main() -> None:
-    """Console entry point: run the CLI, turning `UserError`s (bake's, fly's, the contract's) into one line and
-    their exit status."""
+    """Console entry point: run the CLI, turning `UserError`s (bake's, fly's, the contract's) into one line
+    and their exit status."""
     try:
         cli.main(standalone_mode=False)
     except UserError as error:

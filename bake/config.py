@@ -146,7 +146,8 @@ _PATHS_IN_FILE = {"build.ca_cert", "build.pip_find_links", "model.id"}
 
 
 def _relative_to(base_dir: Path, value: str, *, must_be_dir: bool) -> str:
-    """A bake.toml path made absolute against the file's directory (a model id only if that is a directory)."""
+    """A bake.toml path made absolute against the file's directory (a model id only if that is a
+    directory)."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return value

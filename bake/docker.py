@@ -1,4 +1,5 @@
-"""Reaching a Docker engine (local or remote) through python-on-whales, with clear errors when it is missing."""
+"""Reaching a Docker engine (local or remote) through python-on-whales, with clear errors when it is
+missing."""
 
 from __future__ import annotations
 

@@ -213,7 +213,8 @@ class _hub_errors:
             status = error.response.status_code if error.response is not None else None
             if status in (401, 403):
                 raise AccessDenied(
-                    f"{env.hf_endpoint} refused access to {spec.id} with the token in HF_TOKEN (HTTP {status})",
+                    f"{env.hf_endpoint} refused access to {spec.id} "
+                    f"with the token in HF_TOKEN (HTTP {status})",
                     "set HF_TOKEN to a valid token of an account with access to the model",
                 ) from None
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -54,7 +54,9 @@ class ImageFacts:
         """OCI and bake labels for the image."""
         labels = {
             "org.opencontainers.image.title": f"{self.model} ({self.task})",
-            "org.opencontainers.image.description": f"{self.model} served by bake: {self.task} on {self.device}",
+            "org.opencontainers.image.description": (
+                f"{self.model} served by bake: {self.task} on {self.device}"
+            ),
             "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "org.opencontainers.image.revision": self.commit_sha,
             "org.opencontainers.image.version": self.revision,

@@ -1,4 +1,5 @@
-"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first prediction.
+"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first
+prediction.
 
 One run, for one model published on a local Hub (tests.fixtures.hub) under a fresh repo id:
   1. cold build: `bake build` (the real CLI, in a subprocess) on a base image no build has used yet:
@@ -19,7 +20,8 @@ One run, for one model published on a local Hub (tests.fixtures.hub) under a fre
      `docker run` to its exit. Rounds alternate the two; the median is reported.
 Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
 Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache a
-cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or `docker builder prune`).
+cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or
+`docker builder prune`).
 
 Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
                                   [--out benchmarks/results/build.json]
@@ -68,7 +70,9 @@ _READY_IN = re.compile(r"ready in ([\d.]+) s")
 FIRST_PREDICTION = """
 import sys, time, urllib.request
 data, deadline = sys.stdin.buffer.read(), time.monotonic() + 600
-request = urllib.request.Request("http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}})
+request = urllib.request.Request(
+    "http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}}
+)
 while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
@@ -156,7 +160,8 @@ class Bench:
 
 
 def fresh_base_image(source: str, tag: str) -> None:
-    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage misses."""
+    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage
+    misses."""
     dockerfile = f"FROM {source}\nRUN echo {tag} > /etc/bake-bench-base\n"
     docker("build", "--quiet", "--tag", tag, "-", input=dockerfile.encode())
 
@@ -186,7 +191,8 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
 
 
 def change_code(bench: Bench) -> str:
-    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the line."""
+    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the
+    line."""
     line = f"# bake-bench {bench.run_id}: a code-only change"
     with (bench.root / "src" / "serve" / CHANGED_MODULE).open("a") as module:
         module.write(line + "\n")
@@ -281,7 +287,8 @@ def layer_split(tag: str, base_image: str) -> dict[str, int]:
 
 
 def weight_copies(tag: str, weights: dict[int, str]) -> Iterator[str]:
-    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then sha256)."""
+    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then
+    sha256)."""
     smallest = min(weights)
     with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE) as save:
         assert save.stdout is not None
@@ -413,10 +420,12 @@ def print_table(report: dict[str, Any]) -> None:
     if report["server_env"]:
         print(f"  serving container settings: {' '.join(report['server_env'])}")
     print(
-        f"  cold build                      {cold['seconds']:8.1f} s   pip download cache: {report['pip_cache']}"
+        f"  cold build                      {cold['seconds']:8.1f} s   "
+        f"pip download cache: {report['pip_cache']}"
     )
     print(
-        f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   {summary['rebuild_vs_cold']:.1%} of cold "
+        f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   "
+        f"{summary['rebuild_vs_cold']:.1%} of cold "
         f"(target < {REBUILD_TARGET:.0%}: {'met' if summary['rebuild_target_met'] else 'NOT met'})"
     )
     for name, run in (("cold", cold), ("rebuild", rebuild)):
@@ -445,7 +454,8 @@ def print_table(report: dict[str, Any]) -> None:
         + ")"
     )
     print(
-        f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     (target <= {STARTUP_TARGET}: "
+        f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     "
+        f"(target <= {STARTUP_TARGET}: "
         f"{'met' if summary['startup_target_met'] else 'NOT met'})"
     )
 
@@ -481,7 +491,8 @@ def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str,
 
 
 def clean_up(bench: Bench) -> None:
-    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage collector)."""
+    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage
+    collector)."""
     names = docker(
         "ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}"
     ).stdout.split()

@@ -78,7 +78,9 @@ def make_model(regime: Regime, root: Path) -> Path:
         labels = {{i: f"class {{i}}" for i in range(1000)}}
         config = ResNetConfig(num_labels=1000, id2label=labels, label2id={{v: k for k, v in labels.items()}})
         ResNetForImageClassification(config).save_pretrained({str(folder)!r})
-        ConvNextImageProcessorPil(size={{"shortest_edge": 224}}, crop_pct=0.875).save_pretrained({str(folder)!r})
+        ConvNextImageProcessorPil(size={{"shortest_edge": 224}}, crop_pct=0.875).save_pretrained(
+            {str(folder)!r}
+        )
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
@@ -215,7 +217,8 @@ def run_regime(
             )
             rounds[server.name].append(result)
             print(
-                f"  [{regime.name} {width}x{height} round {round_index + 1}] {server.name:18s} {result.throughput:8.1f} req/s "
+                f"  [{regime.name} {width}x{height} round {round_index + 1}] "
+                f"{server.name:18s} {result.throughput:8.1f} req/s "
                 f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  failures {result.failures}",
                 flush=True,
             )

@@ -1,5 +1,5 @@
-"""The exceptions `fly` raises. Each one reads as a single line: what went wrong, then how to fix it, in the one
-format of `serve.contract.errors.UserError` (which bake's errors share).
+"""The exceptions `fly` raises. Each one reads as a single line: what went wrong, then how to fix it, in
+the one format of `serve.contract.errors.UserError` (which bake's errors share).
 
     FlyError                  base; `message` and `fix` are also kept as attributes
     ├── FlyConfigError        the spec or an existing fly.toml cannot describe a valid Fly app

@@ -61,7 +61,8 @@ def main() -> int:
         photo.read_bytes(), top_k=2
     )
     print(
-        f"\nhuggingface_hub.InferenceClient answers: {[(item.label, round(item.score, 4)) for item in answer]}"
+        "\nhuggingface_hub.InferenceClient answers: "
+        f"{[(item.label, round(item.score, 4)) for item in answer]}"
     )
     print(
         f"\nThe model keeps serving at http://127.0.0.1:{HOST_PORT} "

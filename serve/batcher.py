@@ -124,8 +124,8 @@ class Batcher:
         await self._task
 
     async def submit(self, sample: Any, *, key: Hashable = None, rows: int = 1, deadline: float) -> Any:
-        """Queue `sample` (filling `rows` batch rows) and wait for its output until `deadline` (`time.monotonic()`
-        seconds).
+        """Queue `sample` (filling `rows` batch rows) and wait for its output until `deadline`
+        (`time.monotonic()` seconds).
 
         Raises `Overloaded` when the queue is full or closing, `DeadlineExceeded` past the deadline, and
         whatever error its own forward pass raised.

@@ -1,4 +1,5 @@
-"""`python -m serve.healthcheck`: exit 0 when the local server's /health answers 200 (the image's HEALTHCHECK).
+"""`python -m serve.healthcheck`: exit 0 when the local server's /health answers 200 (the image's
+HEALTHCHECK).
 
 Standard library only, so the check costs a few milliseconds and no torch import.
 """

@@ -1,4 +1,5 @@
-"""HTTP plumbing every protocol shares: reading a body within its limit, and giving up when the client leaves."""
+"""HTTP plumbing every protocol shares: reading a body within its limit, and giving up when the client
+leaves."""
 
 from __future__ import annotations
 

@@ -61,8 +61,8 @@ class ModelSource:
             raise ModelLoadError(f"cannot serve {self.model_id}: {error}; or set BAKE_TASK") from None
 
     def require_files(self, task: str, device: str) -> None:
-        """Raise `ModelLoadError` naming the files `task` needs that the directory lacks (the contract's tasks;
-        any other task states no needs)."""
+        """Raise `ModelLoadError` naming the files `task` needs that the directory lacks (the contract's
+        tasks; any other task states no needs)."""
         if task not in TASKS:
             return
         present = self.files()
@@ -112,7 +112,8 @@ def locate_model(model: str, revision: str, *, offline: bool) -> ModelSource:
         path = Path(error.snapshot_path)  # holds part of the repository: `require_files` says if it is enough
     except LocalEntryNotFoundError as error:
         raise ModelLoadError(
-            f"model {model!r} (revision {revision!r}) is not in the Hugging Face cache and the hub is offline: "
+            f"model {model!r} (revision {revision!r}) is not in the Hugging Face cache "
+            "and the hub is offline: "
             "bake the weights into the image (bake build) or point HF_HOME at a cache that holds them"
         ) from error
     except (HfHubHTTPError, OSError, ValueError) as error:

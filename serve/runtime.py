@@ -183,7 +183,8 @@ class Runtime:
         return self.task
 
     def parameters(self, document: Mapping[str, Any] | None, *, where: str = "parameters") -> BaseModel:
-        """`document` validated as the served task's parameters (`InvalidParameters`, 422, naming each field)."""
+        """`document` validated as the served task's parameters (`InvalidParameters`, 422, naming each
+        field)."""
         return validate(self.ready_task().Parameters, document, where=where)
 
     def deadline(self) -> float:

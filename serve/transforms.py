@@ -111,9 +111,10 @@ class FastImageTransform(ImageTransform):
         return np.ascontiguousarray(pixels)
 
     def _resize_pixels(self, image: Image.Image, pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Antialiased resize to (height, width): torch's SIMD uint8 kernel for bilinear (a port of Pillow-SIMD's
-        resampler, within one uint8 step of Pillow and ~8x faster on a 1600x1200 photo), Pillow itself for every
-        other filter (torch's bicubic clips differently and can differ by many steps on noisy images)."""
+        """Antialiased resize to (height, width): torch's SIMD uint8 kernel for bilinear (a port of
+        Pillow-SIMD's resampler, within one uint8 step of Pillow and ~8x faster on a 1600x1200 photo),
+        Pillow itself for every other filter (torch's bicubic clips differently and can differ by many
+        steps on noisy images)."""
         mode = _TORCH_MODES.get(self._resample)
         if mode is None:
             return np.asarray(image.resize((size[1], size[0]), resample=self._resample))

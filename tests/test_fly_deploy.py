@@ -405,7 +405,8 @@ def test_flyctl_none_forces_the_api_path(fly_api: FlyApiServer, fake_flyctl: Pat
 def test_fly_imports_no_bake_and_of_serve_only_its_contract() -> None:
     code = (
         "import sys, fly\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bake', 'serve', 'torch', 'transformers')))"
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('bake', 'serve', 'torch', 'transformers')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     modules = eval(out)  # a printed list of module names

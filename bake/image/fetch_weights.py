@@ -124,13 +124,21 @@ def convert_to_safetensors(folder: Path) -> None:
         # safetensors refuses shared storage (tied weights): give every tensor its own copy
         tensors = {key: value.detach().contiguous().clone() for key, value in state.items()}
         _replace(
-            folder, name, lambda destination: save_file(tensors, str(destination), metadata={"format": "pt"})
+            folder,
+            name,
+            lambda destination, tensors=tensors: save_file(
+                tensors, str(destination), metadata={"format": "pt"}
+            ),
         )
     for path in sorted(folder.rglob("*.bin.index.json")):
         name = str(path.relative_to(folder))
         index = json.loads(path.read_text())
         index["weight_map"] = {key: safetensors_name(value) for key, value in index["weight_map"].items()}
-        _replace(folder, name, lambda destination: destination.write_text(json.dumps(index, indent=2)))
+        _replace(
+            folder,
+            name,
+            lambda destination, index=index: destination.write_text(json.dumps(index, indent=2)),
+        )
 
 
 def _replace(folder: Path, name: str, write: Callable[[Path], object]) -> None:

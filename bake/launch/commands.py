@@ -108,7 +108,8 @@ def _check_before_work(
 def _kubernetes_options(
     config: Config, request: LaunchRequest, env: dict[str, str], *, name: str
 ) -> kubernetes.KubernetesOptions:
-    """The manifests' options (checked as they are made: `ConfigError` for anything Kubernetes would refuse)."""
+    """The manifests' options (checked as they are made: `ConfigError` for anything Kubernetes would
+    refuse)."""
     if API_KEY_ENV in env:
         raise ConfigError(
             "an API key must not be written into Kubernetes manifests",

@@ -1,4 +1,5 @@
-"""The `kubernetes` target: a Knative Service (or a KServe InferenceService) for the image, applied with kubectl.
+"""The `kubernetes` target: a Knative Service (or a KServe InferenceService) for the image, applied with
+kubectl.
 
 This is the path for GPU fleets larger than one machine. Everything is derived from what the image says about
 itself (`bake.labels.ImageFacts`), with the same reasoning as the Fly target (`fly.spec`):
@@ -69,7 +70,8 @@ KSERVE_CONTAINER = "kserve-container"
 PORT_NAME = "http1"
 """Knative accepts only "http1" or "h2c" (or no name) for the serving port; the server speaks HTTP/1.1."""
 KNATIVE_RESERVED_PORTS = frozenset({8008, 8012, 8013, 8022, 9090, 9091})
-"""Ports the queue-proxy sidecar listens on (profiling, HTTP/1, HTTP/2, admin, autoscaler and user metrics)."""
+"""Ports the queue-proxy sidecar listens on (profiling, HTTP/1, HTTP/2, admin, autoscaler and user
+metrics)."""
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 """Variables Knative sets itself; PORT is the container port, which is the image's port."""
 IDLE_ENV = env_name("idle_timeout_s")
@@ -341,7 +343,8 @@ def manifests_yaml(documents: list[dict]) -> str:
         model = metadata.get("annotations", {}).get(ANNOTATION_PREFIX + "model")
         served = f" serving {model}" if model else ""
         header.append(
-            f"# {document['apiVersion']} {document['kind']} {metadata['namespace']}/{metadata['name']}{served}"
+            f"# {document['apiVersion']} {document['kind']} "
+            f"{metadata['namespace']}/{metadata['name']}{served}"
         )
     body = yaml.dump_all(
         documents, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=4096, allow_unicode=True

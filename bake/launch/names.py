@@ -1,4 +1,5 @@
-"""Names of what bake launches (containers, Fly apps, Knative and KServe services) and of the images it builds.
+"""Names of what bake launches (containers, Fly apps, Knative and KServe services) and of the images it
+builds.
 
 A model id such as `Falconsai/nsfw_image_detection` is no valid name on most targets. The default name is
 made valid on all of them at once: `bake-<the model's name, lower-case, runs of other characters as one

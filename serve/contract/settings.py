@@ -59,8 +59,8 @@ class Spec:
     cuda_index: bool = False
     """`cuda:N` is accepted beside the choices."""
     host_env: str | None = None
-    """The variable `bake` reads on the host for this setting when it differs from `env` (a generic name such as
-    PORT must not change what is baked into an image)."""
+    """The variable `bake` reads on the host for this setting when it differs from `env` (a generic name
+    such as PORT must not change what is baked into an image)."""
 
     @property
     def host_variable(self) -> str:
@@ -327,7 +327,8 @@ def specs(cls: type[ServeSettings]) -> tuple[Spec, ...]:
 
 
 def env_name(key: str) -> str:
-    """The variable of the setting `key` (a field of `Settings`), e.g. "idle_timeout_s" -> BAKE_IDLE_TIMEOUT_S."""
+    """The variable of the setting `key` (a field of `Settings`), e.g. "idle_timeout_s" ->
+    BAKE_IDLE_TIMEOUT_S."""
     return next(spec.env for spec in specs(Settings) if spec.key == key)
 
 

@@ -1,4 +1,5 @@
-"""The Hugging Face Inference API: `POST /predict` and `POST /`, so `InferenceClient(model=URL)` works unchanged.
+"""The Hugging Face Inference API: `POST /predict` and `POST /`, so `InferenceClient(model=URL)` works
+unchanged.
 
 Image classification takes the image as raw bytes (any or no Content-Type: the format is sniffed),
 `multipart/form-data` (one file field, preferably `image`) or JSON `{"inputs": "<base64 or data: URL>",

@@ -96,7 +96,8 @@ class ImageClassification(Task):
         return list(logits.float().cpu().numpy())
 
     def finish(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
-        """`[{"label", "score"}, ...]`, the top-k best first, as the pipeline computes them from the logits."""
+        """`[{"label", "score"}, ...]`, the top-k best first, as the pipeline computes them from the
+        logits."""
         function = params.function_to_apply or self._default_function
         if function == "softmax":
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
