@@ -27,8 +27,8 @@ from bake.env import Environment
 from bake.errors import ConfigError
 from bake.hub import ResolvedModel
 from bake.labels import ImageFacts
-from bake.launch.names import model_name
 from serve.contract import image
+from serve.contract.names import model_name
 from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
 from serve.contract.tasks import TEXT_TO_IMAGE
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,9 @@ from starlette.responses import JSONResponse, Response
 from serve import __version__
 from serve.auth import BearerAuthMiddleware
 from serve.contract import routes
-from serve.errors import ClientDisconnected, RequestError
+from serve.errors import ClientDisconnected, InvalidParameters, RequestError, StatusError
 from serve.metrics import ObserveMiddleware
-from serve.protocols import huggingface
+from serve.protocols import PROTOCOLS, for_path
 from serve.runtime import Runtime, State
 
 logger = logging.getLogger("serve")
@@ -33,28 +34,31 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="bake model server",
         version=__version__,
-        description=f"Serves {runtime.settings.model} with dynamic batching.",
+        description=f"Serves {runtime.settings.model} with dynamic batching, over the Hugging Face "
+        "Inference API, Replicate Cog's HTTP API, the Open Inference Protocol v2 (KServe, Triton) and the "
+        "OpenAI images API.",
         lifespan=runtime.lifespan,
         docs_url=routes.DOCS,
         redoc_url=None,
         openapi_url=routes.OPENAPI,
     )
     _add_error_handlers(app)
-    _add_routes(app, runtime)
+    for protocol in PROTOCOLS.values():
+        protocol.add_routes(app, runtime)
+    _add_operational_routes(app, runtime)
+    app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
     if runtime.settings.api_key is not None:
-        app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key)
+        app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key, render=error_response)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics, activity=runtime.activity)
     return app
 
 
-def _add_routes(app: FastAPI, runtime: Runtime) -> None:
-    errors = {
-        str(code): {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-        for code, text in _ERROR_DESCRIPTIONS.items()
-    }
-    huggingface.add_routes(app, runtime, errors)
-    app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
+def error_response(path: str, error: RequestError) -> Response:
+    """`error` in the shape of the protocol that owns `path`."""
+    return for_path(path).error_response(error)
 
+
+def _add_operational_routes(app: FastAPI, runtime: Runtime) -> None:
     @app.get(routes.HEALTH, summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -70,7 +74,10 @@ def _add_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get(routes.INFO, summary="What is served, and how")
     async def info() -> dict[str, Any]:
-        return runtime.info()
+        return {
+            **runtime.info(),
+            "protocols": {name: list(protocol.routes) for name, protocol in PROTOCOLS.items()},
+        }
 
     @app.get(routes.METRICS, summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
@@ -92,7 +99,8 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
         task = runtime.task.name if runtime.task is not None else runtime.settings.task
         if task is None:
             return schema
-        huggingface.document(schema, task)
+        for protocol in PROTOCOLS.values():
+            protocol.document(schema, task)
         app.openapi_schema = schema
         return schema
 
@@ -100,25 +108,26 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def request_error(_request: Request, error: Exception) -> Response:
+    async def request_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestError)
-        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+        return error_response(request.url.path, error)
 
-    async def http_error(_request: Request, error: Exception) -> Response:
+    async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        return JSONResponse(
-            {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
-        )
+        failure = StatusError(str(error.detail), error.status_code, dict(error.headers or {}))
+        return error_response(request.url.path, failure)
 
-    async def validation_error(_request: Request, error: Exception) -> Response:
-        return JSONResponse({"error": str(error)}, status_code=422)
+    async def validation_error(request: Request, error: Exception) -> Response:
+        return error_response(request.url.path, InvalidParameters(str(error)))
 
     async def client_gone(_request: Request, _error: Exception) -> Response:
         return Response(status_code=CLIENT_CLOSED)
 
-    async def unexpected(_request: Request, error: Exception) -> Response:
-        logger.exception("unexpected error", exc_info=error)
-        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error (incident %s)", incident, exc_info=error)
+        failure = StatusError(f"internal error {incident}: {type(error).__name__}", 500)
+        return error_response(request.url.path, failure)
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -126,15 +135,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnected, client_gone)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
-
-
-_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_ERROR_DESCRIPTIONS = {
-    400: "Empty, malformed or undecodable input",
-    401: "Missing or wrong bearer key (when BAKE_API_KEY is set)",
-    413: "Body or image too large",
-    415: "Not an input of a supported type",
-    422: "Invalid parameters",
-    503: "Queue full, loading or shutting down (see Retry-After)",
-    504: "Deadline exceeded",
-}

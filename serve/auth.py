@@ -1,25 +1,35 @@
-"""Optional bearer-key authentication for every route but the health probes."""
+"""Optional bearer-key authentication for every route but the health probes, in every protocol.
+
+`BAKE_API_KEY` may hold several keys separated by commas, so a key can be rotated without downtime: add the
+new one, move the clients over, drop the old one.
+"""
 
 from __future__ import annotations
 
 import hmac
-import json
+from collections.abc import Callable
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.contract.routes import OPEN_PATHS
-from serve.errors import Unauthorized
+from serve.contract.settings import api_keys
+from serve.errors import RequestError, Unauthorized
 
 
 class BearerAuthMiddleware:
     """Answers 401 unless `Authorization: Bearer <key>` matches, compared in constant time.
 
-    The key is never echoed: not in responses, not in logs, not in /info.
+    The key is never echoed: not in responses, not in logs, not in /info. The 401 comes in the shape of the
+    protocol the path belongs to (`render(path, error)`).
     """
 
-    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_key: str, render: Callable[[str, RequestError], Response]
+    ) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._expected = [f"Bearer {key}".encode() for key in api_keys(api_key)]
+        self._render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -30,7 +40,8 @@ class BearerAuthMiddleware:
             if name == b"authorization":
                 given = value
                 break
-        if hmac.compare_digest(given, self._expected):
+        # Compared with every key (no early exit), so the time taken says nothing about which key matched.
+        if any([hmac.compare_digest(given, expected) for expected in self._expected]):
             await self.app(scope, receive, send)
             return
         error = Unauthorized(
@@ -38,8 +49,4 @@ class BearerAuthMiddleware:
             if not given
             else "the bearer key is not valid"
         )
-        body = json.dumps({"error": error.message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await self._render(scope["path"], error)(scope, receive, send)

@@ -53,9 +53,17 @@ class UnsupportedMediaType(RequestError):
 
 
 class InvalidParameters(RequestError):
-    """The JSON is well-formed but its fields or values are not acceptable (422)."""
+    """The JSON is well-formed but its fields or values are not acceptable (422).
+
+    `fields` holds one (location, message, kind) per bad field when they are known, for protocols that report
+    them one by one (Cog's `detail` list, OpenAI's `param`).
+    """
 
     status = 422
+
+    def __init__(self, message: str, fields: list[tuple[tuple[str, ...], str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
 
 
 class Overloaded(RequestError):
@@ -72,6 +80,15 @@ class DeadlineExceeded(RequestError):
     """The request was not answered within its deadline (504)."""
 
     status = 504
+
+
+class StatusError(RequestError):
+    """An error whose status is decided where it happens (routing errors, unexpected failures)."""
+
+    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
 
 
 class ClientDisconnected(ServeError):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.contract.routes import PROBE_PATHS
+from serve.contract.routes import PROBE_PATHS, protocol_of
 from serve.lifecycle import Activity
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -18,19 +18,18 @@ _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class Metrics:
     """The server's metrics, in a registry of their own (so several servers can live in one process)."""
 
-    def __init__(self, *, max_batch_size: int, known_paths: frozenset[str]) -> None:
+    def __init__(self, *, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._known_paths = known_paths
         self.requests = Counter(
             "bake_requests",
-            "HTTP requests by path and status code",
-            ["path", "status"],
+            "HTTP requests by protocol, route and status code",
+            ["protocol", "path", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "bake_request_duration_seconds",
-            "Time from request start to the end of the response, by path",
-            ["path"],
+            "Time from request start to the end of the response, by protocol and route",
+            ["protocol", "path"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -78,10 +77,6 @@ class Metrics:
         self.batch_size.observe(size)
         self.batch_duration.observe(seconds)
 
-    def path_label(self, path: str) -> str:
-        """The path as a label value: known routes as is, anything else as "other" (bounded cardinality)."""
-        return path if path in self._known_paths else "other"
-
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
@@ -99,7 +94,6 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = self.metrics.path_label(scope["path"])
         active = scope["path"] not in PROBE_PATHS
         status = 500
         started = time.perf_counter()
@@ -119,5 +113,8 @@ class ObserveMiddleware:
             self.metrics.in_flight.dec()
             if active:
                 self.activity.end()
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            # The matched route's template (bounded cardinality: /predictions/{prediction_id}), else "other".
+            path = getattr(scope.get("route"), "path", None) or "other"
+            protocol = protocol_of(scope["path"]) or "none"
+            self.metrics.requests.labels(protocol, path, str(status)).inc()
+            self.metrics.latency.labels(protocol, path).observe(time.perf_counter() - started)

@@ -66,7 +66,11 @@ def validate(model: type[ParamsT], document: Any, *, where: str = "") -> ParamsT
     try:
         return model.model_validate(document)
     except ValidationError as error:
-        raise InvalidParameters(describe_validation_error(error, prefix=where)) from None
+        fields = [
+            (tuple(str(part) for part in item["loc"]), _message(item), item["type"])
+            for item in error.errors(include_url=False)
+        ]
+        raise InvalidParameters(describe_validation_error(error, prefix=where), fields) from None
 
 
 def describe_validation_error(error: ValidationError, *, prefix: str = "") -> str:
@@ -74,11 +78,12 @@ def describe_validation_error(error: ValidationError, *, prefix: str = "") -> st
     parts = []
     for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{location or 'body'}: {message}")
+        parts.append(f"{location or 'body'}: {_message(item)}")
     return "; ".join(parts)
+
+
+def _message(item: Any) -> str:
+    return "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
 
 
 def binary_request(data: bytes, content_type: str, query: Iterable[tuple[str, str]]) -> tuple[bytes, Any]:
@@ -96,7 +101,10 @@ def decode_base64_input(inputs: str) -> bytes:
     """Decode the `inputs` string of a JSON request: base64 (standard or URL-safe) or a `data:` URL."""
     text = inputs.strip()
     if text.startswith(("http://", "https://")):
-        raise InvalidParameters("inputs: URLs are not fetched (the server has no network): send the bytes")
+        raise InvalidParameters(
+            "inputs: URLs are not fetched unless the operator allows their hosts (BAKE_REMOTE_INPUT_HOSTS): "
+            "send the bytes"
+        )
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:

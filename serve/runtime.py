@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from serve import __version__
 from serve.batcher import Batcher, BatchStats
 from serve.channel import StepListener
-from serve.contract import routes
 from serve.contract.errors import UserError
+from serve.contract.names import model_name
 from serve.contract.settings import Settings
 from serve.device import Placement, choose_placement, is_out_of_memory, release_cached_memory
 from serve.errors import DeadlineExceeded, Overloaded, ServeError
@@ -60,23 +60,12 @@ class Runtime:
         self.source: ModelSource | None = None
         self.placement: Placement | None = None
         self.started = time.monotonic()
+        self.started_at = time.time()
+        """Wall-clock start (for protocols that report when set-up began)."""
         self.load_seconds: float | None = None
         self.cpu_threads: int | None = None
         self.activity = Activity()
-        self.metrics = Metrics(
-            max_batch_size=settings.max_batch_size,
-            known_paths=frozenset(
-                {
-                    *routes.PREDICT_PATHS,
-                    routes.HEALTH,
-                    routes.READY,
-                    routes.INFO,
-                    routes.METRICS,
-                    routes.DOCS,
-                    routes.OPENAPI,
-                }
-            ),
-        )
+        self.metrics = Metrics(max_batch_size=settings.max_batch_size)
         self._on_exit = on_exit or (lambda: None)
         self._cpu = ThreadPoolExecutor(settings.worker_count, thread_name_prefix="bake-cpu")
         self._device = ThreadPoolExecutor(1, thread_name_prefix="bake-device")
@@ -186,6 +175,11 @@ class Runtime:
         """`document` validated as the served task's parameters (`InvalidParameters`, 422, naming each
         field)."""
         return validate(self.ready_task().Parameters, document, where=where)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in protocols that address models by name (`BAKE_MODEL_NAME`, else derived)."""
+        return self.settings.model_name or model_name(self.settings.model)
 
     def deadline(self) -> float:
         """The `time.monotonic()` by which a request starting now must be answered (`BAKE_TIMEOUT_S`)."""

@@ -242,8 +242,12 @@ def test_metrics_count_requests_latency_batches_queue_and_preprocessing(served: 
         "bake_ready",
     ):
         assert name in text, name
-    assert re.search(r'bake_requests_total\{path="/predict",status="200"\} [1-9]', text)
-    assert re.search(r'bake_requests_total\{path="/predict",status="400"\} [1-9]', text)
+    assert re.search(
+        r'bake_requests_total\{path="/predict",protocol="huggingface",status="200"\} [1-9]', text
+    )
+    assert re.search(
+        r'bake_requests_total\{path="/predict",protocol="huggingface",status="400"\} [1-9]', text
+    )
     assert "bake_ready 1.0" in text
 
 

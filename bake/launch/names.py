@@ -17,6 +17,7 @@ import re
 from bake.errors import ConfigError
 from fly.spec import APP_NAME
 from serve.contract.errors import require
+from serve.contract.names import model_name
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 """Kubernetes Service names (what Knative and KServe create under the name given)."""
@@ -28,16 +29,6 @@ MAX_LENGTH = 63 - len(KSERVE_PREDICTOR_SUFFIX)
 """Longest default name: a DNS label (63) with room for KServe's suffix."""
 _HASH_LENGTH = 6
 _PREFIX = "bake-"
-
-
-def slug(text: str) -> str:
-    """`text` lower-case with every run of characters other than a-z and 0-9 turned into one dash."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def model_name(model: str) -> str:
-    """The last part of a model id or directory path, as a slug ("model" when nothing is left)."""
-    return slug(model.rstrip("/").rsplit("/", 1)[-1]) or "model"
 
 
 def default_name(model: str) -> str:

@@ -1,12 +1,42 @@
-"""The HTTP routes every bake image answers, and which of them are open or count as traffic."""
+"""The HTTP routes every bake image answers, the protocol each belongs to, and which are open or are probes.
+
+Protocols (see `serve.protocols`): the Hugging Face Inference API (`/predict`, `POST /`), Replicate Cog's HTTP
+API (`/predictions`, `/health-check`), the Open Inference Protocol v2 of KServe and Triton (`/v2/...`) and the
+OpenAI images API (`/v1/...`). Operational routes (`/health`, `/ready`, `/info`, `/metrics`, the OpenAPI
+document) belong to none of them.
+"""
 
 from __future__ import annotations
 
+# Hugging Face Inference API
 PREDICT = "/predict"
 """POST: run the model (Hugging Face Inference API shapes)."""
 ROOT = "/"
 """POST: the same as /predict (what `InferenceClient(model=URL)` posts to)."""
 PREDICT_PATHS = (PREDICT, ROOT)
+
+# Replicate Cog
+COG_HEALTH = "/health-check"
+COG_PREDICTIONS = "/predictions"
+COG_PREDICTION = "/predictions/{prediction_id}"
+COG_CANCEL = "/predictions/{prediction_id}/cancel"
+
+# Open Inference Protocol v2 (KServe, Triton)
+OIP_SERVER = "/v2"
+OIP_LIVE = "/v2/health/live"
+OIP_READY = "/v2/health/ready"
+OIP_MODEL = "/v2/models/{model_name}"
+OIP_MODEL_READY = "/v2/models/{model_name}/ready"
+OIP_INFER = "/v2/models/{model_name}/infer"
+OIP_VERSION = "/v2/models/{model_name}/versions/{model_version}"
+OIP_VERSION_READY = "/v2/models/{model_name}/versions/{model_version}/ready"
+OIP_VERSION_INFER = "/v2/models/{model_name}/versions/{model_version}/infer"
+
+# OpenAI images API
+OPENAI_IMAGES = "/v1/images/generations"
+OPENAI_MODELS = "/v1/models"
+
+# Operational
 HEALTH = "/health"
 """GET: liveness, 200 as soon as the process answers."""
 READY = "/ready"
@@ -16,7 +46,24 @@ METRICS = "/metrics"
 OPENAPI = "/openapi.json"
 DOCS = "/docs"
 
+HUGGINGFACE = "huggingface"
+COG = "cog"
+OIP = "oip"
+OPENAI = "openai"
+PROTOCOLS = (HUGGINGFACE, COG, OIP, OPENAI)
+_PREFIXES = ((COG, ("/predictions", COG_HEALTH)), (OIP, (OIP_SERVER,)), (OPENAI, ("/v1/",)))
+
 OPEN_PATHS = frozenset({HEALTH, READY})
 """Routes that load balancers probe without credentials: never behind the API key."""
-PROBE_PATHS = frozenset({HEALTH, READY, METRICS})
+PROBE_PATHS = frozenset({HEALTH, READY, METRICS, COG_HEALTH, OIP_LIVE, OIP_READY})
 """Routes that load balancers and scrapers poll: they never count as activity for the idle timeout."""
+
+
+def protocol_of(path: str) -> str | None:
+    """The protocol a request path belongs to, or None for the operational routes (and unknown paths)."""
+    if path in PREDICT_PATHS:
+        return HUGGINGFACE
+    for protocol, prefixes in _PREFIXES:
+        if any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes):
+            return protocol
+    return None

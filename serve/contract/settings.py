@@ -243,6 +243,30 @@ class ServeSettings:
         optional=True,
     )
 
+    model_name: str = setting(
+        "",
+        "BAKE_MODEL_NAME",
+        "The model's name in the Open Inference Protocol (/v2/models/NAME) and the OpenAI API; empty: the "
+        "model id's last part, lower-case.",
+    )
+    remote_input_hosts: str = setting(
+        "",
+        "BAKE_REMOTE_INPUT_HOSTS",
+        "Hosts an http(s) image URL in a request may point at, comma-separated (an exact name, or *.domain "
+        "for public addresses only); empty: URLs are refused.",
+    )
+    remote_input_timeout_s: float = setting(
+        10.0,
+        "BAKE_REMOTE_INPUT_TIMEOUT_S",
+        "How long fetching a remote input may take, in seconds.",
+        minimum=0.1,
+    )
+    webhook_hosts: str = setting(
+        "",
+        "BAKE_WEBHOOK_HOSTS",
+        "Hosts Cog webhooks may go to, comma-separated; empty: any host with public addresses only.",
+    )
+
     def __post_init__(self) -> None:
         for spec in specs(type(self)):
             spec.check(getattr(self, spec.key))
@@ -266,11 +290,11 @@ class ServeSettings:
         return cls(**read, **values)
 
     def environment(self) -> dict[str, str]:
-        """These settings as the runtime's variables (unset optional ones left out)."""
+        """These settings as the runtime's variables (unset and empty ones left out)."""
         result = {}
         for spec in specs(ServeSettings):
             value = getattr(self, spec.key)
-            if value is not None:
+            if value is not None and value != "":
                 result[spec.env] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return result
 
@@ -324,6 +348,11 @@ def specs(cls: type[ServeSettings]) -> tuple[Spec, ...]:
         kind = str(item.type).removesuffix(" | None")
         found.append(Spec(key=item.name, env=env, kind=kind, default=item.default, help=help_text, **options))
     return tuple(found)
+
+
+def api_keys(value: str | None) -> tuple[str, ...]:
+    """The keys in a `BAKE_API_KEY` value: several may be given, separated by commas (key rotation)."""
+    return tuple(key.strip() for key in (value or "").split(",") if key.strip())
 
 
 def env_name(key: str) -> str:

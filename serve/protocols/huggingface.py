@@ -11,7 +11,8 @@ Text-to-image takes JSON `{"inputs": "<prompt>", "parameters": {...}}` and answe
 - `text/event-stream`: one `progress` event per denoising step, one `image` event per image
   (`{"index", "image", "media_type", "seed"}`), then `done` (see `serve.streaming`).
 
-Errors are `{"error": "<message>"}` with the status of the `RequestError` (see `serve.app`).
+Errors are `{"error": "<message>"}` with the status of the `RequestError`; this is also the error shape of
+the routes no protocol owns.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ from serve import streaming
 from serve.accept import preferred_media_type
 from serve.contract import routes
 from serve.contract.tasks import IMAGE_CLASSIFICATION, TEXT_TO_IMAGE
-from serve.errors import InvalidParameters
+from serve.errors import InvalidParameters, RequestError
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import ENCODINGS, encode_image
 from serve.payload import StrictModel, binary_request, parse_json, validate
+from serve.protocols.base import Protocol
 from serve.runtime import Runtime
 from serve.tasks import TASKS
 from serve.tasks.text_to_image import Generated
 
-NAME = "huggingface"
 JSON = "application/json"
 IMAGE_MEDIA_TYPES = (*ENCODINGS, JSON, streaming.MEDIA_TYPE)
 """What a text-to-image request may ask for in `Accept`; the first is the default."""
@@ -51,7 +52,12 @@ class TextRequest(StrictModel):
     parameters: dict[str, Any] | None = None
 
 
-def add_routes(app: FastAPI, runtime: Runtime, error_responses: dict[str, Any]) -> None:
+def error_response(error: RequestError) -> Response:
+    """`{"error": message}` with the error's status and headers."""
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+
+def add_routes(app: FastAPI, runtime: Runtime) -> None:
     """Mount the Inference API's prediction routes on `app`."""
 
     async def predict(request: Request) -> Response:
@@ -80,7 +86,7 @@ def add_routes(app: FastAPI, runtime: Runtime, error_responses: dict[str, Any]) 
             methods=["POST"],
             summary="Run the model on one input (Hugging Face Inference API)",
             operation_id="predict" if path == routes.PREDICT else "predict_root",
-            openapi_extra={"responses": error_responses},
+            openapi_extra={"responses": ERROR_RESPONSES},
         )
 
 
@@ -202,6 +208,19 @@ def _text_to_image_request() -> dict[str, Any]:
     }
 
 
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+ERROR_RESPONSES = {
+    str(code): {"description": text, "content": {JSON: {"schema": ERROR_SCHEMA}}}
+    for code, text in {
+        400: "Empty, malformed or undecodable input",
+        401: "Missing or wrong bearer key (when BAKE_API_KEY is set)",
+        413: "Body or image too large",
+        415: "Not an input of a supported type",
+        422: "Invalid parameters",
+        503: "Queue full, loading or shutting down (see Retry-After)",
+        504: "Deadline exceeded",
+    }.items()
+}
 _REQUESTS = {IMAGE_CLASSIFICATION: _classification_request, TEXT_TO_IMAGE: _text_to_image_request}
 _RESPONSES: dict[str, dict[str, Any]] = {
     IMAGE_CLASSIFICATION: {
@@ -243,3 +262,11 @@ _RESPONSES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+PROTOCOL = Protocol(
+    name=routes.HUGGINGFACE,
+    add_routes=add_routes,
+    error_response=error_response,
+    document=document,
+    routes=routes.PREDICT_PATHS,
+)

@@ -60,6 +60,13 @@ _SEED_LIMIT = 2**63
 _RANDOM_SEED_LIMIT = 2**32
 
 
+class TargetSize(StrictModel):
+    """An image size."""
+
+    width: Annotated[int, Field(ge=SIZE_MULTIPLE)]
+    height: Annotated[int, Field(ge=SIZE_MULTIPLE)]
+
+
 class TextToImageParameters(StrictModel):
     """The `parameters` of a text-to-image request (Hugging Face Inference API)."""
 
@@ -78,7 +85,13 @@ class TextToImageParameters(StrictModel):
     seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] | None = None
     """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
     num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
-    """Images to make; more than one needs `Accept: application/json` or `text/event-stream`."""
+    """Images to make (over the Hugging Face routes, more than one needs `Accept: application/json` or
+    `text/event-stream`)."""
+    scheduler: str | None = None
+    """The scheduler (a diffusers class name the pipeline is compatible with, see /info); default: the
+    pipeline's own."""
+    target_size: TargetSize | None = None
+    """The image size as {"width", "height"} (the Hugging Face spec's older form of width and height)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class Recipe:
     guidance_scale: float
     negative: bool
     """Whether the requests have negative prompts (without one, some pipelines guide from zeros)."""
+    scheduler: str
+    """The scheduler's class name."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,8 @@ class TextToImage(Task):
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
         self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe)
         self._tokenizer_lock = threading.Lock()
+        self._schedulers = _schedulers(self.pipe.scheduler)
+        self._default_scheduler = type(self.pipe.scheduler).__name__
 
     def _from_pretrained(self) -> DiffusionPipeline:
         """The pipeline from the model directory, in the compute dtype, its unused components left out."""
@@ -180,12 +197,21 @@ class TextToImage(Task):
         """Check the prompt and the limits; the batch key is the request's `Recipe`, its rows its images."""
         if not inputs:
             raise InvalidParameters("inputs: the prompt is empty")
+        target = params.target_size
+        if target is not None and (params.width or params.height):
+            raise InvalidParameters("parameters.target_size: give either target_size or width and height")
+        if params.scheduler is not None and params.scheduler not in self._schedulers:
+            raise InvalidParameters(
+                f"parameters.scheduler: {params.scheduler!r} is not one of this pipeline's schedulers: "
+                f"{', '.join(sorted(self._schedulers))}"
+            )
         recipe = Recipe(
             steps=params.num_inference_steps or self._default_steps,
-            width=params.width or self._default_width,
-            height=params.height or self._default_height,
+            width=params.width or (target.width if target else self._default_width),
+            height=params.height or (target.height if target else self._default_height),
             guidance_scale=self._default_guidance if params.guidance_scale is None else params.guidance_scale,
             negative=params.negative_prompt is not None,
+            scheduler=params.scheduler or self._default_scheduler,
         )
         self._check_limits(inputs, params, recipe)
         seed = secrets.randbelow(_RANDOM_SEED_LIMIT) if params.seed is None else params.seed
@@ -256,6 +282,7 @@ class TextToImage(Task):
                 raise _Abandoned
             return tensors
 
+        self.pipe.scheduler = self._schedulers[recipe.scheduler]
         try:
             images = self.pipe(
                 prompt=[sample.prompt for sample, _ in rows],
@@ -293,6 +320,7 @@ class TextToImage(Task):
             height=self._default_height,
             guidance_scale=self._default_guidance,
             negative=False,
+            scheduler=self._default_scheduler,
         )
         sample = Generation(recipe, "a photo of a cat", None, 0, 1, Channel(), time.perf_counter())
         return [
@@ -311,7 +339,8 @@ class TextToImage(Task):
                     for name, component in pipe.components.items()
                     if component is not None
                 },
-                "scheduler": type(pipe.scheduler).__name__,
+                "scheduler": self._default_scheduler,
+                "schedulers": sorted(self._schedulers),
                 "variant": self._variant,
                 "defaults": {
                     "width": self._default_width,
@@ -331,6 +360,20 @@ class TextToImage(Task):
                 "batch_invariant": self._batch_invariant,
             },
         )
+
+
+def _schedulers(default: Any) -> dict[str, Any]:
+    """The schedulers a request may choose: the pipeline's own and every compatible one that this image can
+    make (some need packages the image lacks), each made once from the pipeline's scheduler config."""
+    made = {type(default).__name__: default}
+    for cls in getattr(default, "compatibles", []):
+        if cls.__name__ in made:
+            continue
+        try:
+            made[cls.__name__] = cls.from_config(default.config)
+        except (ImportError, ValueError, TypeError, AttributeError):
+            continue
+    return made
 
 
 def _default(parameters: Any, name: str, fallback: Any) -> Any:
