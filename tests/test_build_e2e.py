@@ -7,6 +7,7 @@ pipeline on the same weights, carries its provenance in labels, and holds only t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import shutil
@@ -27,6 +28,7 @@ from tests.fixtures.docker import (
     ensure_base_image,
     labels,
     predict_inside,
+    request_inside,
     run_bake,
 )
 from tests.fixtures.hub import HubServer
@@ -118,6 +120,31 @@ def test_image_serves_offline_read_only_as_non_root_like_the_pipeline(built: Bui
     assert docker("exec", container, "id", "-u").stdout.strip() == b"10001"
     env = docker("image", "inspect", built.tag, "--format", "{{json .Config.Env}}").stdout.decode()
     assert "HF_HUB_OFFLINE=1" in env and "TRANSFORMERS_OFFLINE=1" in env
+
+
+def test_the_image_speaks_every_protocol_offline(container: str) -> None:
+    """Hugging Face, Cog and the Open Inference Protocol give the same labels, inside a --network none
+    container (the OpenAI images API is in the text-to-image image's test)."""
+    photo = base64.b64encode(PHOTO).decode()
+    hf, cog, metadata, oip = request_inside(
+        container,
+        {"path": "/predict?top_k=3", "data": photo},
+        {"path": "/predictions", "json": {"input": {"image": f"data:image/jpeg;base64,{photo}", "top_k": 3}}},
+        {"path": "/v2/models/tiny-resnet"},
+        {
+            "path": "/v2/models/tiny-resnet/infer",
+            "json": {
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [photo]}],
+                "parameters": {"top_k": 3},
+            },
+        },
+    )
+    labels_hf = [item["label"] for item in hf.json()]
+    assert (
+        cog.json()["status"] == "succeeded" and [item["label"] for item in cog.json()["output"]] == labels_hf
+    )
+    assert metadata.json()["name"] == "tiny-resnet"
+    assert oip.json()["outputs"][0]["data"] == labels_hf
 
 
 def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -> None:

@@ -21,7 +21,7 @@ from bake.launch.names import default_name
 from bake.state import last_built_tag
 from fly.auth import require_token
 from serve.contract.labels import TASK
-from serve.contract.settings import API_KEY_ENV
+from serve.contract.settings import API_KEY_ENV, api_keys
 from serve.contract.tasks import TEXT_TO_IMAGE
 
 
@@ -231,7 +231,8 @@ def predict(
             ready_timeout_s=config.launch.ready_timeout_s,
             output=stream,
         ).url
-    headers = {"Authorization": f"Bearer {env.api_key}"} if env.api_key else {}
+    keys = api_keys(env.api_key)
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
     if task == TEXT_TO_IMAGE or (task is None and not Path(value).is_file()):
         body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
         response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
