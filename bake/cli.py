@@ -121,7 +121,10 @@ def _secret_refs(pairs: tuple[str, ...]) -> dict[str, tuple[str, str]]:
 @click.option("--wake", is_flag=True, help="Start the (idle-stopped) container again instead of launching.")
 @click.option("--dry-run", is_flag=True, help="fly/kubernetes: write (and print) the files, deploy nothing.")
 @click.option(
-    "--kserve", is_flag=True, help="kubernetes: a KServe InferenceService instead of a Knative Service."
+    "--kserve",
+    is_flag=True,
+    help="kubernetes: a KServe InferenceService (Open Inference Protocol v2, with its ServingRuntime) "
+    "instead of a Knative Service.",
 )
 @click.option("--apply", "apply_", is_flag=True, help="kubernetes: kubectl apply the manifests.")
 @click.option("--namespace", default="default", show_default=True, help="kubernetes namespace.")
