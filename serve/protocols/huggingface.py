@@ -159,53 +159,38 @@ def _base64_png(image: Any) -> str:
 def _classification_request() -> dict[str, Any]:
     parameters = TASKS[IMAGE_CLASSIFICATION].Parameters.model_json_schema()
     binary = {"schema": {"type": "string", "format": "binary"}}
+    multipart = {"image": {"type": "string", "format": "binary"}, **parameters["properties"]}
     return {
         "required": True,
         "content": {
             "image/*": binary,
             "application/octet-stream": binary,
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **parameters["properties"],
-                    },
-                    "required": ["image"],
-                }
+                "schema": {"type": "object", "properties": multipart, "required": ["image"]}
             },
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "description": "base64 image bytes or a data: URL"},
-                        "parameters": parameters,
-                    },
-                }
-            },
+            **_json_envelope(
+                {"type": "string", "description": "base64 image bytes or a data: URL"}, parameters
+            ),
         },
     }
 
 
 def _text_to_image_request() -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "minLength": 1, "description": "The prompt"},
-                        "parameters": TASKS[TEXT_TO_IMAGE].Parameters.model_json_schema(),
-                    },
-                }
-            }
-        },
+    prompt = {"type": "string", "minLength": 1, "description": "The prompt"}
+    parameters = TASKS[TEXT_TO_IMAGE].Parameters.model_json_schema()
+    return {"required": True, "content": _json_envelope(prompt, parameters)}
+
+
+def _json_envelope(inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """The `{"inputs", "parameters"}` JSON body of the Inference API."""
+    properties = {"inputs": inputs, "parameters": parameters}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["inputs"],
+        "properties": properties,
     }
+    return {JSON: {"schema": schema}}
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
