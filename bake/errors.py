@@ -58,3 +58,7 @@ class BuildFailed(BakeError):
 
 class LaunchFailed(BakeError):
     """The container could not be started or did not become ready."""
+
+
+class BenchFailed(BakeError):
+    """`bake bench` cannot measure: no server answers, it is not ready, or it refuses the requests."""

@@ -14,10 +14,10 @@ from bake.config import Config
 from bake.docker import docker_client, ensure_engine
 from bake.env import Environment
 from bake.errors import ConfigError, LaunchFailed
-from bake.labels import ImageFacts, TASK
+from bake.labels import TASK, ImageFacts
 from bake.launch import docker_target, fly_target, kubernetes
 from bake.launch.images import read_facts
-from bake.state import last_built_tag
+from bake.state import last_built_tag, record_launch
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,14 @@ def choose_image(config: Config, image: str | None) -> str:
 
 
 def launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
-    """Put the image on the configured target and report where it answers."""
+    """Put the image on the configured target, remember where it answers (for `bake bench`), report it."""
+    outcome = _launch(config, env, request, output)
+    if outcome.url:
+        record_launch(project_dir(config), outcome.url, config.launch.target)
+    return outcome
+
+
+def _launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
     spec = config.launch
     image = choose_image(config, request.image)
     local = docker_client()
@@ -142,6 +149,7 @@ def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
         client, _default_container(config, client, name), address=address,
         ready_timeout_s=config.launch.ready_timeout_s, output=output,
     )
+    record_launch(project_dir(config), launched.url, config.launch.target)
     return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
 
 
