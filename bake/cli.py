@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from bake import __version__
+from bake import __version__, doctor
 from bake.bench import BenchOptions
 from bake.bench import command as bench_cli
 from bake.build import BuiltImage, build
@@ -233,6 +233,22 @@ def bench_command(url: str | None, p99_ms: float | None, levels: str, duration: 
     )
     bench_cli.run(configure({"config_file": config_file}), read_environment(),
                   bench_cli.BenchCommand(options, plot=plot, no_plot=no_plot, write=write, as_json=as_json))
+
+
+@cli.command("doctor")
+@option_decorator(find("model.id"))
+@option_decorator(find("build.device"))
+@option_decorator(find("build.base_image"))
+@option_decorator(find("launch.target"))
+@option_decorator(find("launch.docker_host"))
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="bake.toml to use.")
+def doctor_command(as_json: bool, **flags: Any) -> None:
+    """Check that this machine has what the configured build and launch need; exit 1 if it does not."""
+    checks = doctor.run_checks(configure(flags), read_environment())
+    click.echo(doctor.report(checks, as_json=as_json))
+    if doctor.failed(checks):
+        sys.exit(1)
 
 
 def _json_value(raw: str) -> Any:
