@@ -100,11 +100,7 @@ def advise(ramp: Ramp, facts: ServerFacts) -> tuple[Advice | None, str]:
             ),
             batch_reason,
             wait_reason,
-            (
-                f"max_queue {queue}: concurrency {limit.concurrency} is the most that met p99 <= "
-                f"{budget.p99_ms:.0f} ms (p99 {limit.load.p99_ms:.0f} ms); batch + queue = {batch + queue} in flight "
-                "per replica"
-            ),
+            _queue_reason(queue, batch, limit, budget),
         ),
         notes=tuple(_notes(ramp, knee, limit, batch, facts)),
     )
@@ -142,6 +138,16 @@ def _max_wait(knee: Level, facts: ServerFacts, budget: Budget) -> tuple[float, s
         f"max_wait_ms {wait:g}: half the device time of a batch at the knee "
         f"({server.device_ms_mean:.1f} ms), within the {headroom:.0f} ms of headroom under the budget"
     )
+
+
+def _queue_reason(queue: int, batch: int, limit: Level, budget: Budget) -> str:
+    met = (
+        f"concurrency {limit.concurrency} is the most that met p99 <= {budget.p99_ms:.0f} ms "
+        f"(p99 {limit.load.p99_ms:.0f} ms)"
+    )
+    if limit.concurrency - batch < 1:
+        return f"max_queue {queue}, the least the server takes: {met}"
+    return f"max_queue {queue}: {met}; batch + queue = {batch + queue} in flight per replica"
 
 
 def _notes(ramp: Ramp, knee: Level, limit: Level, batch: int, facts: ServerFacts) -> list[str]:

@@ -82,21 +82,16 @@ class Snapshot:
     """Requests waiting for the device at the scrape."""
 
     @property
-    def batches(self) -> float:
-        """Batches run since the server started."""
-        sizes = self.histograms.get("batch_size")
-        return sizes.count if sizes else 0.0
-
-    @property
-    def mean_batch_seconds(self) -> float | None:
-        """Mean device time per batch since the server started."""
-        device = self.histograms.get("batch_seconds")
-        return device.mean() if device else None
-
-    @property
     def idle(self) -> bool:
-        """Whether the server was handling nothing but this scrape."""
-        return self.in_flight <= 1 and self.queue_depth == 0
+        """Whether the server was doing nothing but answer this scrape: no other request in flight, none
+        queued, and no batch on the device. A batch runs from its dispatch, when the batcher records each
+        member's queue wait, to its end, when it records the batch's size: until then the queue-wait count
+        is ahead of the sum of batch sizes (and a batch whose clients have gone is neither in flight nor
+        queued, so only this tells it is still running)."""
+        dispatched = self.histograms.get("queue_wait_seconds")
+        sizes = self.histograms.get("batch_size")
+        running = dispatched is not None and sizes is not None and dispatched.count > sizes.total
+        return self.in_flight <= 1 and self.queue_depth == 0 and not running
 
 
 @dataclass(frozen=True)

@@ -186,22 +186,14 @@ def within(level: Level, budget: Budget) -> bool:
 
 
 def _drain(client: httpx.Client, target: Target) -> Snapshot | None:
-    """Wait until the server finished what the last run left behind, so no level measures the previous
-    one's leftovers: a load generator stops at its deadline, not when the server is done.
-
-    Idle means nothing in flight but the scrape, nothing queued, and no batch finishing over twice the mean
-    batch time (a batch on the device is neither in flight nor queued once its clients have gone).
-    """
+    """Wait until the server finished what the last run left behind (see `Snapshot.idle`), so no level
+    measures the previous one's leftovers: a load generator stops at its deadline, not when the server is."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    previous = None
     while True:
         snapshot = _scrape(client, target)
-        if snapshot is None or time.monotonic() > deadline:
+        if snapshot is None or snapshot.idle or time.monotonic() > deadline:
             return snapshot
-        if snapshot.idle and previous is not None and previous.idle and snapshot.batches == previous.batches:
-            return snapshot
-        previous = snapshot if snapshot.idle else None
-        time.sleep(max(DRAIN_POLL_S, 2 * (snapshot.mean_batch_seconds or 0.0)))
+        time.sleep(DRAIN_POLL_S)
 
 
 def _measure(

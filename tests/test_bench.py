@@ -1,0 +1,333 @@
+"""`bake bench` against live servers (`python -m serve` on tiny models), run as the real CLI.
+
+The trust test serves the same tiny ResNet twice: at 64 x 64 pixels, and at 512 x 512, where every forward
+pass does 64 times the work (a slower model for real, not a mocked server). With the same latency
+budget, the slower model must get a lower throughput, a lower concurrency limit and no larger batches.
+Every run is also checked for consistency between what the client measured and what the server counted:
+a closed loop of c connections can never form a batch of more than c requests, and nothing a level sends
+may leak into the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from bake.bench.metrics import parse, window
+from bake.config import load_config
+from bake.env import read_environment
+from bake.init_config import write_config
+from bake.state import last_built_tag, last_launch_url, record_build, record_launch
+from serve.metrics import Metrics
+from tests.fixtures import images
+from tests.fixtures.docker import run_bake
+from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
+from tests.fixtures.servers import ServerProcess
+
+SERVE_ENV = {"BAKE_MAX_BATCH_SIZE": "8", "BAKE_MAX_WAIT_MS": "5", "BAKE_LOG_LEVEL": "warning"}
+
+
+def bench(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`bake bench ARGS` in `cwd`."""
+    result = run_bake(["bench", *args], env or {}, cwd, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def bench_json(cwd: Path, *args: str) -> dict:
+    """`bake bench --json ARGS` in `cwd`, checked for internal consistency."""
+    result = bench(cwd, "--json", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    check_consistent(report)
+    return report
+
+
+def check_consistent(report: dict) -> None:
+    """What the client measured and what the server counted agree, level by level."""
+    budget = report["budget"]["p99_ms"]
+    max_batch = report["server"]["max_batch_size"]
+    for level in report["levels"]:
+        concurrency, client, server = level["concurrency"], level["client"], level["server"]
+        assert client["connections"] == concurrency
+        assert client["failures"] == 0, level
+        answered_ok = client["requests"] - client["non2xx"]
+        # wrk stops at its deadline without reading the answers in flight: the server may count those more
+        assert answered_ok <= server["answers"] <= answered_ok + concurrency, level
+        assert server["batch_max"] <= min(concurrency, max_batch), level
+        assert server["batch_mean"] <= server["batch_max"]
+        assert server["device_ms_mean"] > 0 and server["queue_wait_ms_mean"] >= 0
+        assert client["p50_ms"] <= client["p95_ms"] <= client["p99_ms"] <= client["max_ms"]
+        assert level["within_budget"] == (client["p99_ms"] <= budget)
+    first = report["levels"][0]
+    if first["concurrency"] == 1:
+        assert first["server"]["batch_mean"] == 1.0
+    advice = report["recommendation"]
+    if advice is not None:
+        limit = next(
+            level for level in report["levels"] if level["concurrency"] == advice["limit_concurrency"]
+        )
+        assert limit["within_budget"] and advice["p99_ms"] <= budget
+        assert advice["hard_limit"] == advice["max_batch_size"] + advice["max_queue"]
+        assert 1 <= advice["max_batch_size"] <= max_batch
+        assert advice["knee_concurrency"] <= advice["limit_concurrency"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bench-models")
+    return {
+        "fast": make_image_classifier(root / "fast", "resnet", image_size=64),
+        "slow": make_image_classifier(root / "slow", "resnet", image_size=512),
+    }
+
+
+@pytest.fixture(scope="module")
+def fast_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("bench-logs") / "fast.log"
+    with ServerProcess({"BAKE_MODEL": str(models["fast"]), **SERVE_ENV}, log) as server:
+        yield server
+
+
+def start_bench(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """`bake bench --json ARGS` in `cwd`, started in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bake", "bench", "--json", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_bench(process: subprocess.Popen[str]) -> dict:
+    """The report of a `start_bench`, checked for internal consistency."""
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    report = json.loads(stdout)
+    check_consistent(report)
+    return report
+
+
+def bench_side_by_side(
+    cwds: tuple[Path, Path], urls: tuple[str, str], *args: str, extra: tuple[str, ...] = ()
+) -> tuple[dict, dict]:
+    """Bench two servers at the same time, so both see the same load from the rest of the machine."""
+    first = start_bench(cwds[0], urls[0], *args, *extra)
+    second = start_bench(cwds[1], urls[1], *args, "--no-plot")
+    return finish_bench(first), finish_bench(second)
+
+
+@pytest.mark.slow
+def test_a_slower_model_gets_lower_limits(
+    models: dict[str, Path], fast_server: ServerProcess, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_config(project / "bake.toml", {"model.id": str(models["fast"])})
+    original = (project / "bake.toml").read_text()
+    plot = tmp_path / "fast.png"
+    with ServerProcess(
+        {"BAKE_MODEL": str(models["slow"]), **SERVE_ENV}, tmp_path / "slow.log"
+    ) as slow_server:
+        urls = (fast_server.url, slow_server.url)
+        # Both benches run side by side (a shared 2-core machine swings by 4x from minute to minute), first
+        # at concurrency 8 alone to set the budget between the two p99s, so that the fast model meets it and
+        # the slow one (several times less throughput, so several times the latency at the same concurrency,
+        # by Little's law) does not.
+        calibration = bench_side_by_side(
+            (tmp_path, tmp_path),
+            urls,
+            "--concurrency",
+            "8",
+            "--duration",
+            "3",
+            "--p99-ms",
+            "100000",
+            extra=("--no-plot",),
+        )
+        p99s = [report["levels"][0]["client"]["p99_ms"] for report in calibration]
+        budget = round(math.sqrt(p99s[0] * p99s[1]))
+        common = ("--concurrency", "1,2,4,8", "--duration", "3", "--warmup", "1", "--p99-ms", str(budget))
+        fast, slow = bench_side_by_side(
+            (project, tmp_path), urls, *common, extra=("--plot", str(plot), "--write")
+        )
+
+    quick, heavy = fast["recommendation"], slow["recommendation"]
+    print(f"calibration p99s {p99s}, budget {budget} ms\nfast {quick}\nslow {heavy}")  # shown with -s
+    assert quick is not None, fast["verdict"]
+    assert quick["limit_concurrency"] == 8 or fast["levels"][-1]["client"]["p99_ms"] > budget
+    if heavy is None:  # the far end of "lower": not even one request at a time met the budget
+        assert not slow["levels"][0]["within_budget"] and "no level met" in slow["verdict"]
+    else:
+        assert heavy["throughput"] < quick["throughput"]
+        assert heavy["limit_concurrency"] < quick["limit_concurrency"]
+        assert heavy["hard_limit"] < quick["hard_limit"]
+        assert heavy["max_batch_size"] <= quick["max_batch_size"]
+    assert max(level["client"]["throughput"] for level in slow["levels"]) < quick["throughput"]
+    fast_device = fast["levels"][0]["server"]["device_ms_mean"]
+    slow_device = slow["levels"][0]["server"]["device_ms_mean"]
+    assert slow_device > 3 * fast_device, (fast_device, slow_device)
+    assert fast["generator"] == "wrk" and "wrk" in fast["method"] and "/metrics" in fast["method"]
+    assert slow["stopped"] is not None and "past the budget" in slow["stopped"]
+
+    # the PNG plot: a real PNG of the size the report draws
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and fast["plot"] == str(plot)
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (960, 540)
+
+    # --write: the recommendation is in bake.toml, every comment of `bake init` kept, and bake reads it back
+    written = (project / "bake.toml").read_text()
+    kept = [line for line in original.splitlines() if line.startswith("#") and "max_" not in line]
+    assert all(line in written for line in kept)
+    document = tomlkit.parse(written)
+    assert document["serve"]["max_batch_size"] == quick["max_batch_size"]
+    assert document["serve"]["max_queue"] == quick["max_queue"]
+    config = load_config({}, read_environment({}), project / "bake.toml")
+    assert config.serve.max_batch_size == quick["max_batch_size"]
+    assert config.serve.max_wait_ms == pytest.approx(quick["max_wait_ms"])
+    assert config.serve.max_queue == quick["max_queue"]
+    assert f"p99 <= {budget} ms" in written
+
+
+@pytest.mark.slow
+def test_in_process_client_and_default_url(fast_server: ServerProcess, tmp_path: Path) -> None:
+    record_launch(tmp_path, fast_server.url, "local")
+    report = bench_json(
+        tmp_path, "--client", "httpx", "--concurrency", "1,2", "--duration", "2", "--warmup", "0"
+    )
+    assert report["server"]["url"] == fast_server.url
+    assert report["generator"] == "httpx" and "httpx" in report["method"]
+    assert report["budget"]["origin"].startswith("4 x the p99 at concurrency 1")
+    assert report["budget"]["p99_ms"] == pytest.approx(4 * report["levels"][0]["client"]["p99_ms"])
+    assert (tmp_path / ".bake" / "bench.png").is_file()
+
+
+@pytest.mark.slow
+def test_terminal_plot_on_a_tty(fast_server: ServerProcess, tmp_path: Path) -> None:
+    python = shlex.quote(sys.executable)
+    command = f"{python} -m bake bench {fast_server.url} --concurrency 1,2 --duration 1 --warmup 0"
+    env = {**os.environ, "COLUMNS": "140", "TERM": "xterm"}
+    result = subprocess.run(
+        ["script", "-qec", command + " --no-plot", "/dev/null"],
+        check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "throughput (req/s)" in result.stdout and "p99 (ms; | = budget" in result.stdout
+    assert "█" in result.stdout and "\x1b[" in result.stdout  # bars, in colour
+    piped = bench(
+        tmp_path, fast_server.url, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--no-plot"
+    )
+    assert piped.returncode == 0 and "throughput (req/s)" not in piped.stdout and "\x1b[" not in piped.stdout
+    assert "conc  req/s" in piped.stdout and "bench: concurrency   1:" in piped.stderr
+
+
+@pytest.mark.slow
+def test_text_to_image_is_sent_a_prompt(tmp_path: Path) -> None:
+    model = make_text_to_image_pipeline(tmp_path / "sd")
+    env = {"BAKE_MODEL": str(model), "BAKE_MAX_BATCH_SIZE": "2", "BAKE_LOG_LEVEL": "warning"}
+    with ServerProcess(env, tmp_path / "sd.log") as server:
+        report = bench_json(
+            tmp_path,
+            server.url,
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "-p",
+            "num_inference_steps=2",
+            "-p",
+            "width=32",
+            "-p",
+            "height=32",
+            "--no-plot",
+        )
+    assert report["server"]["task"] == "text-to-image"
+    assert "prompt" in report["request"] and '"num_inference_steps": 2' in report["request"]
+    assert all(level["client"]["requests"] > 0 for level in report["levels"])
+
+
+@pytest.mark.slow
+def test_errors_are_one_line_with_the_fix(fast_server: ServerProcess, tmp_path: Path) -> None:
+    result = bench(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "bake: error: no server to bench: pass its URL, or run `bake launch` in this directory first"
+    )
+    result = bench(tmp_path, "http://127.0.0.1:9")
+    assert result.returncode == 1 and result.stderr.startswith(
+        "bake: error: no server answers at http://127.0.0.1:9"
+    )
+    assert "bake launch" in result.stderr
+    result = bench(tmp_path, fast_server.url, "--prompt", "a cat")
+    assert result.returncode == 2 and "takes an image, not a prompt" in result.stderr
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("not an image")
+    result = bench(tmp_path, fast_server.url, "--input", str(not_an_image))
+    assert result.returncode == 1 and "the server answered 415 to the first request" in result.stderr
+    result = bench(tmp_path, fast_server.url, "--concurrency", "1,x")
+    assert result.returncode == 2 and "--concurrency" in result.stderr
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(images.photo(320, 240))
+    report = bench_json(
+        tmp_path,
+        fast_server.url,
+        "--input",
+        str(photo),
+        "--concurrency",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--no-plot",
+        "--p99-ms",
+        "0.001",
+    )
+    assert report["recommendation"] is None and "no level met" in report["verdict"]
+    assert report["request"].startswith("photo.jpg")
+
+
+def test_metrics_window_from_the_servers_own_exposition() -> None:
+    metrics = Metrics(max_batch_size=4, known_paths=frozenset({"/predict", "/"}))
+    before = parse(metrics.render().decode())
+    for size, seconds in ((1, 0.004), (3, 0.010), (4, 0.012), (4, 0.013)):
+        metrics.observe_batch(size, seconds)
+    metrics.queue_wait.observe(0.002)
+    metrics.requests.labels("/predict", "200").inc(11)
+    metrics.requests.labels("/", "503").inc(1)
+    metrics.latency.labels("/predict").observe(0.02)
+    seen = window(before, parse(metrics.render().decode()))
+    assert (seen.answers, seen.errors, seen.batches) == (12, 1, 4)
+    assert (seen.batch_mean, seen.batch_p50, seen.batch_p95, seen.batch_max) == (3.0, 3, 4, 4)
+    assert seen.device_ms_mean == pytest.approx(9.75)
+    assert 1.0 <= seen.queue_wait_ms_p95 <= 2.5
+    assert seen.latency_ms_mean == pytest.approx(20.0)
+
+
+def test_state_keeps_build_and_launch(tmp_path: Path) -> None:
+    record_build(tmp_path, "bake/model:abc", "org/model")
+    record_launch(tmp_path, "http://127.0.0.1:8080", "local")
+    record_build(tmp_path, "bake/model:def", "org/model")
+    assert last_built_tag(tmp_path) == "bake/model:def"
+    assert last_launch_url(tmp_path) == "http://127.0.0.1:8080"
+    (tmp_path / ".bake" / "state.json").write_text("[not what bake wrote")
+    assert last_launch_url(tmp_path) is None and last_built_tag(tmp_path) is None
