@@ -250,7 +250,7 @@ def check_image_store_disk(info: SystemInfo, host: str) -> Check:
     return _disk_check(
         "image store disk",
         root,
-        "the image store",
+        "images and build cache",
         required=True,
         fix="free space (docker image prune; docker builder prune removes your build cache) or "
         "move Docker's data-root to a bigger disk",

@@ -157,10 +157,20 @@ def _notes(ramp: Ramp, knee: Level, limit: Level, batch: int, facts: ServerFacts
             f"batches were capped by the server's max_batch_size ({facts.max_batch_size}): a larger one may serve "
             f"more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
         )
-    if limit is ramp.levels[-1] and ramp.stopped is None:
+    if limit is ramp.levels[-1]:
         notes.append(
             f"every level up to concurrency {limit.concurrency} met the budget: the hard limit may be higher "
             f"(bench with --concurrency up to {2 * limit.concurrency})"
+        )
+    missed = [
+        level.concurrency
+        for level in ramp.levels
+        if level.concurrency < limit.concurrency and not within(level, ramp.budget)
+    ]
+    if missed:
+        notes.append(
+            f"concurrency {', '.join(map(str, missed))} missed the budget although {limit.concurrency} met it: "
+            "the machine's speed varied during the run (other load?); bench again with a longer --duration"
         )
     return notes
 

@@ -1,9 +1,10 @@
 """The measurement: a ramp of concurrency levels against one server, each a closed-loop load run with the
 server's `/metrics` scraped before and after it.
 
-The ramp stops at the first level past the latency budget or with errors (further levels only queue
-more), then bisects between the last level within the budget and the first one past it, so the largest
-concurrency that meets the budget is known more precisely than the powers of two of the ramp.
+The ramp stops at the first level with errors, or after two levels in a row past the latency budget (further
+levels only queue more; one miss alone may be a burst of other load on the machine), then bisects between the
+highest level within the budget and the first one above it past the budget, so the largest concurrency that
+meets the budget is known more precisely than the powers of two of the ramp.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from bake.bench.loadgen import Generator, LoadResult, Target, Tick, run_load
 from bake.bench.metrics import ServerWindow, Snapshot, scrape, window
 from bake.errors import BenchFailed
 
+MISSES_TO_STOP = 2
+"""The ramp ends after this many levels in a row past the budget."""
 MAX_ERROR_RATE = 0.01
 """A level where more than this share of requests failed ends the ramp."""
 CLIENT_CPU_LIMIT = 0.9
@@ -148,8 +151,8 @@ def run_ramp(
     progress: Progress,
     bisect_steps: int = 2,
 ) -> Ramp:
-    """Warm up (`warmup`: connections, seconds), then measure each of `levels` until one misses the budget,
-    then bisect; see the module doc."""
+    """Warm up (`warmup`: connections, seconds), measure `levels` in order until the ramp ends, then bisect
+    below the first miss above the highest level within the budget; see the module doc."""
     ordered = sorted(set(levels))
     connections, warmup_s = warmup
     if warmup_s > 0:
@@ -166,11 +169,11 @@ def run_ramp(
                 f"{DEFAULT_BUDGET_FACTOR:g} x the p99 at concurrency {concurrency} (set it with --p99-ms)",
             )
         progress.level_done(level, budget)
-        stopped = _stop_reason(level, budget)
+        stopped = _stop_reason(measured, budget)
         if stopped:
             break
     assert budget is not None
-    for _ in range(bisect_steps if stopped else 0):
+    for _ in range(bisect_steps):
         middle = _bisect_point(measured, budget)
         if middle is None:
             break
@@ -220,11 +223,15 @@ def _scrape(client: httpx.Client, target: Target) -> Snapshot | None:
         return None
 
 
-def _stop_reason(level: Level, budget: Budget) -> str | None:
+def _stop_reason(measured: list[Level], budget: Budget) -> str | None:
+    level = measured[-1]
     if level.error_rate > MAX_ERROR_RATE:
         return f"{level.error_rate:.0%} of requests failed at concurrency {level.concurrency}"
-    if level.load.p99_ms > budget.p99_ms:
-        return f"p99 {level.load.p99_ms:.0f} ms at concurrency {level.concurrency} is past the budget"
+    misses = [level for level in measured[-MISSES_TO_STOP:] if level.load.p99_ms > budget.p99_ms]
+    if len(misses) == MISSES_TO_STOP:
+        return "p99 past the budget at concurrency " + " and ".join(
+            f"{miss.concurrency} ({miss.load.p99_ms:.0f} ms)" for miss in misses
+        )
     return None
 
 
