@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from bake.bench.metrics import parse, window
+from bake.bench.advice import advise
+from bake.bench.loadgen import LoadResult
+from bake.bench.metrics import ServerWindow, parse, window
+from bake.bench.ramp import Budget, Level, Ramp, ServerFacts
 from bake.config import load_config
 from bake.env import read_environment
 from bake.init_config import write_config
@@ -331,3 +334,78 @@ def test_state_keeps_build_and_launch(tmp_path: Path) -> None:
     assert last_launch_url(tmp_path) == "http://127.0.0.1:8080"
     (tmp_path / ".bake" / "state.json").write_text("[not what bake wrote")
     assert last_launch_url(tmp_path) is None and last_built_tag(tmp_path) is None
+
+
+def level(concurrency: int, throughput: float, p99_ms: float, batch_p95: int, device_ms: float) -> Level:
+    """A measured level with the figures `advise` reads (the rest consistent with them)."""
+    seconds = 10.0
+    requests = round(throughput * seconds)
+    load = LoadResult(
+        generator="wrk",
+        connections=concurrency,
+        requests=requests,
+        non2xx=0,
+        transport_errors=0,
+        seconds=seconds,
+        mean_ms=p99_ms / 2,
+        p50_ms=p99_ms / 2,
+        p90_ms=p99_ms * 0.8,
+        p95_ms=p99_ms * 0.9,
+        p99_ms=p99_ms,
+        max_ms=p99_ms * 1.1,
+        client_cpu_s=1.0,
+    )
+    server = ServerWindow(
+        answers=requests,
+        errors=0,
+        batches=requests // batch_p95,
+        batch_mean=batch_p95 * 0.8,
+        batch_p50=batch_p95,
+        batch_p95=batch_p95,
+        batch_max=batch_p95,
+        device_ms_mean=device_ms,
+        queue_wait_ms_mean=1.0,
+        queue_wait_ms_p95=2.0,
+        latency_ms_mean=p99_ms / 2,
+    )
+    return Level(concurrency, load, server)
+
+
+def test_advice_picks_the_knee_and_the_limit() -> None:
+    facts = ServerFacts(
+        url="http://server",
+        model="m",
+        task="image-classification",
+        device="cpu",
+        max_batch_size=8,
+        max_wait_ms=10,
+        max_queue=256,
+    )
+    levels = (
+        level(1, 40, 20, 1, 5),
+        level(2, 75, 30, 2, 8),
+        level(4, 140, 60, 4, 20),
+        level(8, 150, 120, 8, 36),
+        level(16, 152, 260, 8, 38),
+    )
+    advice, verdict = advise(Ramp(levels, Budget(200, "--p99-ms"), None), facts)
+    assert advice is not None
+    # knee: the lowest concurrency within 90% of the best throughput within the budget (150 at 8)
+    assert (advice.knee_concurrency, advice.limit_concurrency) == (4, 8)
+    assert (advice.max_batch_size, advice.max_queue, advice.hard_limit) == (4, 4, 8)
+    assert advice.max_wait_ms == 10.0  # half of the knee's 20 ms device time, within its 140 ms headroom
+    assert advice.notes == () and "4 to 8 requests in flight" in verdict
+
+    tight, _ = advise(Ramp(levels, Budget(65, "--p99-ms"), None), facts)
+    assert tight is not None and (tight.knee_concurrency, tight.limit_concurrency) == (4, 4)
+    assert tight.max_wait_ms == 5.0  # the headroom (65 - 60 ms) is less than half the device time
+    assert tight.max_queue == 1 and "the least the server takes" in tight.reasons[-1]
+
+    rising = (level(1, 40, 20, 1, 5), level(4, 100, 40, 4, 20), level(8, 150, 60, 8, 36))
+    loose, _ = advise(Ramp(rising, Budget(1000, "--p99-ms"), None), facts)
+    assert loose is not None and (loose.knee_concurrency, loose.max_batch_size) == (8, 8)
+    assert any("capped by the server's max_batch_size (8)" in note for note in loose.notes)
+    assert any("the hard limit may be higher" in note for note in loose.notes)
+
+    nothing, verdict = advise(Ramp(levels, Budget(10, "--p99-ms"), None), facts)
+    assert nothing is None and verdict.startswith("no level met p99 <= 10 ms")
