@@ -152,7 +152,7 @@ def _queue_reason(queue: int, batch: int, limit: Level, budget: Budget) -> str:
 
 def _notes(ramp: Ramp, knee: Level, limit: Level, batch: int, facts: ServerFacts) -> list[str]:
     notes = []
-    if batch >= facts.max_batch_size and knee.concurrency > facts.max_batch_size:
+    if batch >= facts.max_batch_size:
         notes.append(
             f"batches were capped by the server's max_batch_size ({facts.max_batch_size}): a larger one may serve "
             f"more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
