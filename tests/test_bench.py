@@ -404,7 +404,7 @@ def test_advice_picks_the_knee_and_the_limit() -> None:
     rising = (level(1, 40, 20, 1, 5), level(4, 100, 40, 4, 20), level(8, 150, 60, 8, 36))
     loose, _ = advise(Ramp(rising, Budget(1000, "--p99-ms"), None), facts)
     assert loose is not None and (loose.knee_concurrency, loose.max_batch_size) == (8, 8)
-    assert any("capped by the server's max_batch_size (8)" in note for note in loose.notes)
+    assert any("filled the server's max_batch_size (8)" in note for note in loose.notes)
     assert any("the hard limit may be higher" in note for note in loose.notes)
 
     nothing, verdict = advise(Ramp(levels, Budget(10, "--p99-ms"), None), facts)

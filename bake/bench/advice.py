@@ -102,7 +102,7 @@ def advise(ramp: Ramp, facts: ServerFacts) -> tuple[Advice | None, str]:
             wait_reason,
             _queue_reason(queue, batch, limit, budget),
         ),
-        notes=tuple(_notes(ramp, knee, limit, batch, facts)),
+        notes=tuple(_notes(ramp, limit, batch, facts)),
     )
     return advice, (
         f"run {advice.soft_limit} to {advice.hard_limit} requests in flight per replica: "
@@ -150,12 +150,12 @@ def _queue_reason(queue: int, batch: int, limit: Level, budget: Budget) -> str:
     return f"max_queue {queue}: {met}; batch + queue = {batch + queue} in flight per replica"
 
 
-def _notes(ramp: Ramp, knee: Level, limit: Level, batch: int, facts: ServerFacts) -> list[str]:
+def _notes(ramp: Ramp, limit: Level, batch: int, facts: ServerFacts) -> list[str]:
     notes = []
     if batch >= facts.max_batch_size:
         notes.append(
-            f"batches were capped by the server's max_batch_size ({facts.max_batch_size}): a larger one may serve "
-            f"more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
+            f"the batches at the knee filled the server's max_batch_size ({facts.max_batch_size}): a larger one may "
+            f"serve more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
         )
     if limit is ramp.levels[-1]:
         notes.append(
