@@ -409,3 +409,29 @@ def test_advice_picks_the_knee_and_the_limit() -> None:
 
     nothing, verdict = advise(Ramp(levels, Budget(10, "--p99-ms"), None), facts)
     assert nothing is None and verdict.startswith("no level met p99 <= 10 ms")
+
+
+def test_a_busy_client_is_reported() -> None:
+    def run(connections: int, mean_ms: float, cpu_s: float) -> Level:
+        load = LoadResult(
+            generator="httpx",
+            connections=connections,
+            requests=1000,
+            non2xx=0,
+            transport_errors=0,
+            seconds=10.0,
+            mean_ms=mean_ms,
+            p50_ms=mean_ms,
+            p90_ms=mean_ms,
+            p95_ms=mean_ms,
+            p99_ms=mean_ms,
+            max_ms=mean_ms,
+            client_cpu_s=cpu_s,
+        )
+        return Level(connections, load, None)
+
+    assert run(8, 80.0, 2.0).client_limits() == []  # 100 req/s x 80 ms = 8 in flight, a fifth of a core
+    saturated = run(8, 80.0, 9.5).client_limits()
+    assert saturated == ["the load generator used 95% of a CPU core"]
+    starved = run(8, 50.0, 2.0).client_limits()  # 100 req/s x 50 ms: only 5 of 8 connections were waiting
+    assert starved == ["it kept only 5.0 of 8 requests in flight"]
