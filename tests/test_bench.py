@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,12 @@ from tests.fixtures.docker import run_bake
 from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
 from tests.fixtures.servers import ServerProcess
 
-SERVE_ENV = {"BAKE_MAX_BATCH_SIZE": "8", "BAKE_MAX_WAIT_MS": "5", "BAKE_LOG_LEVEL": "warning"}
+SERVE_ENV = {
+    "BAKE_MAX_BATCH_SIZE": "8",
+    "BAKE_MAX_WAIT_MS": "5",
+    "BAKE_CPU_THREADS": "1",
+    "BAKE_LOG_LEVEL": "warning",
+}
 
 
 def bench(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -102,10 +108,10 @@ def fast_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         yield server
 
 
-def start_bench(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """`bake bench --json ARGS` in `cwd`, started in the background."""
+def start_bench(cwd: Path, *args: str, cpu: str | None) -> subprocess.Popen[str]:
+    """`bake bench --json ARGS` in `cwd`, started in the background (on CPU `cpu` only, if given)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "bake", "bench", "--json", *args],
+        [*(["taskset", "-c", cpu] if cpu else []), sys.executable, "-m", "bake", "bench", "--json", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -122,12 +128,40 @@ def finish_bench(process: subprocess.Popen[str]) -> dict:
     return report
 
 
+def pin(process: subprocess.Popen[bytes] | None, cpus: str) -> None:
+    """Run every thread of `process` on `cpus` (a taskset list)."""
+    assert process is not None
+    subprocess.run(["taskset", "-a", "-cp", cpus, str(process.pid)], check=True, capture_output=True)
+
+
+@contextmanager
+def a_core_each(servers: tuple[ServerProcess, ServerProcess]) -> Iterator[tuple[str | None, str | None]]:
+    """Give each server (and, through the CPUs yielded, its load generator) a CPU of its own, so that the two
+    benches see the same load from the rest of the machine but not each other's; all CPUs again after."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        yield None, None
+        return
+    for server, core in zip(servers, cores):
+        pin(server.process, str(core))
+    try:
+        yield str(cores[0]), str(cores[1])
+    finally:
+        for server in servers:
+            if server.process is not None and server.process.poll() is None:
+                pin(server.process, ",".join(map(str, cores)))
+
+
 def bench_side_by_side(
-    cwds: tuple[Path, Path], urls: tuple[str, str], *args: str, extra: tuple[str, ...] = ()
+    cwds: tuple[Path, Path],
+    urls: tuple[str, str],
+    cpus: tuple[str | None, str | None],
+    *args: str,
+    extra: tuple[str, ...] = (),
 ) -> tuple[dict, dict]:
     """Bench two servers at the same time, so both see the same load from the rest of the machine."""
-    first = start_bench(cwds[0], urls[0], *args, *extra)
-    second = start_bench(cwds[1], urls[1], *args, "--no-plot")
+    first = start_bench(cwds[0], urls[0], *args, *extra, cpu=cpus[0])
+    second = start_bench(cwds[1], urls[1], *args, "--no-plot", cpu=cpus[1])
     return finish_bench(first), finish_bench(second)
 
 
@@ -140,17 +174,20 @@ def test_a_slower_model_gets_lower_limits(
     write_config(project / "bake.toml", {"model.id": str(models["fast"])})
     original = (project / "bake.toml").read_text()
     plot = tmp_path / "fast.png"
-    with ServerProcess(
-        {"BAKE_MODEL": str(models["slow"]), **SERVE_ENV}, tmp_path / "slow.log"
-    ) as slow_server:
+    slow_env = {"BAKE_MODEL": str(models["slow"]), **SERVE_ENV}
+    with (
+        ServerProcess(slow_env, tmp_path / "slow.log") as slow_server,
+        a_core_each((fast_server, slow_server)) as cpus,
+    ):
         urls = (fast_server.url, slow_server.url)
-        # Both benches run side by side (a shared 2-core machine swings by 4x from minute to minute), first
-        # at concurrency 8 alone to set the budget between the two p99s, so that the fast model meets it and
-        # the slow one (several times less throughput, so several times the latency at the same concurrency,
-        # by Little's law) does not.
+        # Both benches run side by side, a CPU each (a shared machine swings by 4x from minute to minute),
+        # first at concurrency 8 alone to set the budget between the two p99s, so that the fast model meets it
+        # and the slow one (several times less throughput, so several times the latency at the same
+        # concurrency, by Little's law) does not.
         calibration = bench_side_by_side(
             (tmp_path, tmp_path),
             urls,
+            cpus,
             "--concurrency",
             "8",
             "--duration",
@@ -163,7 +200,7 @@ def test_a_slower_model_gets_lower_limits(
         budget = round(math.sqrt(p99s[0] * p99s[1]))
         common = ("--concurrency", "1,2,4,8", "--duration", "3", "--warmup", "1", "--p99-ms", str(budget))
         fast, slow = bench_side_by_side(
-            (project, tmp_path), urls, *common, extra=("--plot", str(plot), "--write")
+            (project, tmp_path), urls, cpus, *common, extra=("--plot", str(plot), "--write")
         )
 
     quick, heavy = fast["recommendation"], slow["recommendation"]
