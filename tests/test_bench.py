@@ -17,6 +17,7 @@ import shlex
 import struct
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,9 +54,9 @@ def bench(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproces
     return result
 
 
-def bench_json(cwd: Path, *args: str) -> dict:
+def bench_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     """`bake bench --json ARGS` in `cwd`, checked for internal consistency."""
-    result = bench(cwd, "--json", *args)
+    result = bench(cwd, "--json", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     check_consistent(report)
@@ -276,6 +277,20 @@ def test_terminal_plot_on_a_tty(fast_server: ServerProcess, tmp_path: Path) -> N
     )
     assert piped.returncode == 0 and "throughput (req/s)" not in piped.stdout and "\x1b[" not in piped.stdout
     assert "conc  req/s" in piped.stdout and "bench: concurrency   1:" in piped.stderr
+
+
+@pytest.mark.slow
+def test_a_server_with_an_api_key(models: dict[str, Path], tmp_path: Path) -> None:
+    key = "bench-key-" + uuid.uuid4().hex
+    env = {"BAKE_MODEL": str(models["fast"]), **SERVE_ENV, "BAKE_API_KEY": key}
+    with ServerProcess(env, tmp_path / "keyed.log") as server:
+        refused = bench(tmp_path, server.url, env={"BAKE_API_KEY": ""})
+        assert refused.returncode == 1 and "requires an API key" in refused.stderr
+        assert "set BAKE_API_KEY" in refused.stderr
+        args = ("--concurrency", "2", "--duration", "1", "--warmup", "0", "--no-plot")
+        report = bench_json(tmp_path, server.url, *args, env={"BAKE_API_KEY": key})
+    assert report["levels"][0]["client"]["requests"] > 0 and report["levels"][0]["server"]["answers"] > 0
+    assert key not in json.dumps(report)
 
 
 @pytest.mark.slow

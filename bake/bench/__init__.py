@@ -18,7 +18,7 @@ import httpx
 from bake.bench.advice import Advice, advise, write_advice, write_comment
 from bake.bench.inputs import request_for
 from bake.bench.loadgen import Generator, Target, wrk_available
-from bake.bench.ramp import Progress, Ramp, ServerFacts, default_levels, fetch_facts, run_ramp
+from bake.bench.ramp import Progress, Ramp, ServerFacts, default_levels, fetch_facts, run_ramp, within
 from bake.errors import BenchFailed, ConfigError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -65,8 +65,7 @@ class BenchResult:
             "levels": [
                 {
                     "concurrency": level.concurrency,
-                    "within_budget": level.load.failures == 0
-                    and level.load.p99_ms <= self.ramp.budget.p99_ms,
+                    "within_budget": within(level, self.ramp.budget),
                     "client": level.load.as_dict(),
                     "server": level.server.as_dict() if level.server else None,
                     "client_limited": level.client_limits(),

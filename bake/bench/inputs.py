@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
@@ -72,7 +73,7 @@ def request_for(
             if image
             else (f"a generated {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG photo ({len(body) / 1024:.0f} KiB)")
         )
-        query = "?" + "&".join(f"{key}={value}" for key, value in parameters.items()) if parameters else ""
+        query = "?" + urlencode(parameters) if parameters else ""
         return Target(
             f"{url}/predict{query}", body, {**headers, "Content-Type": "application/octet-stream"}
         ), what

@@ -91,7 +91,7 @@ class Ramp:
 class Progress(Protocol):
     """What a display needs to follow the ramp."""
 
-    def level_started(self, concurrency: int, seconds: float, planned: int) -> Tick:
+    def level_started(self, concurrency: int, seconds: float) -> Tick:
         """A level begins; return the callback that follows its run."""
 
     def level_done(self, level: Level, budget: Budget) -> None:
@@ -161,7 +161,7 @@ def run_ramp(
     budget = Budget(p99_ms, "--p99-ms") if p99_ms is not None else None
     stopped = None
     for concurrency in ordered:
-        level = _measure(client, target, concurrency, seconds, generator, progress, len(ordered))
+        level = _measure(client, target, concurrency, seconds, generator, progress)
         measured.append(level)
         if budget is None:
             budget = Budget(
@@ -177,7 +177,7 @@ def run_ramp(
         middle = _bisect_point(measured, budget)
         if middle is None:
             break
-        level = _measure(client, target, middle, seconds, generator, progress, len(measured) + 1)
+        level = _measure(client, target, middle, seconds, generator, progress)
         measured.append(level)
         progress.level_done(level, budget)
     return Ramp(tuple(sorted(measured, key=lambda level: level.concurrency)), budget, stopped)
@@ -206,9 +206,8 @@ def _measure(
     seconds: float,
     generator: Generator,
     progress: Progress,
-    planned: int,
 ) -> Level:
-    tick = progress.level_started(concurrency, seconds, planned)
+    tick = progress.level_started(concurrency, seconds)
     before = _drain(client, target)
     load = run_load(target, connections=concurrency, seconds=seconds, generator=generator, tick=tick)
     after = _drain(client, target)

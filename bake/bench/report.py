@@ -27,7 +27,7 @@ class LineProgress:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def level_started(self, concurrency: int, seconds: float, planned: int) -> Tick:
+    def level_started(self, concurrency: int, seconds: float) -> Tick:
         """Nothing to show until the level ends."""
         return lambda elapsed, answered: None
 
@@ -55,7 +55,6 @@ class LiveProgress:
             transient=True,
         )
         self._task: int | None = None
-        self._lines = LineProgress(console.file)
 
     def start(self) -> None:
         """Show the bars."""
@@ -65,7 +64,7 @@ class LiveProgress:
         """Remove the bars (the level lines stay)."""
         self.progress.stop()
 
-    def level_started(self, concurrency: int, seconds: float, planned: int) -> Tick:
+    def level_started(self, concurrency: int, seconds: float) -> Tick:
         """A bar for the level, advanced by the load generator's ticks."""
         if self._task is not None:
             self.progress.remove_task(self._task)
