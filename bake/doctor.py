@@ -47,7 +47,7 @@ MIN_PYTHON = (3, 10)
 DISK_FAIL_BYTES = 2 * 2**30
 """Below this much free space an image build fails (a CPU image with torch is about 1.5 GiB to write)."""
 DISK_WARN_BYTES = 10 * 2**30
-"""Below this, a build of a mid-sized model (a few GiB of weights, stored twice while building) may not fit."""
+"""Below this, a mid-sized model (a few GiB of weights, stored twice while building) may not fit."""
 HUB_TIMEOUT_S = 10.0
 _TRUE = {"1", "true", "yes", "on"}
 _LABELS: dict[str, str] = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skipped": "skip"}
@@ -174,7 +174,8 @@ def check_engine(host: str) -> tuple[DockerClient | None, SystemInfo | None, Che
         Check(
             "docker engine",
             "ok",
-            f"Docker {info.server_version} (client {client_version}) at {host or 'the local socket'}; {info.driver} "
+            f"Docker {info.server_version} (client {client_version}) at {host or 'the local socket'}; "
+            f"{info.driver} "
             f"storage in {info.docker_root_dir}; {info.n_cpu} CPUs, {(info.mem_total or 0) / 2**30:.0f} GiB",
         ),
     )

@@ -1,6 +1,6 @@
-"""`bake doctor` against the real world: this machine's Docker engine, an engine that is not there (DOCKER_HOST
-at a dead socket), a second real dockerd with a small disk that is then stopped, and the local Hub (reachable,
-valid and invalid tokens, and an endpoint nobody answers at).
+"""`bake doctor` against the real world: this machine's Docker engine, an engine that is not there
+(DOCKER_HOST at a dead socket), a second real dockerd with a small disk that is then stopped, and the local
+Hub (reachable, valid and invalid tokens, and an endpoint nobody answers at).
 
 Every run is the real CLI in a subprocess; the JSON output is read back, the text output checked for one line
 per check with the fix below each failure, and no traceback.

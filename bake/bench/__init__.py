@@ -171,11 +171,12 @@ def _method(
         else ""
     )
     return (
-        f"Closed loop with {tool}: at each concurrency level ({', '.join(map(str, levels))}, stopping after "
-        f"two levels in a row past the budget, then bisecting), that many connections each POST {request} again "
-        f"as soon as the answer arrives, for {options.seconds:g} s, after a {options.warmup_s:g} s warm-up. Latency "
-        "is the client's (request sent to answer read); batch sizes, queue wait and device time are the server's "
-        f"own, from its /metrics histograms read before and after each level.{shared}"
+        f"Closed loop with {tool}: at each concurrency level ({', '.join(map(str, levels))}, "
+        "stopping after two levels in a row past the budget, then bisecting), that many connections "
+        f"each POST {request} again as soon as the answer arrives, for {options.seconds:g} s, after a "
+        f"{options.warmup_s:g} s warm-up. Latency is the client's (request sent to answer read); batch "
+        "sizes, queue wait and device time are the server's own, from its /metrics histograms read before "
+        f"and after each level.{shared}"
     )
 
 

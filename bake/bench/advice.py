@@ -72,7 +72,8 @@ def advise(ramp: Ramp, facts: ServerFacts) -> tuple[Advice | None, str]:
     if not eligible:
         first = ramp.levels[0]
         return None, (
-            f"no level met p99 <= {budget.p99_ms:.0f} ms without errors (concurrency {first.concurrency}: p99 "
+            f"no level met p99 <= {budget.p99_ms:.0f} ms without errors (concurrency {first.concurrency}: "
+            "p99 "
             f"{first.load.p99_ms:.0f} ms, {first.load.failures} failed): raise --p99-ms, or give the model a "
             "faster machine"
         )
@@ -154,8 +155,8 @@ def _notes(ramp: Ramp, limit: Level, batch: int, facts: ServerFacts) -> list[str
     notes = []
     if batch >= facts.max_batch_size:
         notes.append(
-            f"the batches at the knee filled the server's max_batch_size ({facts.max_batch_size}): a larger one may "
-            f"serve more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
+            f"the batches at the knee filled the server's max_batch_size ({facts.max_batch_size}): a larger "
+            f"one may serve more; rebuild with --max-batch-size {2 * facts.max_batch_size} and bench again"
         )
     if limit is ramp.levels[-1]:
         notes.append(
@@ -169,7 +170,8 @@ def _notes(ramp: Ramp, limit: Level, batch: int, facts: ServerFacts) -> list[str
     ]
     if missed:
         notes.append(
-            f"concurrency {', '.join(map(str, missed))} missed the budget although {limit.concurrency} met it: "
+            f"concurrency {', '.join(map(str, missed))} missed the budget although {limit.concurrency} met "
+            "it: "
             "the machine's speed varied during the run (other load?); bench again with a longer --duration"
         )
     return notes

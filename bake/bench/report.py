@@ -81,7 +81,8 @@ class LiveProgress:
         """The level's line above the bars."""
         mark = "[green]within[/]" if within(level, budget) else "[red]past[/]"
         self.progress.console.print(
-            f"concurrency {level.concurrency:>3}: {level.load.throughput:8.1f} req/s, p99 {level.load.p99_ms:7.1f} ms "
+            f"concurrency {level.concurrency:>3}: {level.load.throughput:8.1f} req/s, "
+            f"p99 {level.load.p99_ms:7.1f} ms "
             f"({mark} the budget), {level.load.failures} failed",
             highlight=False,
         )
@@ -169,7 +170,10 @@ def conclusion(result: BenchResult) -> str:
                 f"  [serve]  max_batch_size = {advice.max_batch_size}, max_wait_ms = {advice.max_wait_ms:g}, "
                 f"max_queue = {advice.max_queue}"
             ),
-            f"  fly.toml [http_service.concurrency]  soft_limit = {advice.soft_limit}, hard_limit = {advice.hard_limit}",
+            (
+                f"  fly.toml [http_service.concurrency]  soft_limit = {advice.soft_limit}, "
+                f"hard_limit = {advice.hard_limit}"
+            ),
             (
                 f"  Knative  autoscaling.knative.dev/target = {advice.soft_limit}, containerConcurrency = "
                 f"{advice.hard_limit}"
