@@ -22,18 +22,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import tomlkit
 
 from bake.bench.advice import advise
 from bake.bench.loadgen import LoadResult
-from bake.bench.metrics import ServerWindow, parse, window
+from bake.bench.metrics import Histogram, ServerWindow, scrape, window
 from bake.bench.ramp import Budget, Level, Ramp, ServerFacts
 from bake.config import load_config
 from bake.env import read_environment
 from bake.init_config import write_config
 from bake.state import last_built_tag, last_launch_url, record_build, record_launch
-from serve.metrics import Metrics
 from tests.fixtures import images
 from tests.fixtures.docker import run_bake
 from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
@@ -361,21 +361,33 @@ def test_errors_are_one_line_with_the_fix(fast_server: ServerProcess, tmp_path: 
     assert report["request"].startswith("photo.jpg")
 
 
-def test_metrics_window_from_the_servers_own_exposition() -> None:
-    metrics = Metrics(max_batch_size=4, known_paths=frozenset({"/predict", "/"}))
-    before = parse(metrics.render().decode())
-    for size, seconds in ((1, 0.004), (3, 0.010), (4, 0.012), (4, 0.013)):
-        metrics.observe_batch(size, seconds)
-    metrics.queue_wait.observe(0.002)
-    metrics.requests.labels("/predict", "200").inc(11)
-    metrics.requests.labels("/", "503").inc(1)
-    metrics.latency.labels("/predict").observe(0.02)
-    seen = window(before, parse(metrics.render().decode()))
-    assert (seen.answers, seen.errors, seen.batches) == (12, 1, 4)
-    assert (seen.batch_mean, seen.batch_p50, seen.batch_p95, seen.batch_max) == (3.0, 3, 4, 4)
-    assert seen.device_ms_mean == pytest.approx(9.75)
-    assert 1.0 <= seen.queue_wait_ms_p95 <= 2.5
-    assert seen.latency_ms_mean == pytest.approx(20.0)
+@pytest.mark.slow
+def test_metrics_window_counts_what_was_sent(fast_server: ServerProcess) -> None:
+    photo = images.photo(160, 120)
+    with httpx.Client(timeout=60) as client:
+        before = scrape(client, fast_server.url)
+        for _ in range(4):
+            assert client.post(f"{fast_server.url}/predict", content=photo).status_code == 200
+        assert client.post(f"{fast_server.url}/predict", content=b"not an image").status_code == 415
+        after = scrape(client, fast_server.url)
+    assert before.idle and after.idle
+    seen = window(before, after)
+    assert (seen.answers, seen.errors, seen.batches) == (5, 1, 4)
+    assert (seen.batch_mean, seen.batch_p50, seen.batch_p95, seen.batch_max) == (1.0, 1, 1, 1)
+    assert seen.device_ms_mean is not None and seen.device_ms_mean > 0
+    assert seen.latency_ms_mean is not None and seen.latency_ms_mean > 0
+
+
+def test_histogram_quantiles() -> None:
+    sizes = Histogram(bounds=(1, 2, 3, 4, math.inf), cumulative=(1, 1, 3, 5, 5), count=5, total=15)
+    assert (sizes.bucket_quantile(0.2), sizes.bucket_quantile(0.5), sizes.bucket_quantile(1.0)) == (1, 3, 4)
+    assert sizes.mean() == 3.0
+    waits = Histogram(bounds=(0.001, 0.005, 0.01, math.inf), cumulative=(0, 8, 10, 10), count=10, total=0.05)
+    assert waits.quantile(0.5) == pytest.approx(0.001 + 0.004 * 5 / 8)  # linear within (0.001, 0.005]
+    assert waits.quantile(0.95) == pytest.approx(0.005 + 0.005 * 1.5 / 2)
+    later = Histogram(bounds=waits.bounds, cumulative=(1, 10, 13, 13), count=13, total=0.07)
+    assert later.minus(waits) == Histogram(waits.bounds, (1, 2, 3, 3), 3, pytest.approx(0.02))
+    assert Histogram((1.0, math.inf), (0, 0), 0, 0).quantile(0.5) is None
 
 
 def test_state_keeps_build_and_launch(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ and the server's own view from its `/metrics` in `metrics`), a recommendation fo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from bake.bench.ramp import Progress, Ramp, ServerFacts, default_levels, fetch_f
 from bake.errors import BenchFailed, ConfigError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+ANSWERS_PER_LEVEL = 5
+"""A level lasts at least this many times one request's latency alone (text-to-image takes seconds)."""
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,14 @@ def bench(options: BenchOptions, progress: Progress) -> BenchResult:
             parameters=dict(options.parameters),
             headers=headers,
         )
-        _check_answer(client, target)
+        alone_s = _check_answer(client, target)
+        seconds = max(options.seconds, ANSWERS_PER_LEVEL * alone_s)
         levels = options.levels or tuple(default_levels(facts.max_batch_size))
         ramp = run_ramp(
             client,
             target,
             levels,
-            seconds=options.seconds,
+            seconds=seconds,
             warmup=(min(max(levels), facts.max_batch_size), options.warmup_s),
             generator=generator,
             p99_ms=options.p99_ms,
@@ -119,7 +123,7 @@ def bench(options: BenchOptions, progress: Progress) -> BenchResult:
         ramp,
         advice,
         verdict,
-        _method(options, facts, request, generator, levels),
+        _method(options, facts, request, generator, levels, seconds=seconds, alone_s=alone_s),
         tuple(_warnings(ramp, generator)),
     )
 
@@ -141,8 +145,10 @@ def _generator(client: str) -> Generator:
     return "wrk" if client == "wrk" else "httpx"
 
 
-def _check_answer(client: httpx.Client, target: Target) -> None:
-    """One request first: a server that refuses the input would only produce a table of errors."""
+def _check_answer(client: httpx.Client, target: Target) -> float:
+    """One request first, alone: a server that refuses the input would only produce a table of errors.
+    Returns how long it took, in seconds."""
+    started = time.perf_counter()
     try:
         response = client.post(target.url, content=target.body, headers=dict(target.headers), timeout=600)
     except httpx.HTTPError as error:
@@ -158,10 +164,18 @@ def _check_answer(client: httpx.Client, target: Target) -> None:
             f"the server answered {response.status_code} to the first request: {message}",
             "check --input / --prompt / --param",
         )
+    return time.perf_counter() - started
 
 
 def _method(
-    options: BenchOptions, facts: ServerFacts, request: str, generator: Generator, levels: tuple[int, ...]
+    options: BenchOptions,
+    facts: ServerFacts,
+    request: str,
+    generator: Generator,
+    levels: tuple[int, ...],
+    *,
+    seconds: float,
+    alone_s: float,
 ) -> str:
     tool = "wrk (one thread)" if generator == "wrk" else "an in-process asyncio httpx client"
     host = urlsplit(facts.url).hostname or ""
@@ -170,10 +184,16 @@ def _method(
         if host in LOOPBACK_HOSTS
         else ""
     )
+    lengthened = (
+        f" (not {options.seconds:g} s: one request alone took {alone_s:.1f} s, and a level needs "
+        f"{ANSWERS_PER_LEVEL} of those at least)"
+        if seconds > options.seconds
+        else ""
+    )
     return (
         f"Closed loop with {tool}: at each concurrency level ({', '.join(map(str, levels))}, "
         "stopping after two levels in a row past the budget, then bisecting), that many connections "
-        f"each POST {request} again as soon as the answer arrives, for {options.seconds:g} s, after a "
+        f"each POST {request} again as soon as the answer arrives, for {seconds:.3g} s{lengthened}, after a "
         f"{options.warmup_s:g} s warm-up. Latency is the client's (request sent to answer read); batch "
         "sizes, queue wait and device time are the server's own, from its /metrics histograms read before "
         f"and after each level.{shared}"

@@ -163,13 +163,18 @@ def run_ramp(
     for concurrency in ordered:
         level = _measure(client, target, concurrency, seconds, generator, progress)
         measured.append(level)
+        if budget is None and level.load.requests == 0:
+            raise BenchFailed(
+                f"no answer came back within {seconds:g} s at concurrency {concurrency}",
+                "pass a longer --duration (or a --p99-ms budget)",
+            )
         if budget is None:
             budget = Budget(
                 DEFAULT_BUDGET_FACTOR * level.load.p99_ms,
                 f"{DEFAULT_BUDGET_FACTOR:g} x the p99 at concurrency {concurrency} (set it with --p99-ms)",
             )
         progress.level_done(level, budget)
-        stopped = _stop_reason(measured, budget)
+        stopped = _stop_reason(measured, budget, seconds)
         if stopped:
             break
     assert budget is not None
@@ -184,8 +189,8 @@ def run_ramp(
 
 
 def within(level: Level, budget: Budget) -> bool:
-    """Whether `level` met the budget without errors."""
-    return level.load.failures == 0 and level.load.p99_ms <= budget.p99_ms
+    """Whether `level` got answers, all of them successful and within the budget."""
+    return level.load.requests > 0 and level.load.failures == 0 and level.load.p99_ms <= budget.p99_ms
 
 
 def _drain(client: httpx.Client, target: Target) -> Snapshot | None:
@@ -222,8 +227,10 @@ def _scrape(client: httpx.Client, target: Target) -> Snapshot | None:
         return None
 
 
-def _stop_reason(measured: list[Level], budget: Budget) -> str | None:
+def _stop_reason(measured: list[Level], budget: Budget, seconds: float) -> str | None:
     level = measured[-1]
+    if level.load.requests == 0:
+        return f"no answer within {seconds:g} s at concurrency {level.concurrency} (try a longer --duration)"
     if level.error_rate > MAX_ERROR_RATE:
         return f"{level.error_rate:.0%} of requests failed at concurrency {level.concurrency}"
     misses = [level for level in measured[-MISSES_TO_STOP:] if level.load.p99_ms > budget.p99_ms]

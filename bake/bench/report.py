@@ -21,6 +21,18 @@ _BLOCKS = " ▏▎▍▌▋▊▉█"
 _BAR_WIDTH = 28
 
 
+def level_line(level: Level, budget: Budget, *, colour: bool) -> str:
+    """One finished level in a line (rich markup with `colour`)."""
+    if level.load.requests == 0:
+        return f"concurrency {level.concurrency:>3}: no answer within the level, {level.load.failures} failed"
+    met = within(level, budget)
+    mark = ("within" if met else "past") if not colour else ("[green]within[/]" if met else "[red]past[/]")
+    return (
+        f"concurrency {level.concurrency:>3}: {level.load.throughput:8.1f} req/s, "
+        f"p99 {level.load.p99_ms:7.1f} ms ({mark} the budget), {level.load.failures} failed"
+    )
+
+
 class LineProgress:
     """Progress as one line per finished level (for logs and pipes)."""
 
@@ -33,11 +45,7 @@ class LineProgress:
 
     def level_done(self, level: Level, budget: Budget) -> None:
         """One line: the level's throughput and p99."""
-        mark = "within" if within(level, budget) else "past"
-        self.stream.write(
-            f"bench: concurrency {level.concurrency:>3}: {level.load.throughput:8.1f} req/s, p99 "
-            f"{level.load.p99_ms:7.1f} ms ({mark} the budget), {level.load.failures} failed\n"
-        )
+        self.stream.write(f"bench: {level_line(level, budget, colour=False)}\n")
         self.stream.flush()
 
 
@@ -79,13 +87,7 @@ class LiveProgress:
 
     def level_done(self, level: Level, budget: Budget) -> None:
         """The level's line above the bars."""
-        mark = "[green]within[/]" if within(level, budget) else "[red]past[/]"
-        self.progress.console.print(
-            f"concurrency {level.concurrency:>3}: {level.load.throughput:8.1f} req/s, "
-            f"p99 {level.load.p99_ms:7.1f} ms "
-            f"({mark} the budget), {level.load.failures} failed",
-            highlight=False,
-        )
+        self.progress.console.print(level_line(level, budget, colour=True), highlight=False)
 
 
 def table(result: BenchResult) -> str:
