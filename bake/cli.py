@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from bake import __version__
+from bake import __version__, doctor
+from bake.bench import command as bench_cli
 from bake.build import BuiltImage, build
 from bake.config import Config, load_config
 from bake.env import read_environment
@@ -251,6 +252,67 @@ def predict_command(
             stream=sys.stderr,
         )
     )
+
+
+_config_option = click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), default=None, help="bake.toml to read."
+)
+"""--config for the commands that take few or none of the bake.toml settings as flags (bench, doctor)."""
+
+
+@cli.command("bench")
+@click.argument("url", required=False)
+@click.option("--p99-ms", type=float, default=None, help="p99 budget (default: 4 x a lone request's).")
+@click.option("--concurrency", "levels", default="", help="Levels, e.g. 1,2,4 (default: 1 .. 4 x max batch).")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds per level.")
+@click.option("--warmup", type=float, default=3.0, show_default=True, help="Unmeasured load first (s).")
+@click.option(
+    "--client",
+    type=click.Choice(["auto", "wrk", "httpx"]),
+    default="auto",
+    show_default=True,
+    help="Load generator (auto: wrk when installed).",
+)
+@click.option(
+    "--input",
+    "image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Image to send (image tasks; default: a generated 640x480 photo).",
+)
+@click.option("--prompt", default=None, help="Prompt to send (text-to-image).")
+@click.option("-p", "--param", "params", multiple=True, help="Request parameter KEY=VALUE (e.g. top_k=3).")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the PNG plot (default: .bake/bench.png).",
+)
+@click.option("--no-plot", is_flag=True, help="Write no PNG.")
+@click.option("--write", is_flag=True, help="Write the recommended [serve] settings into bake.toml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_config_option
+def bench_command(params: tuple[str, ...], config_file: Path | None, **flags: Any) -> None:
+    """Load a running server (default: the one `bake launch` last started) at rising concurrency, and
+    recommend max_batch_size, max_wait_ms and the Fly / Knative concurrency limits for a p99 budget."""
+    parameters = {key: _json_value(raw) for key, raw in _key_values(params, "--param").items()}
+    bench_cli.run(configure({"config_file": config_file}), read_environment(), parameters=parameters, **flags)
+
+
+@cli.command("doctor")
+@option_decorator(find("model.id"))
+@option_decorator(find("build.device"))
+@option_decorator(find("build.base_image"))
+@option_decorator(find("launch.target"))
+@option_decorator(find("launch.docker_host"))
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@_config_option
+def doctor_command(as_json: bool, **flags: Any) -> None:
+    """Check that this machine has what the configured build and launch need; exit 1 if it does not."""
+    checks = doctor.run_checks(configure(flags), read_environment())
+    click.echo(doctor.report(checks, as_json=as_json))
+    if doctor.failed(checks):
+        sys.exit(1)
 
 
 def _json_value(raw: str) -> Any:

@@ -9,6 +9,7 @@ from serve.contract.errors import USAGE_EXIT_CODE, UnsupportedModel, UserError
 __all__ = [
     "AccessDenied",
     "BakeError",
+    "BenchFailed",
     "BuildFailed",
     "ConfigError",
     "DockerUnavailable",
@@ -61,3 +62,7 @@ class BuildFailed(BakeError):
 
 class LaunchFailed(BakeError):
     """The container could not be started or did not become ready."""
+
+
+class BenchFailed(BakeError):
+    """`bake bench` cannot measure: no server answers, it is not ready, or it refuses the requests."""

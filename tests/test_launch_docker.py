@@ -69,6 +69,13 @@ def test_launch_waits_for_ready_prints_the_url_and_hints(project: Project, name:
     assert labels["dev.bake.launched"] == "1" and labels["dev.bake.image"] == project.image
     policy = docker("inspect", name, "--format", "{{.HostConfig.RestartPolicy.Name}}").stdout.strip()
     assert policy == b"on-failure"
+    # the endpoint is remembered: `bake bench` without a URL measures it
+    bench = project.bake(
+        "bench", "--json", "--concurrency", "1", "--duration", "1", "--warmup", "0", "--no-plot"
+    )
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    report = json.loads(bench.stdout)
+    assert report["server"]["url"] == url and report["levels"][0]["client"]["requests"] > 0
 
 
 def test_launch_without_an_image_takes_the_last_build(project: Project, name: str) -> None:

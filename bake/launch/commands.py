@@ -18,7 +18,7 @@ from bake.labels import ImageFacts
 from bake.launch import docker_target, fly_target, kubernetes
 from bake.launch.images import read_facts
 from bake.launch.names import default_name
-from bake.state import last_built_tag
+from bake.state import last_built_tag, record_launch
 from fly.auth import require_token
 from serve.contract.labels import TASK
 from serve.contract.settings import API_KEY_ENV, api_keys
@@ -61,7 +61,14 @@ def choose_image(config: Config, image: str | None) -> str:
 
 
 def launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
-    """Put the image on the configured target and report where it answers."""
+    """Put the image on the configured target, remember where it answers (for `bake bench`), report it."""
+    outcome = _launch(config, env, request, output)
+    if outcome.url:
+        record_launch(project_dir(config), outcome.url, config.launch.target)
+    return outcome
+
+
+def _launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
     spec = config.launch
     image = choose_image(config, request.image)
     runtime_env = dict(request.env)
@@ -190,6 +197,7 @@ def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
         ready_timeout_s=config.launch.ready_timeout_s,
         output=output,
     )
+    record_launch(project_dir(config), launched.url, config.launch.target)
     return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
 
 
