@@ -20,6 +20,7 @@ from bake.launch.images import read_facts
 from bake.launch.names import default_name
 from bake.state import last_built_tag, record_launch
 from fly.auth import require_token
+from serve.contract.errors import require
 from serve.contract.labels import TASK
 from serve.contract.settings import API_KEY_ENV, api_keys
 from serve.contract.tasks import TEXT_TO_IMAGE
@@ -106,6 +107,12 @@ def _check_before_work(
     config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]
 ) -> None:
     """Refuse what the target would refuse, before the engine, the image or the network is touched."""
+    require(
+        ConfigError,
+        config.launch.target != "docker" or config.launch.docker_host != "",
+        "the docker target needs an engine",
+        "pass --host ssh://user@box or tcp://box:2376",
+    )
     if config.launch.target == "fly" and not request.dry_run:
         require_token(env.fly_api_token)
     if config.launch.target == "kubernetes":
