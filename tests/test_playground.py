@@ -108,11 +108,13 @@ def metric(url: str, name: str) -> float:
     return float(match.group(1))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_until(condition: Callable[[], bool], tab: OfflineVisit, timeout: float = 30.0) -> None:
+    """Wait for `condition` while the tab's requests go on: Playwright's sync API runs the route handler
+    that lets them through only while it is called, so the tab waits, not this thread."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+        tab.page.wait_for_timeout(20)
 
 
 def steps_once_settled(url: str) -> float:
@@ -181,7 +183,7 @@ def test_a_picked_photo_gets_its_labels_scores_and_the_batch_that_served_it(
     expect(page.locator("#fact-batching")).to_have_text(f"up to 2, waiting {MAX_WAIT_MS} ms")
     upload(tab, PHOTO)
     # Once the page's request waits for the device, a second one fills its batch of two.
-    wait_until(lambda: metric(classifier.url, "bake_queue_depth") == 1)
+    wait_until(lambda: metric(classifier.url, "bake_queue_depth") == 1, tab)
     mate = httpx.post(classifier.url + "/predict?top_k=5", content=PHOTO, timeout=30)
     assert mate.headers["X-Batch-Size"] == "2"
     expected = mate.json()
