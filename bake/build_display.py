@@ -93,6 +93,7 @@ class LiveDisplay(BuildDisplay):
         self._console = terminal.console(stream)
         self._log = BuildLog()
         self._started = time.monotonic()
+        self._ended: float | None = None
         self._live = Live(
             get_renderable=self._render, console=self._console, refresh_per_second=8, transient=False
         )
@@ -110,13 +111,14 @@ class LiveDisplay(BuildDisplay):
         pass
 
     def __enter__(self) -> BuildDisplay:
-        self._started = time.monotonic()
+        self._started, self._ended = time.monotonic(), None
         self._live.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
+        self._ended = time.monotonic()
         self._live.stop()
 
     def _render(self) -> RenderableType:
@@ -124,10 +126,16 @@ class LiveDisplay(BuildDisplay):
             steps = [step for step in self._log.steps.values() if step.number != "0"]
             rows = [(step, list(step.output)) for step in steps]
         finished = sum(step.finished for step in steps)
-        header = Text.assemble(
-            ("Building ", "bold"),
-            f"{time.monotonic() - self._started:.1f}s ({finished}/{len(steps)} steps)",
-        )
+        seconds = (self._ended or time.monotonic()) - self._started
+        if not self._ended:
+            header = Text.assemble(("Building ", "bold"), f"{seconds:.1f}s ({finished}/{len(steps)} steps)")
+        elif self._log.failed_step is not None:
+            header = Text.assemble(("Build failed", "bold red"), f" after {seconds:.1f}s")
+        else:
+            cached = sum(step.state == "cached" for step in steps)
+            header = Text.assemble(
+                ("Built", "bold"), f" in {seconds:.1f}s ({len(steps)} steps, {cached} cached)"
+            )
         table = Table.grid(expand=True, padding=(0, 1))
         table.add_column(width=1)
         table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
@@ -167,7 +175,10 @@ def _add_step(table: Table, step: Step, output: Iterable[str]) -> None:
     style = "red" if step.state == "error" else ""
     table.add_row(mark, Text(step.title, style=style), Text(seconds, "dim"))
     for line in output:
-        table.add_row("", Text("  " + line, "dim red" if step.state == "error" else "dim"), "")
+        if step.state == "error":  # the failure in full: it is what the person has to read
+            table.add_row("", Text("  " + line, "red", no_wrap=False, overflow="fold"), "")
+        else:
+            table.add_row("", Text("  " + line, "dim"), "")
 
 
 def _failure_lines(step: Step) -> list[str]:

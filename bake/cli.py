@@ -370,7 +370,14 @@ def predict_command(
     click.echo(json.dumps(prediction.as_dict(), indent=2) if as_json else prediction.text())
 
 
-@cli.command("bench")
+@cli.command(
+    "bench",
+    epilog=_examples(
+        "bake bench",
+        "bake bench http://127.0.0.1:8080 --p99-ms 250 --write",
+        "bake bench --concurrency 1,2,4 --duration 5 --json",
+    ),
+)
 @click.argument("url", required=False)
 @click.option("--p99-ms", type=float, default=None, help="p99 budget (default: 4 x a lone request's).")
 @click.option("--concurrency", "levels", default="", help="Levels, e.g. 1,2,4 (default: 1 .. 4 x max batch).")

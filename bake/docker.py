@@ -55,8 +55,13 @@ def docker_errors(action: str, fix: str) -> Iterator[None]:
         raise DockerFailed(f"docker could not {action}: {last_line(error)}", fix) from None
 
 
+_DAEMON_SAYS = "Error response from daemon:"
+
+
 def last_line(error: DockerException) -> str:
-    """The docker CLI's own explanation of `error`: the last line it printed on stderr."""
+    """The docker CLI's own explanation of `error`: the engine's last answer if it gave one (the CLI's own
+    summary often follows it, e.g. "failed to start containers: NAME"), else the last line on stderr."""
     text = (error.stderr or str(error)).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no answer"
+    answers = [line.removeprefix(_DAEMON_SAYS).strip() for line in lines if line.startswith(_DAEMON_SAYS)]
+    return (answers or lines or ["no answer"])[-1]

@@ -107,7 +107,9 @@ def ask(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with httpx.Client(timeout=_TIMEOUT, headers=headers) as client, _transport_errors(url):
-            task = task or _task_of(client, url, value)
+            if task is None:
+                with Activity(stream, f"asking {url} what it serves"):
+                    task = _task_of(client, url, value)
             started = time.monotonic()
             if task == TEXT_TO_IMAGE:
                 images = _generate(client, url, value, parameters, output_path, stream)
