@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from huggingface_hub.utils import disable_progress_bars
 
 from bake import __version__, doctor, terminal
 from bake.bench import command as bench_cli
@@ -448,7 +449,8 @@ def _report(built: BuiltImage) -> None:
     click.echo(f"model     {facts.model} ({facts.task}, {facts.device})")
     click.echo(f"revision  {facts.revision} -> {facts.commit_sha}")
     click.echo(
-        f"weights   {facts.weights_bytes / 2**20:.1f} MiB, {len(facts.weights)} files"
+        f"weights   {facts.weights_bytes / 2**20:.1f} MiB, {len(facts.weights)} "
+        + ("file" if len(facts.weights) == 1 else "files")
         + (" (from the build cache)" if built.weights_cached else "")
     )
     click.echo(f"\nnext:     bake launch {built.tag}")
@@ -463,6 +465,7 @@ def main() -> None:
     """Console entry point: run the CLI; turn every error into one line on stderr and its exit status."""
     session = Session()
     terminal.configure_logging(verbose=False)
+    disable_progress_bars()  # huggingface_hub's own bars while bake resolves a model: bake shows its own
     try:
         result = cli.main(prog_name="bake", standalone_mode=False, obj=session)
     except UserError as error:  # bake's, fly's and the contract's: they say what to do
