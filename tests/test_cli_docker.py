@@ -8,6 +8,7 @@ build log still read in each, `--json` and `--no-cache`; a failed build's step o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -60,6 +61,11 @@ def name() -> Iterator[str]:
     subprocess.run(["docker", "rm", "-f", container], capture_output=True)
 
 
+def buildkit_lines(lines: list[str]) -> list[str]:
+    """The lines of BuildKit's plain log: a step's header, its end or its cache hit."""
+    return [line for line in lines if re.match(r"^#\d+ (\[|DONE |CACHED$)", line)]
+
+
 def test_on_a_terminal_the_build_is_a_live_view_that_collapses(project: Project, tag: str) -> None:
     run = run_in_terminal(["build", "--model", project.model, "--tag", tag], {}, project.path)
     assert run.exit_code == 0, run.text[-3000:]
@@ -79,10 +85,10 @@ def test_plain_on_a_terminal_when_asked_and_when_piped(project: Project, tag: st
         ["build", "--model", project.model, "--tag", tag, "--progress", "plain"], {}, project.path
     )
     assert run.exit_code == 0
-    assert "#1 [internal] load build definition from Dockerfile" in run.screen()
+    assert len(buildkit_lines(run.screen())) >= 10, run.screen()
     assert "Building " not in run.plain
     piped = run_bake(["build", "--model", project.model, "--tag", tag], {}, project.path)
-    assert piped.returncode == 0 and "#1 [internal] load build definition from Dockerfile" in piped.stderr
+    assert piped.returncode == 0 and len(buildkit_lines(piped.stderr.splitlines())) >= 10, piped.stderr
     assert "\x1b[" not in piped.stderr + piped.stdout
 
 
