@@ -36,7 +36,7 @@ from python_on_whales.exceptions import DockerException
 
 import bake
 from bake.config import Config
-from bake.docker import docker_client, ensure_engine
+from bake.docker import docker_client, ensure_engine, last_line
 from bake.env import Environment
 from bake.errors import DockerUnavailable
 from bake.plan import DEFAULT_BASE_IMAGES
@@ -115,7 +115,7 @@ def run_checks(config: Config, env: Environment) -> list[Check]:
     """Every check, in order, for `config` on this machine."""
     needs = Needs.of(config)
     checks = [check_python(), check_bake()]
-    engine_host = env.variables.get("DOCKER_HOST", "").strip()
+    engine_host = env.docker_host
     client, info, engine = check_engine(engine_host)
     checks.append(engine)
     if client is None or info is None:
@@ -167,7 +167,7 @@ def check_engine(host: str) -> tuple[DockerClient | None, SystemInfo | None, Che
     except DockerUnavailable as error:
         return None, None, Check("docker engine", "fail", error.message, error.fix)
     except DockerException as error:
-        return None, None, Check("docker engine", "fail", _last_line(error), "check `docker info`")
+        return None, None, Check("docker engine", "fail", last_line(error), "check `docker info`")
     return (
         client,
         info,
@@ -229,7 +229,7 @@ def check_buildkit(client: DockerClient, base_image: str) -> Check:
             return Check(
                 "buildkit",
                 "fail",
-                f"a probe build using {FEATURES} failed: {_last_line(error)}",
+                f"a probe build using {FEATURES} failed: {last_line(error)}",
                 "upgrade Docker Engine (23 or newer embeds a BuildKit with all of them), or use a BuildKit "
                 "builder: docker buildx create --use",
             )
@@ -482,11 +482,6 @@ def _second_word(text: str) -> str:
     """`docker buildx version` says "github.com/docker/buildx 0.13.1 <commit>": the version."""
     words = text.split()
     return words[1] if len(words) > 1 else text
-
-
-def _last_line(error: DockerException) -> str:
-    lines = [line.strip() for line in (error.stderr or str(error)).splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 def report(checks: list[Check], *, as_json: bool) -> str:

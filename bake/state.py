@@ -9,10 +9,12 @@ directory); each command updates its own entry and keeps the others.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = Path(".bake") / "state.json"
+logger = logging.getLogger("bake")
 
 
 def record_build(directory: Path, tag: str, model: str) -> None:
@@ -44,11 +46,20 @@ def _load(directory: Path) -> dict[str, Any]:
 
 
 def _update(directory: Path, entry: str, value: dict[str, str]) -> None:
+    """Record `value`; a directory bake cannot write to only costs the memory, with a warning."""
     state = _load(directory)
     state[entry] = value
     path = directory / STATE_FILE
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(state, indent=2) + "\n")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(state, indent=2) + "\n")
+    except OSError as error:
+        logger.warning(
+            "cannot remember the %s in %s (%s): name it on the next command instead",
+            entry.replace("_", " "),
+            path,
+            error.strerror or error,
+        )
 
 
 def _read(directory: Path, entry: str, key: str) -> str | None:
