@@ -10,10 +10,9 @@ import pytest
 from bake.config import ModelSpec
 from bake.env import read_environment
 from bake.errors import GatedModel, ModelNotFound, RevisionNotFound, UnsupportedModel
-from bake.files import UNUSED_DIFFUSION_COMPONENTS, detect_task, select_files
+from bake.files import detect_task, select_files
 from bake.hub import resolve_model
 from tests.fixtures.hub import HubServer
-from serve.tasks.text_to_image import UNUSED_COMPONENTS
 from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
 
 CLASSIFIER_CONFIG = {"architectures": ["ResNetForImageClassification"]}
@@ -100,7 +99,6 @@ def test_diffusion_components_the_runtime_never_loads_are_not_fetched(tmp_path: 
     for component in ("safety_checker", "feature_extractor", "image_encoder"):
         assert any(name.startswith(f"{component}/") for name in names)
         assert not any(name.startswith(f"{component}/") for name in selection.files), component
-    assert set(UNUSED_DIFFUSION_COMPONENTS) == set(UNUSED_COMPONENTS), "bake and serve must agree"
 
 
 @pytest.fixture(scope="module")

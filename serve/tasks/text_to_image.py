@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import inspect
 import secrets
 import threading
@@ -48,6 +49,7 @@ from serve import streaming
 from serve.accept import preferred_media_type
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
+from serve.contract import pipelines
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
 from serve.image_encoding import ENCODINGS, encode_image
 from serve.payload import StrictModel, parse_json, validate
@@ -57,12 +59,9 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from PIL import Image
 
-UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-"""Pipeline components the request path never runs (the safety checker and its image processor, the
-IP-Adapter image encoder): never loaded, and never baked (see bake/files.py)."""
-
 SIZE_MULTIPLE = 8
-"""Widths and heights must be multiples of this (the VAE's downsampling)."""
+"""Widths and heights must be multiples of this, or of more where the pipeline needs it (16 for SD3 and FLUX:
+the VAE's downsampling times the transformer's 2x2 patches)."""
 
 WARMUP_STEPS = 2
 """Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
@@ -87,9 +86,11 @@ class TextToImageParameters(StrictModel):
     guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Classifier-free guidance; above 1 turns guidance on. Default: the model's (see /info)."""
     width: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image width in pixels, a multiple of 8; default: the model's native size."""
+    """Image width in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's native
+    size."""
     height: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image height in pixels, a multiple of 8; default: the model's native size."""
+    """Image height in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's
+    native size."""
     seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] | None = None
     """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
     num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
@@ -202,6 +203,7 @@ class TextToImage(Task):
     def load(self) -> None:
         """Load the pipeline offline onto the device, without unused components; read its defaults."""
         self.pipe = self._from_pretrained().to(self.placement.device)
+        self._size_multiple = max(SIZE_MULTIPLE, self.pipe.vae_scale_factor * self._family.latent_multiple)
         self.pipe.set_progress_bar_config(disable=True)
         if self.settings.attention_slicing:
             self.pipe.enable_attention_slicing()
@@ -213,6 +215,7 @@ class TextToImage(Task):
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
         call = inspect.signature(self.pipe.__call__).parameters
+        self._legacy_callback = "callback_on_step_end" not in call
         self._default_width, self._default_height = _native_size(self.pipe)
         self._default_steps = self.settings.default_steps or min(
             _default(call, "num_inference_steps", 50), self.settings.max_steps
@@ -222,15 +225,19 @@ class TextToImage(Task):
             _default(call, "guidance_scale", 7.5) if guidance is None else guidance
         )
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
-        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe)
+        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe, call)
         self._tokenizer_lock = threading.Lock()
 
     def _from_pretrained(self) -> DiffusionPipeline:
-        """The pipeline from the model directory, in the compute dtype, its unused components left out."""
+        """The pipeline from the model directory, in the compute dtype, its unused components left out.
+
+        A pipeline bake does not serve, or one whose extra packages are missing, is refused before loading.
+        """
         from diffusers import AutoPipelineForText2Image
 
         index = self.source.read_json("model_index.json") or {}
-        options: dict[str, Any] = {name: None for name in UNUSED_COMPONENTS if name in index}
+        self._family = _served_family(index, self.source.path)
+        options: dict[str, Any] = {name: None for name in pipelines.UNUSED_COMPONENTS if name in index}
         if "requires_safety_checker" in index:
             options["requires_safety_checker"] = False
         self._variant = _weights_variant(self.source.path, self.placement.dtype)
@@ -241,7 +248,8 @@ class TextToImage(Task):
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelLoadError(f"cannot load a text-to-image pipeline from {path}: {error}") from error
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        call = inspect.signature(pipe.__call__).parameters
+        if "callback_on_step_end" not in call and "callback" not in call:
             raise ModelLoadError(f"{type(pipe).__name__} cannot report its denoising steps: not served")
         return pipe
 
@@ -291,13 +299,20 @@ class TextToImage(Task):
                 "(BAKE_MAX_STEPS)"
             )
         for name, value in (("width", recipe.width), ("height", recipe.height)):
-            if value % SIZE_MULTIPLE:
-                raise InvalidParameters(f"parameters.{name}: {value} is not a multiple of {SIZE_MULTIPLE}")
+            if value % self._size_multiple:
+                raise InvalidParameters(
+                    f"parameters.{name}: {value} is not a multiple of {self._size_multiple}"
+                )
         area = recipe.width * recipe.height
         if area > settings.max_image_area:
             raise InvalidParameters(
                 f"parameters.width x height: {recipe.width}x{recipe.height} = {area} pixels is over the "
                 f"limit of {settings.max_image_area} (BAKE_MAX_IMAGE_AREA)"
+            )
+        if recipe.negative and not self._family.negative_prompt:
+            raise InvalidParameters(
+                f"parameters.negative_prompt: {self._family.pipeline} does not read a negative prompt (its "
+                "guidance is distilled into the model); leave it out"
             )
         if params.num_images_per_prompt > self._max_images:
             raise InvalidParameters(
@@ -329,25 +344,35 @@ class TextToImage(Task):
         rows = [(sample, image) for sample in samples for image in range(sample.images)]
         started = time.perf_counter()
 
-        def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def step(done: int, total: int) -> None:
             for sample in samples:
-                sample.channel.step(index + 1, pipe.num_timesteps)
+                sample.channel.step(done, total)
             if all(sample.channel.cancelled for sample in samples):
                 raise _Abandoned
-            return tensors
 
+        arguments: dict[str, Any] = {
+            "prompt": [sample.prompt for sample, _ in rows],
+            "num_inference_steps": recipe.steps,
+            "guidance_scale": recipe.guidance_scale,
+            "width": recipe.width,
+            "height": recipe.height,
+            "generator": [torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
+            "output_type": "pil",
+        }
+        if recipe.negative:  # else the pipeline's own default: None, or "" (PixArt)
+            arguments["negative_prompt"] = [sample.negative_prompt for sample, _ in rows]
+        if self._legacy_callback:  # PixArt: callback(step, timestep, latents) after each step
+            arguments["callback"] = lambda index, _timestep, _latents: step(index + 1, recipe.steps)
+            arguments["callback_steps"] = 1
+        else:
+
+            def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                step(index + 1, pipe.num_timesteps)
+                return tensors
+
+            arguments["callback_on_step_end"] = on_step_end
         try:
-            images = self.pipe(
-                prompt=[sample.prompt for sample, _ in rows],
-                negative_prompt=[sample.negative_prompt for sample, _ in rows] if recipe.negative else None,
-                num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance_scale,
-                width=recipe.width,
-                height=recipe.height,
-                generator=[torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-            ).images
+            images = self.pipe(**arguments).images
         except _Abandoned:
             return [ClientDisconnected() for _ in samples]
         finished = time.perf_counter()
@@ -417,6 +442,7 @@ class TextToImage(Task):
             task=self.name,
             details={
                 "pipeline": type(pipe).__name__,
+                "family": self._family.name,
                 "components": {
                     name: type(component).__name__
                     for name, component in pipe.components.items()
@@ -433,7 +459,7 @@ class TextToImage(Task):
                 "limits": {
                     "max_steps": self.settings.max_steps,
                     "max_image_area": self.settings.max_image_area,
-                    "size_multiple": SIZE_MULTIPLE,
+                    "size_multiple": self._size_multiple,
                     "max_images_per_prompt": self._max_images,
                     "max_prompt_tokens": self._max_prompt_tokens,
                 },
@@ -456,15 +482,44 @@ def _default(parameters: Any, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
+def _served_family(index: dict[str, Any], path: Path) -> pipelines.Family:
+    """The family of the pipeline in `path` (model_index.json: `index`), once it is one bake serves and every
+    package it needs can be imported; else `ModelLoadError` with the reason."""
+    try:
+        family = pipelines.family_of(index)
+    except pipelines.PipelineRefused as refused:
+        raise ModelLoadError(f"cannot serve the pipeline in {path}: {refused}") from None
+    names = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
+    missing = [
+        package for package in pipelines.packages(family, names, index) if not _importable(package.module)
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{family.pipeline} in {path} needs "
+            + ", ".join(f"{package.name} ({package.why})" for package in missing)
+            + f": pip install {' '.join(package.name for package in missing)}"
+        )
+    return family
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
+
 def _native_size(pipe: Any) -> tuple[int, int]:
     """(width, height) the pipeline makes when asked for no size: its sample size times the VAE's scale."""
-    size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    size = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return width * pipe.vae_scale_factor, height * pipe.vae_scale_factor
 
 
-def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
-    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens.
+def _longest_tokenizer(pipe: Any, call: Any) -> tuple[Any, int]:
+    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens: the
+    tokenizer's window, or the pipeline's `max_sequence_length` for T5 encoders if shorter (120 for PixArt-alpha).
 
     A prompt longer than every text encoder's window would be cut silently, so it is refused instead.
     """
@@ -476,7 +531,9 @@ def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
     if not tokenizers:
         return None, 0
     longest = max(tokenizers, key=lambda tokenizer: tokenizer.model_max_length)
-    return copy.deepcopy(longest), int(longest.model_max_length)
+    return copy.deepcopy(longest), min(
+        int(longest.model_max_length), _default(call, "max_sequence_length", 2**31)
+    )
 
 
 def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
@@ -486,8 +543,8 @@ def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
     only with the variant. Where both exist, the variant is taken for half-precision compute only.
     """
     weights = [file for file in path.rglob("*") if file.suffix in (".safetensors", ".bin") and file.is_file()]
-    variant = {file.parent for file in weights if ".fp16." in file.name}
-    full = {file.parent for file in weights if ".fp16." not in file.name}
+    variant = {file.parent for file in weights if pipelines.weights_variant(file.name) == "fp16"}
+    full = {file.parent for file in weights if pipelines.weights_variant(file.name) is None}
     if variant - full or (variant and dtype == torch.float16):
         return "fp16"
     return None
