@@ -57,15 +57,16 @@ NATIVE: dict[Family, dict[str, float]] = {
     "pixart-sigma": {"width": 256, "height": 256, "num_inference_steps": 20, "guidance_scale": 4.5},
     "sd3": {"width": 32, "height": 32, "num_inference_steps": 28, "guidance_scale": 7.0},
     "flux": {"width": 1024, "height": 1024, "num_inference_steps": 28, "guidance_scale": 3.5},
+    "flux-schnell": {"width": 1024, "height": 1024, "num_inference_steps": 28, "guidance_scale": 3.5},
 }
 """Each tiny pipeline's own defaults: its `__call__`'s steps and guidance, its native size (the sample size
 times the VAE's scale; FLUX's is fixed at 128 latent pixels)."""
 
-SIXTEEN = {"sd3", "flux"}
+SIXTEEN = {"sd3", "flux", "flux-schnell"}
 """Families whose sides must be multiples of 16 (VAE scale 8 x 2x2 transformer patches); the others: 8."""
-NO_NEGATIVE = {"flux"}
+NO_NEGATIVE = {"flux", "flux-schnell"}
 """Families whose pipeline does not read a negative prompt."""
-T5_WINDOW = {"pixart-alpha": 120, "pixart-sigma": 300, "sd3": 256, "flux": 512}
+T5_WINDOW = {"pixart-alpha": 120, "pixart-sigma": 300, "sd3": 256, "flux": 512, "flux-schnell": 512}
 """The T5 window (the pipeline's `max_sequence_length`), which the longest prompt must fit."""
 
 
@@ -131,21 +132,26 @@ def test_a_batched_request_gets_the_bytes_it_gets_alone(
     tasks: Callable[[Family], TextToImage], family: Family
 ) -> None:
     task = tasks(family)
+    size = {"width": 64 if family in SIXTEEN else 48, "height": 32}  # odd token counts, PixArt's 2:3 bin
     negative = {} if family in NO_NEGATIVE else {"negative_prompt": "blurry"}
     for extra in ({}, negative, {"guidance_scale": 0.0}):
         requests = [
-            prepare(task, "a red fox", seed=1, **extra),
-            prepare(task, "a lighthouse at night, oil painting", seed=2, num_images_per_prompt=2, **extra),
-            prepare(task, "x", seed=3, **extra),
+            prepare(task, "a red fox", seed=1, **size, **extra),
+            prepare(
+                task, "a lighthouse at night, oil painting", seed=2, num_images_per_prompt=2, **size, **extra
+            ),
+            prepare(task, "x", seed=3, **size, **extra),
         ]
         assert len({request.batch_key for request in requests}) == 1
-        batched = task.run_batch([request.sample for request in requests], 4)
-        for request, output in zip(requests, batched):
-            single = alone(task, request)
-            assert len(output.images) == len(single) == request.rows
-            for together, by_itself in zip(output.images, single):
-                assert together.tobytes() == by_itself.tobytes(), extra
-        assert batched[1].images[0].tobytes() != batched[1].images[1].tobytes()
+        lone = [alone(task, request) for request in requests]
+        for batch in (requests, requests[:2], requests[1:]):
+            outputs = task.run_batch([request.sample for request in batch], sum(r.rows for r in batch))
+            for request, output in zip(batch, outputs):
+                single = lone[requests.index(request)]
+                assert len(output.images) == len(single) == request.rows
+                for together, by_itself in zip(output.images, single):
+                    assert together.tobytes() == by_itself.tobytes(), (extra, len(batch))
+        assert lone[1][0].tobytes() != lone[1][1].tobytes()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -191,7 +197,10 @@ def test_the_model_cards_defaults_come_from_the_settings(
     )
     document = {"inputs": "a red fox", "parameters": {"width": 32, "height": 32, "seed": 9}}
     prepared = task.prepare(Body(json.dumps(document).encode(), "application/json"))
-    assert (prepared.batch_key.steps, prepared.batch_key.guidance_scale) == (1, 0.0)
+    assert (prepared.batch_key.steps, prepared.batch_key.guidance_scale) == (
+        card["num_inference_steps"],
+        card["guidance_scale"],
+    )
     expected = reference(folders(family), "a red fox", 9, width=32, height=32, **card)
     assert difference(alone(task, prepared)[0], expected) <= PARITY_TOLERANCE
 
@@ -210,6 +219,24 @@ def test_sizes_are_honoured_or_refused_as_bad_parameters(
             prepare(task, width=40)
     else:
         assert alone(task, prepare(task, width=40, seed=1))[0].size == (40, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_step_makes_the_pipelines_image_or_is_refused_up_front(
+    tasks: Callable[[Family], TextToImage], folders: Callable[[Family], Path], family: Family
+) -> None:
+    task = tasks(family)
+    if family == "pixart-alpha":  # diffusers takes the denoised sample, which DPM-Solver does not return
+        assert task.info().details["limits"]["min_steps"] == 2
+        with pytest.raises(InvalidParameters, match="DPMSolverMultistepScheduler makes no image in 1 step"):
+            prepare(task, num_inference_steps=1)
+        with pytest.raises(ModelLoadError, match="BAKE_DEFAULT_STEPS"):
+            load_task(folders(family), default_steps=1)
+        return
+    assert task.info().details["limits"]["min_steps"] == 1
+    served = alone(task, prepare(task, seed=6, num_inference_steps=1))[0]
+    expected = reference(folders(family), "a red fox", 6, **{**SMALL, "num_inference_steps": 1})
+    assert difference(served, expected) <= PARITY_TOLERANCE
 
 
 def test_flux_refuses_a_negative_prompt_it_would_ignore(tasks: Callable[[Family], TextToImage]) -> None:

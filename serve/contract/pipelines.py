@@ -57,6 +57,9 @@ class Family:
     """Whether the pipeline's guidance reads `negative_prompt` (FLUX's distilled guidance does not)."""
     packages: tuple[Package, ...] = ()
     """Extra runtime packages the family's pipeline uses, whatever its files."""
+    one_step_takes_denoised: bool = False
+    """In 1 step the pipeline takes the denoised sample from its scheduler's step (PixArt-α): with a scheduler
+    that returns only the next sample (DPM-Solver, as the repos have), it needs 2 steps or more."""
 
 
 _CLIP = ("text_encoder", "tokenizer")
@@ -83,6 +86,7 @@ FAMILIES = (
         ("transformer", "vae", *_CLIP, "scheduler"),
         ("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha/PixArt-XL-2-1024-MS"),
         packages=CAPTION_CLEANING,
+        one_step_takes_denoised=True,
     ),
     Family(
         "pixart-sigma",

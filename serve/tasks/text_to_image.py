@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import importlib.util
 import inspect
 import secrets
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +226,12 @@ class TextToImage(Task):
         self._default_guidance = float(
             _default(call, "guidance_scale", 7.5) if guidance is None else guidance
         )
+        self._min_steps = 1 if _makes_images_in_one_step(self.pipe, self._family) else 2
+        if self._min_steps > min(self._default_steps, self.settings.max_steps):
+            raise ModelLoadError(
+                f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} makes no image in 1 step: "
+                "set BAKE_DEFAULT_STEPS and BAKE_MAX_STEPS to 2 or more"
+            )
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
         self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe, call)
         self._tokenizer_lock = threading.Lock()
@@ -293,6 +301,12 @@ class TextToImage(Task):
 
     def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
         settings = self.settings
+        if recipe.steps < self._min_steps:
+            raise InvalidParameters(
+                f"parameters.num_inference_steps: {type(self.pipe).__name__} with "
+                f"{type(self.pipe.scheduler).__name__} makes no image in {recipe.steps} step; ask for "
+                f"{self._min_steps} or more"
+            )
         if recipe.steps > settings.max_steps:
             raise InvalidParameters(
                 f"parameters.num_inference_steps: {recipe.steps} is over the limit of {settings.max_steps} "
@@ -457,6 +471,7 @@ class TextToImage(Task):
                     "guidance_scale": self._default_guidance,
                 },
                 "limits": {
+                    "min_steps": self._min_steps,
                     "max_steps": self.settings.max_steps,
                     "max_image_area": self.settings.max_image_area,
                     "size_multiple": self._size_multiple,
@@ -507,6 +522,19 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a dotted name whose parent package is missing
         return False
+
+
+def _makes_images_in_one_step(pipe: Any, family: pipelines.Family) -> bool:
+    """Whether the pipeline can make an image in one step: always, but where it then takes the denoised sample
+    from the scheduler's step output, which must hold more than the next sample (see `pipelines.Family`)."""
+    if not family.one_step_takes_denoised:
+        return True
+    try:
+        returned = typing.get_type_hints(type(pipe.scheduler).step).get("return")
+    except (NameError, TypeError):  # annotations it cannot resolve: assume the worst
+        return False
+    outputs = [kind for kind in typing.get_args(returned) or (returned,) if dataclasses.is_dataclass(kind)]
+    return bool(outputs) and len(dataclasses.fields(outputs[0])) > 1
 
 
 def _native_size(pipe: Any) -> tuple[int, int]:
