@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from bake.plan import runtime_requirements
 from serve.contract import pipelines
 from tests.fixtures.diffusion_zoo import FAMILIES, Family, make_diffusion_pipeline
 from tests.fixtures.hub import HubServer
+from tests.fixtures.servers import REPO_ROOT
 
 CARD = {"README.md", ".gitattributes"}
 PACKAGES: dict[str, tuple[str, ...]] = {
@@ -244,6 +247,17 @@ def test_sentencepiece_is_needed_only_without_tokenizer_json() -> None:
         "protobuf",
     ]
     assert pipelines.packages(family, [*spiece_only, "tokenizer_3/tokenizer.json"], index) == ()
+
+
+def test_bake_reads_the_contract_without_importing_torch() -> None:
+    code = (
+        "import sys, bake.files, bake.hub, serve.contract.pipelines; "
+        "print([m for m in ('torch', 'transformers', 'diffusers', 'numpy') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_every_family_names_a_distinct_pipeline_class_diffusers_has() -> None:

@@ -48,8 +48,6 @@ class Family:
     """The `_class_name` in model_index.json, and the class the runtime runs."""
     components: tuple[str, ...]
     """The components the pipeline cannot run without (each must be in the repo)."""
-    examples: tuple[str, ...]
-    """Hub repos of the family, for docs and error messages."""
     latent_multiple: int = 1
     """Widths and heights must be multiples of the VAE's scale factor times this: 2 where the denoiser packs
     2x2 latent patches (FLUX) or patchifies them by 2 (SD3)."""
@@ -68,23 +66,16 @@ FAMILIES = (
         "stable-diffusion",
         "StableDiffusionPipeline",
         ("unet", "vae", *_CLIP, "scheduler"),
-        (
-            "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "stabilityai/stable-diffusion-2-1",
-            "stabilityai/sd-turbo",
-        ),
     ),
     Family(
         "stable-diffusion-xl",
         "StableDiffusionXLPipeline",
         ("unet", "vae", *_CLIP, "text_encoder_2", "tokenizer_2", "scheduler"),
-        ("stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/sdxl-turbo"),
     ),
     Family(
         "pixart-alpha",
         "PixArtAlphaPipeline",
         ("transformer", "vae", *_CLIP, "scheduler"),
-        ("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha/PixArt-XL-2-1024-MS"),
         packages=CAPTION_CLEANING,
         one_step_takes_denoised=True,
     ),
@@ -92,7 +83,6 @@ FAMILIES = (
         "pixart-sigma",
         "PixArtSigmaPipeline",
         ("transformer", "vae", *_CLIP, "scheduler"),
-        ("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
         packages=CAPTION_CLEANING,
     ),
     Family(
@@ -108,19 +98,17 @@ FAMILIES = (
             "tokenizer_3",
             "scheduler",
         ),
-        ("stabilityai/stable-diffusion-3-medium-diffusers", "stabilityai/stable-diffusion-3.5-medium"),
         latent_multiple=2,
     ),
     Family(
         "flux",
         "FluxPipeline",
         ("transformer", "vae", *_CLIP, "text_encoder_2", "tokenizer_2", "scheduler"),
-        ("black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev"),
         latent_multiple=2,
         negative_prompt=False,
     ),
 )
-"""The served families."""
+"""The served families (docs/models-text-to-image.md lists the Hub repos each covers)."""
 
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 """Components the request path never runs (the safety checker and its image processor, the IP-Adapter image

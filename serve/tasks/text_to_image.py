@@ -1,5 +1,5 @@
-"""Text-to-image with a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, sd-turbo, ...), answering like the
-Hugging Face Inference API.
+"""Text-to-image with a diffusers pipeline of a family bake serves (`serve.contract.pipelines`: Stable Diffusion
+1.x/2.x and Turbo, SDXL and Turbo, PixArt-alpha/Sigma, SD3, FLUX), answering like the Hugging Face Inference API.
 
 Request: JSON `{"inputs": "<prompt>", "parameters": {"negative_prompt", "num_inference_steps",
 "guidance_scale", "width", "height", "seed", "num_images_per_prompt"}}`, every parameter optional.
@@ -21,6 +21,14 @@ much denoising as a real one, and an eager pipeline has no shape-specialised cod
 CPU in float32 the pipeline is made batch-invariant (`serve.batch_invariance`), so a batched image is
 the same bytes as the image made alone; on CUDA the kernels pick their algorithms by batch size, and
 batched pixels may differ from lone ones by a rounding step.
+
+Families (`serve.contract.pipelines`; a pipeline of another family is refused at load, as at build): `load`
+reads what differs from the pipeline itself, its signature and the family's facts: the native size (the
+denoiser's sample size times the VAE's scale; FLUX's is fixed), the size multiple (16 for SD3 and FLUX), the
+longest prompt (a T5 encoder's `max_sequence_length` when shorter than its tokenizer's), the fewest steps
+(2 for PixArt-alpha with a scheduler that returns no denoised sample), whether a negative prompt is read
+(not by FLUX's distilled guidance) and how steps are reported (PixArt's older `callback`). A request leaves
+out the parameters it does not set, so the pipeline's own defaults apply (PixArt's negative prompt is "").
 
 Cancellation: after every denoising step the task reports progress on each request's channel and, once
 every request of the batch is cancelled (clients gone, deadlines passed), stops the batch there, before
