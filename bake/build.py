@@ -78,11 +78,7 @@ def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
         log = run_build(plan, client, output)
     size = None if plan.push else client.image.inspect(plan.tag).size
     return BuiltImage(
-        tag=plan.tag,
-        size_bytes=size,
-        facts=plan.facts,
-        pushed=plan.push,
-        weights_cached=log.stage_cached("weights"),
+        tag=plan.tag, size_bytes=size, facts=plan.facts, pushed=plan.push, weights_cached=log.stage_cached("weights")
     )
 
 
@@ -128,9 +124,7 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
             "check its name, `docker login` to its registry, or pass --base-image with an image the engine has",
         )
     if "gatedrepoerror" in lowered or "cannot access gated repo" in lowered:
-        return BuildFailed(
-            "the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access"
-        )
+        return BuildFailed("the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access")
     if "could not find a version" in lowered or "no matching distribution" in lowered:
         return BuildFailed(
             "pip could not install the runtime's Python packages",
@@ -144,10 +138,8 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if exceptions:
         return BuildFailed(f"a build step failed with {exceptions[-1].strip()}", "see the build output above")
     errors = [line for line in text.splitlines() if "error" in line.lower()]
-    return BuildFailed(
-        f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
-        "see the build output above",
-    )
+    return BuildFailed(f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
+                       "see the build output above")
 
 
 def _announce(model: ResolvedModel, config: Config, output: TextIO) -> None:

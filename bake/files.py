@@ -81,8 +81,8 @@ def _select_classifier(names: list[str]) -> Selection:
 
 
 def _weights_in(names: list[str], folder: str, *, variants: bool = False) -> tuple[list[str], bool]:
-    """Weight files directly in `folder` ("" for the root): safetensors if any, else .bin (to convert), with the
-    index of sharded ones (and, with `variants`, the indexes of variant shards: `*.safetensors.index.fp16.json`)."""
+    """Weight files directly in `folder` ("" for the root): safetensors if any, else .bin (to convert), with
+    the index of sharded ones (with `variants`, also the variants' ones: `*.safetensors.index.fp16.json`)."""
     prefix = f"{folder}/" if folder else ""
     direct = [name for name in names if name.startswith(prefix) and "/" not in name[len(prefix) :]]
     for pattern, convert in (("*.safetensors", False), ("*.bin", True)):
@@ -142,8 +142,8 @@ def _is_weights_index(name: str) -> bool:
 
 
 def _diffusion_weights(files: list[str], component: str, *, device: str) -> tuple[list[str], bool]:
-    """One weight format and one variant for a pipeline component: the default weights, or the fp16 variant on
-    CUDA when the repo has it (or when it has nothing else). Other variants (`non_ema`, ...) are never taken."""
+    """One weight format and one variant for a pipeline component: the default weights, or the fp16 variant
+    on CUDA when the repo has it (or when it has nothing else). Other variants (`non_ema`, ...) never."""
     weights, convert = _weights_in(files, component, variants=True)
     if not weights:
         return [], False

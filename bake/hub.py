@@ -64,7 +64,7 @@ class ResolvedModel:
     local_dir: Path | None
     gated: bool = False
     packages: tuple[str, ...] = ()
-    """Extra runtime packages the model needs beyond the task's (PyPI names, pinned by the image's constraints)."""
+    """Extra runtime packages the model needs beyond the task's (PyPI names, pinned by the constraints)."""
 
     @property
     def weights_bytes(self) -> int:
@@ -81,9 +81,7 @@ class ResolvedModel:
 def resolve_model(spec: ModelSpec, env: Environment, *, device: str) -> ResolvedModel:
     """Pin `spec` to a commit and choose its files; raises a `BakeError` subclass with the fix."""
     if not spec.id:
-        raise ModelNotFound(
-            "no model given", "pass --model ORG/NAME (or a directory), or set model.id in bake.toml"
-        )
+        raise ModelNotFound("no model given", "pass --model ORG/NAME (or a directory), or set model.id in bake.toml")
     if spec.local_dir is not None:
         return _resolve_local(spec, spec.local_dir, device=device)
     if spec.id.startswith((".", "/", "~")) or spec.id.count("/") > 1:
@@ -105,8 +103,7 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
     task = _task(spec, names, read_json)
     selection = select_files(names, task, device=device, read_json=read_json)
     files = tuple(
-        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name))
-        for name in selection.files
+        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name)) for name in selection.files
     )
     digest = hashlib.sha256("".join(f"{file.path}\0{file.sha256}\n" for file in files).encode()).hexdigest()
     return ResolvedModel(
@@ -145,11 +142,7 @@ def _resolve_hub_files(
             return None
         with _hub_errors(spec, env):
             path = hf_hub_download(
-                spec.id,
-                name,
-                revision=sha,
-                endpoint=env.hf_endpoint,
-                token=env.hf_token or False,
+                spec.id, name, revision=sha, endpoint=env.hf_endpoint, token=env.hf_token or False,
                 cache_dir=metadata_cache,
             )
         return parse_json_bytes(Path(path).read_bytes())
@@ -217,8 +210,7 @@ class _hub_errors:
             raise _gated(spec, env) from None
         if isinstance(error, RevisionNotFoundError):
             raise RevisionNotFound(
-                f"{spec.id} has no revision {spec.revision!r}",
-                "pass --revision with an existing branch, tag or commit",
+                f"{spec.id} has no revision {spec.revision!r}", "pass --revision with an existing branch, tag or commit"
             ) from None
         if isinstance(error, RepositoryNotFoundError):
             hint = "check the id" if env.hf_token else "check the id, or set HF_TOKEN if the model is private"
@@ -241,10 +233,8 @@ class _hub_errors:
 
 def _is_transport_error(error: BaseException) -> bool:
     """huggingface_hub 2.x speaks httpx2; its transport errors are not httpx's."""
-    return any(
-        cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
-        for cls in type(error).__mro__
-    )
+    return any(cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
+               for cls in type(error).__mro__)
 
 
 def _sha256(path: Path) -> str:

@@ -148,31 +148,16 @@ def render_dockerfile(
         fetch_args = ["local", "--source", "/model", "--out", _LOCAL_MODEL]
         weights_dir = _LOCAL_MODEL
     else:
-        fetch_args = [
-            "hub",
-            "--repo",
-            model.id,
-            "--revision",
-            model.revision,
-            "--commit",
-            model.commit_sha,
-            "--out",
-            f"{_HUB_CACHE}/hub",
-        ]
+        fetch_args = ["hub", "--repo", model.id, "--revision", model.revision, "--commit", model.commit_sha,
+                      "--out", f"{_HUB_CACHE}/hub"]
         weights_dir = _HUB_CACHE
     fetch_args += ["--manifest", _MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
-    fetch_env = {
-        "HF_ENDPOINT": env.hf_endpoint,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
+    fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
-    fetch_packages = ["huggingface_hub", "safetensors"] + (
-        ["torch", "numpy"] if model.convert_to_safetensors else []
-    )
+    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch", "numpy"] if model.convert_to_safetensors else [])
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
@@ -181,8 +166,8 @@ def render_dockerfile(
         "WHEELS_MOUNT": "\\\n    --mount=type=bind,from=wheels,target=/wheels " if wheels else "",
         "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
         "TRUST_CA": (
-            "if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert "
-            "REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&"
+            'if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert '
+            'REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&'
         ),
         "FETCH_PACKAGES": " ".join(fetch_packages) + " -c /opt/bake/constraints.txt",
         "WEIGHTS_NETWORK": "--network=host " if network_host else "",

@@ -8,7 +8,8 @@ repos), on this machine's CPU in float32:
     pipeline and makes one image of 2 steps at the native size. Best of `--rounds`;
   - parity: the largest difference (uint8 steps) between the served image and the one the diffusers pipeline
     makes when called directly with the same seed, over guidance off, guidance on, and a negative prompt;
-  - batch equality: whether 3 requests (4 images) batched get the bytes they get alone, in each of those cases;
+  - batch equality: whether 3 requests (4 images) batched get the bytes they get alone, in each of those
+    cases;
   - the defaults the server uses, its size multiple and prompt window.
 The refused rows come from `serve.contract.pipelines` applied to the `_class_name` of real Hub repos.
 
@@ -58,20 +59,22 @@ LIKE: dict[Family, str] = {
 NOTES: dict[Family, str] = {
     "sd1": "Safety checker and its feature extractor are neither baked nor loaded.",
     "sd2": "v-prediction (DDIM); the 768 model's native size is its own sample size x 8.",
-    "sd-turbo": "The pipeline's defaults are SD's (50 steps, guidance 7.5); the card's 1 step without guidance "
-    "needs `BAKE_DEFAULT_STEPS=1 BAKE_DEFAULT_GUIDANCE=0` (or the request's parameters).",
+    "sd-turbo": "The pipeline's defaults are SD's (50 steps, guidance 7.5); the card's 1 step without "
+    "guidance needs `BAKE_DEFAULT_STEPS=1 BAKE_DEFAULT_GUIDANCE=0` (or the request's parameters).",
     "sdxl": "`add_time_ids` from the asked size; no negative prompt: zero embeddings "
     "(`force_zeros_for_empty_prompt`). No invisible watermark (the package is not in the image).",
     "sdxl-turbo": "Euler ancestral: the per-step noise comes from each row's own generator, so batches stay "
     "exact. Card defaults (1 step, guidance 0) via `BAKE_DEFAULT_STEPS` / `BAKE_DEFAULT_GUIDANCE`.",
     "pixart-alpha": "Sizes are snapped to the model's aspect-ratio bins and the image resized back "
-    "(`use_resolution_binning`); prompts are cleaned (`clean_caption`) and cut at 120 T5 tokens (longer: 422).",
-    "pixart-sigma": "As PixArt-α; prompts up to 300 T5 tokens.",
+    "(`use_resolution_binning`); prompts are cleaned (`clean_caption`) and may be 120 T5 tokens long "
+    "(longer: 422). With DPM-Solver (the repos' scheduler) 2 steps or more: diffusers' 1-step path needs a "
+    "scheduler that returns the denoised sample (1 step: 422).",
+    "pixart-sigma": "As PixArt-α, but 1 step works; prompts up to 300 T5 tokens.",
     "sd3": "Sides multiples of 16; prompts up to 256 T5 tokens (the CLIP encoders read the first 77).",
     "flux": "Sides multiples of 16; native size 1024; guidance is distilled into the model, so "
     "`negative_prompt` is refused (422) rather than ignored; prompts up to 512 T5 tokens.",
-    "flux-schnell": "As FLUX.1-dev, but the model has no guidance input (`guidance_scale` has no effect); card "
-    "defaults (4 steps, guidance 0) via `BAKE_DEFAULT_STEPS` / `BAKE_DEFAULT_GUIDANCE`.",
+    "flux-schnell": "As FLUX.1-dev, but the model has no guidance input (`guidance_scale` has no effect); "
+    "card defaults (4 steps, guidance 0) via `BAKE_DEFAULT_STEPS` / `BAKE_DEFAULT_GUIDANCE`.",
 }
 
 REFUSED_EXAMPLES = (
@@ -127,7 +130,9 @@ def load_task(folder: Path, **overrides: Any) -> Any:
     from serve.tasks.text_to_image import TextToImage
 
     settings = Settings(model=str(folder), device="cpu", max_batch_size=4, **overrides)
-    task = TextToImage(locate_model(str(folder), "main", offline=True), settings, choose_placement("cpu", "auto"))
+    task = TextToImage(
+        locate_model(str(folder), "main", offline=True), settings, choose_placement("cpu", "auto")
+    )
     task.load()
     return task
 
@@ -150,7 +155,10 @@ def parity_and_batches(folder: Path, family: Family) -> dict[str, Any]:
     task = load_task(folder)
     reference = AutoPipelineForText2Image.from_pretrained(str(folder))
     reference.set_progress_bar_config(disable=True)
-    cases: dict[str, dict[str, Any]] = {"guidance off": {"guidance_scale": 0.0}, "guidance on": {"guidance_scale": 6.0}}
+    cases: dict[str, dict[str, Any]] = {
+        "guidance off": {"guidance_scale": 0.0},
+        "guidance on": {"guidance_scale": 6.0},
+    }
     if _reads_negative_prompts(task.info().details["family"]):
         cases["negative prompt"] = {"guidance_scale": 6.0, "negative_prompt": "blurry"}
     parity: dict[str, int] = {}
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"batched == alone {all(row['batched_equals_alone'].values())}",
                 flush=True,
             )
-    write_report({"machine": machine(), "families": rows, "refused": refused()}, args.out)
+    report = {"machine": machine(), "rounds": args.rounds, "families": rows, "refused": refused()}
+    write_report(report, args.out)
     return 0
 
 

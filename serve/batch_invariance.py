@@ -48,8 +48,8 @@ ACTIVATION_MODULES = (
     "transformers.activations",
     "diffusers.models.activations",
 )
-"""Where the activation modules are defined: each computes values one by one along the sample (diffusers' GELU,
-GEGLU and SwiGLU with their projection first), but those below."""
+"""Where the activation modules are defined: each computes values one by one along the sample (diffusers'
+GELU, GEGLU and SwiGLU with their projection first), but those below."""
 
 NOT_POINTWISE = frozenset(
     {"GLU", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "RReLU", "ClassInstantier"}

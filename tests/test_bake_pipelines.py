@@ -1,4 +1,4 @@
-"""Which diffusion pipelines `bake build` takes, with which files and packages, and which it refuses (and why).
+"""Which diffusion pipelines `bake build` takes, with which files and packages, which it refuses, and why.
 
 The pipelines are the tiny ones of `tests.fixtures.diffusion_zoo`, shaped like their Hub repos (sharded T5
 encoders, fp16 variants, SentencePiece-only tokenizers), resolved from a local directory and from the local
@@ -162,6 +162,7 @@ def edit_index(folder: Path, tmp_path: Path, **changes: object) -> Path:
         ("sd1", {"_class_name": "StableDiffusionInpaintPipeline"}, ["repaints the masked part of an image"]),
         ("sd1", {"_class_name": "StableDiffusionControlNetPipeline"}, ["needs a control image"]),
         ("flux", {"_class_name": "FluxKontextPipeline"}, ["FluxKontextPipeline edits an image"]),
+        ("flux", {"_class_name": "FluxFillPipeline"}, ["FluxFillPipeline repaints the masked part"]),
         (
             "sd1",
             {"_class_name": "KandinskyV22CombinedPipeline"},
@@ -177,6 +178,7 @@ def edit_index(folder: Path, tmp_path: Path, **changes: object) -> Path:
         "inpainting",
         "controlnet",
         "flux-kontext",
+        "flux-fill",
         "untested-family",
         "custom-code",
         "no-class",

@@ -1,8 +1,9 @@
 """`serve.batch_invariance`: a sample's result does not depend on its batch-mates, kernel by kernel.
 
-Each case runs a patched module on a batch and on each of its samples alone and wants the same bits. Widths and
-sizes are the awkward ones: rows under MKL's small-matrix limit, pointwise tensors whose length is no multiple
-of 16 (the vectorised kernels' step), and tensors above ATen's 32768-value grain, split between threads.
+Each case runs a patched module on a batch and on each of its samples alone and wants the same bits.
+Widths and sizes are the awkward ones: rows under MKL's small-matrix limit, pointwise tensors whose length is
+no multiple of 16 (the vectorised kernels' step), and tensors above ATen's 32768-value grain, split between
+threads.
 """
 
 from __future__ import annotations

@@ -264,8 +264,9 @@ def test_pixart_reports_each_step_and_stops_when_cancelled(tasks: Callable[[Fami
     alone(task, prepared)
     assert steps == [(1, 3), (2, 3), (3, 3)]
     cancelled = prepare(task, num_inference_steps=20)
-    assert cancelled.channel is not None
-    cancelled.channel.listen(lambda done, _total: cancelled.channel.cancel() if done == 2 else None)  # type: ignore[union-attr]
+    channel = cancelled.channel
+    assert channel is not None
+    channel.listen(lambda done, _total: channel.cancel() if done == 2 else None)
     from serve.errors import ClientDisconnected
 
     assert isinstance(task.run_batch([cancelled.sample], 1)[0], ClientDisconnected)

@@ -56,8 +56,8 @@ class Family:
     packages: tuple[Package, ...] = ()
     """Extra runtime packages the family's pipeline uses, whatever its files."""
     one_step_takes_denoised: bool = False
-    """In 1 step the pipeline takes the denoised sample from its scheduler's step (PixArt-α): with a scheduler
-    that returns only the next sample (DPM-Solver, as the repos have), it needs 2 steps or more."""
+    """In 1 step the pipeline takes the denoised sample from its scheduler's step (PixArt-α): with a
+    scheduler that returns only the next sample (DPM-Solver, as the repos have), it needs 2 steps or more."""
 
 
 _CLIP = ("text_encoder", "tokenizer")
@@ -115,14 +115,16 @@ UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 encoder): never baked, never loaded."""
 
 VOCABULARY_FILES = ("vocab.json", "merges.txt", "vocab.txt", "spiece.model")
-"""The files besides JSON ones a tokenizer folder may need: the vocabulary a tokenizer without `tokenizer.json`
-is built from (CLIP's `vocab.json` + `merges.txt`, T5's SentencePiece `spiece.model`, BERT's `vocab.txt`)."""
+"""The files besides JSON ones a tokenizer folder may need: the vocabulary a tokenizer without
+`tokenizer.json` is built from (CLIP's `vocab.json` + `merges.txt`, T5's `spiece.model`, BERT's
+`vocab.txt`)."""
 
 
 _REFUSALS = (
     ("Img2Img", "turns an image into another image"),
     ("Image2Image", "turns an image into another image"),
     ("Inpaint", "repaints the masked part of an image"),
+    ("Fill", "repaints the masked part of an image"),
     ("ControlNet", "needs a control image with every prompt"),
     ("Adapter", "needs a control image with every prompt"),
     ("Upscale", "upscales an image"),
@@ -205,8 +207,8 @@ def missing_components(family: Family, index: Mapping[str, object]) -> list[str]
 
 
 def packages(family: Family, names: Iterable[str], index: Mapping[str, object]) -> tuple[Package, ...]:
-    """The extra packages a pipeline with files `names` needs at run time: the family's own, and SentencePiece's
-    for a tokenizer that comes as a `*.model` file without `tokenizer.json`."""
+    """The extra packages a pipeline with files `names` needs at run time: the family's own, and
+    SentencePiece's for a tokenizer that comes as a `*.model` file without `tokenizer.json`."""
     names = set(names)
     needed = list(family.packages)
     for component in loaded_components(index):

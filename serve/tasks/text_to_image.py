@@ -1,5 +1,6 @@
-"""Text-to-image with a diffusers pipeline of a family bake serves (`serve.contract.pipelines`: Stable Diffusion
-1.x/2.x and Turbo, SDXL and Turbo, PixArt-alpha/Sigma, SD3, FLUX), answering like the Hugging Face Inference API.
+"""Text-to-image with a diffusers pipeline of a family bake serves (`serve.contract.pipelines`: Stable
+Diffusion 1.x/2.x and Turbo, SDXL and Turbo, PixArt-alpha/Sigma, SD3, FLUX), answering like the Hugging Face
+Inference API.
 
 Request: JSON `{"inputs": "<prompt>", "parameters": {"negative_prompt", "num_inference_steps",
 "guidance_scale", "width", "height", "seed", "num_images_per_prompt"}}`, every parameter optional.
@@ -237,8 +238,8 @@ class TextToImage(Task):
         self._min_steps = 1 if _makes_images_in_one_step(self.pipe, self._family) else 2
         if self._min_steps > min(self._default_steps, self.settings.max_steps):
             raise ModelLoadError(
-                f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} makes no image in 1 step: "
-                "set BAKE_DEFAULT_STEPS and BAKE_MAX_STEPS to 2 or more"
+                f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} makes no image in 1 "
+                "step: set BAKE_DEFAULT_STEPS and BAKE_MAX_STEPS to 2 or more"
             )
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
         self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe, call)
@@ -555,7 +556,7 @@ def _native_size(pipe: Any) -> tuple[int, int]:
 
 def _longest_tokenizer(pipe: Any, call: Any) -> tuple[Any, int]:
     """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens: the
-    tokenizer's window, or the pipeline's `max_sequence_length` for T5 encoders if shorter (120 for PixArt-alpha).
+    tokenizer's window, or the pipeline's `max_sequence_length` if shorter (T5 in PixArt-alpha: 120).
 
     A prompt longer than every text encoder's window would be cut silently, so it is refused instead.
     """
