@@ -5,7 +5,7 @@ repos), on this machine's CPU in float32:
   - what `bake build` would bake: the files (and their size), the extra packages of the image;
   - start-up: `python -m serve` from spawn to /ready (load, batch-invariance, warm-up of 2 steps at the native
     size; BAKE_MAX_BATCH_SIZE=1), against the floor: a fresh Python process that imports diffusers, loads the
-    pipeline and makes one image of 2 steps at the native size. Best of `--rounds`;
+    pipeline and makes one image of 2 steps at the native size. Best of `--rounds` interleaved rounds;
   - parity: the largest difference (uint8 steps) between the served image and the one the diffusers pipeline
     makes when called directly with the same seed, over guidance off, guidance on, and a negative prompt;
   - batch equality: whether 3 requests (4 images) batched get the bytes they get alone, in each of those
@@ -121,6 +121,16 @@ def own_startup(folder: Path) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", _OWN, str(folder)], cwd=REPO_ROOT, check=True, capture_output=True)
     return time.perf_counter() - started
+
+
+def startups(folder: Path, log: Path, rounds: int) -> tuple[float, float]:
+    """The best of `rounds` interleaved rounds of `serve_startup` and `own_startup` (a busy machine only ever
+    slows a round down)."""
+    serve, own = [], []
+    for _ in range(rounds):
+        serve.append(serve_startup(folder, log))
+        own.append(own_startup(folder))
+    return min(serve), min(own)
 
 
 def load_task(folder: Path, **overrides: Any) -> Any:
@@ -240,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="t2i-coverage-") as scratch:
         for family in families:
             folder = make_diffusion_pipeline(Path(scratch) / family, family)
-            serve_s = min(serve_startup(folder, Path(scratch) / f"{family}.log") for _ in range(args.rounds))
-            own_s = min(own_startup(folder) for _ in range(args.rounds))
+            serve_s, own_s = startups(folder, Path(scratch) / f"{family}.log", args.rounds)
             row = {
                 "name": family,
                 "like": LIKE[family],

@@ -32,10 +32,10 @@ variants, SentencePiece-only tokenizers), tested by `tests/test_text_to_image_fa
 `tests/test_bake_pipelines.py` (file selection) and `tests/test_build_diffusion_families_e2e.py` (image
 builds of the new file shapes: PixArt, SD3).
 
-- **Start-up**: `python -m serve` from spawn to `/ready` (load, batch-invariance, warm-up of 2 steps at the
-  native size, batch size 1) / a fresh Python process loading the pipeline with diffusers and making one
-  2-step image at the native size; best of {rounds}. Tiny weights: this measures imports and overhead, not loading
-  gigabytes.
+- **Start-up**: `python -m serve` from spawn to `/ready` (imports, load, batch-invariance, warm-up of 2 steps
+  at the native size with batch size 1, and the CPU thread probe: another such batch) / a fresh Python
+  process importing diffusers, loading the pipeline and making one 2-step image at the native size; best of
+  {rounds} interleaved rounds. Tiny weights: this measures imports and overhead, not loading gigabytes.
 - **Parity**: the largest difference, in uint8 steps, between the served image and the diffusers pipeline's
   when called directly with the same seed and parameters (guidance off, on, and with a negative prompt), CPU
   float32. The tests allow 1 (the served pipeline pads small matrix products to stay batch-invariant).
