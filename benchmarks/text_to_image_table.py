@@ -39,6 +39,9 @@ builds of the new file shapes: PixArt, SD3).
 - **Parity**: the largest difference, in uint8 steps, between the served image and the diffusers pipeline's
   when called directly with the same seed and parameters (guidance off, on, and with a negative prompt), CPU
   float32. The tests allow 1 (the served pipeline pads small matrix products to stay batch-invariant).
+- **Defaults**: the tiny stand-ins' own (a pipeline's native size is its sample size times its VAE's scale:
+  for the real models 512 for SD 1.5 and SD-Turbo, 768 for SD 2.1, 1024 for SDXL, SD3 and FLUX); "card": what
+  the model card says to run with, for `BAKE_DEFAULT_STEPS` / `BAKE_DEFAULT_GUIDANCE`.
 - **Batched = alone**: 3 requests (4 images, per-row seeds) in one batch get the bytes each gets alone, in
   every case above (CPU float32; on CUDA batched pixels may differ from lone ones by a rounding step).
 """
@@ -56,7 +59,8 @@ def _defaults(row: dict[str, Any]) -> str:
     )
     card = row.get("card_defaults")
     if card:
-        text += f" (card: {card['num_inference_steps']:g} steps, guidance {card['guidance_scale']:g})"
+        steps = card["num_inference_steps"]
+        text += f" (card: {steps:g} step{'s' if steps != 1 else ''}, guidance {card['guidance_scale']:g})"
     return text
 
 
