@@ -169,4 +169,5 @@ def _announcement(model: ResolvedModel, config: Config) -> str:
         f"for {model.task} on {config.build.device}; "
         f"{len(model.files)} files, {mib:.1f} MiB"
         + (", .bin weights converted to safetensors" if model.convert_to_safetensors else "")
+        + (f"; extra packages: {', '.join(model.packages)}" if model.packages else "")
     )
