@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from serve.contract.models import is_image_classifier
 from serve.errors import ModelLoadError
 from serve.model_source import ModelSource
 from serve.tasks.base import Body, Prepared, Task, TaskInfo
@@ -21,9 +22,9 @@ def detect_task(source: ModelSource) -> str:
     config = source.read_json("config.json")
     if config is None:
         raise ModelLoadError(f"{source.path} has neither config.json nor model_index.json: is it a model?")
-    architectures = config.get("architectures") or []
-    if any(name.endswith("ForImageClassification") for name in architectures):
+    if is_image_classifier(config):
         return ImageClassification.name
+    architectures = config.get("architectures") or []
     raise ModelLoadError(
         f"cannot tell the task of {source.model_id} (architectures: {architectures or 'none'}): "
         f"set BAKE_TASK to one of {', '.join(sorted(TASKS))}"
