@@ -85,7 +85,9 @@ def traced_forward(
         try:
             actual = traced(*batch(distinct, size))
         except Exception as error:  # a trace that cannot run a batch size is not used at all
-            logger.warning("traced model fails at batch size %d, serving the eager model: %s", size, _last_line(error))
+            logger.warning(
+                "traced model fails at batch size %d, serving the eager model: %s", size, _last_line(error)
+            )
             return None
         if actual.shape != wanted.shape or not torch.allclose(actual, wanted, rtol=rtol, atol=atol):
             same_shape = actual.shape == wanted.shape

@@ -196,7 +196,7 @@ class ProcessorImageTransform(ImageTransform):
 
 
 def build_image_transform(
-    model_dir: Path, placement: Placement, accepts: Callable[[str], bool] = lambda name: name == "pixel_values"
+    model_dir: Path, placement: Placement, accepts: Callable[[str], bool] = "pixel_values".__eq__
 ) -> ImageTransform:
     """Build the fastest exact transform for the image processor saved in `model_dir`.
 
@@ -230,7 +230,7 @@ def _accepted_outputs(processor: Any, accepts: Callable[[str], bool], model_dir:
     try:
         outputs = processor(images=grey_example(), return_tensors="np")
     except (ValueError, TypeError, KeyError, AttributeError, ImportError) as error:
-        raise ModelLoadError(f"the image processor of {model_dir} cannot process an image: {error}") from error
+        raise ModelLoadError(f"the image processor of {model_dir} fails on an image: {error}") from error
     names = tuple(name for name in outputs if accepts(name))
     if not names:
         raise ModelLoadError(

@@ -187,7 +187,8 @@ def image_classifier(config: Mapping[str, Any]) -> ModelType:
     kind = IMAGE_CLASSIFIERS.get(model_type)
     if kind is None:
         raise UnsupportedModelType(
-            f"model type {model_type!r} has no image-classification class in transformers {TRANSFORMERS_VERSION}",
+            f"model type {model_type!r} has no image-classification class in transformers "
+            f"{TRANSFORMERS_VERSION}",
             "see docs/models.md for the types bake serves",
         )
     if kind.refusal:
@@ -202,5 +203,5 @@ def image_classifier(config: Mapping[str, Any]) -> ModelType:
 
 
 def classifier_configs(kind: ModelType) -> tuple[str, ...]:
-    """The JSON files an image classifier of `kind` is loaded from (timm keeps its processor in config.json)."""
+    """The JSON files a classifier of `kind` is loaded from (timm keeps its processor in config.json)."""
     return ("config.json",) if kind.name == TIMM_WRAPPER else ("config.json", "preprocessor_config.json")

@@ -130,7 +130,9 @@ class ImageClassification(Task):
         self._labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
         self._default_function = _default_function(config)
         accepted = inspect.signature(model.forward).parameters
-        self.transform = build_image_transform(self.source.path, self.placement, accepts=accepted.__contains__)
+        self.transform = build_image_transform(
+            self.source.path, self.placement, accepts=accepted.__contains__
+        )
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
 
     @torch.inference_mode()
@@ -155,7 +157,7 @@ class ImageClassification(Task):
             if traced is not None:
                 self._forward, self._traced = traced, True
                 return True
-            self._eager_reason = "the traced forward pass does not match the eager one (see the warning above)"
+            self._eager_reason = "the traced forward pass differs from the eager one (see the warning above)"
         logger.info("serving the eager forward pass of this %s model: %s", self.kind.name, self._eager_reason)
         spent = per_sample  # batch size 1 has just run
         for size in sorted(set(batch_sizes) - {1}):
@@ -166,15 +168,15 @@ class ImageClassification(Task):
         return True
 
     def _time_one(self, sample: Any) -> float:
-        """Seconds one eager forward pass takes on `sample`; its logits must be finite (else `ModelLoadError`)."""
+        """Seconds one eager forward pass takes on `sample`, whose logits must be finite (`ModelLoadError`)."""
         started = time.perf_counter()
         logits = self._forward(self.transform.collate([sample], 1))
         finite = bool(torch.isfinite(logits).all())
         seconds = time.perf_counter() - started
         if not finite:
             raise ModelLoadError(
-                f"the model's logits on a warm-up image are not finite numbers ({logits.flatten()[:4].tolist()}"
-                "...): its weights are broken or overflow in this dtype"
+                "the model's logits on a warm-up image are not finite numbers "
+                f"({logits.flatten()[:4].tolist()}...): its weights are broken or overflow in this dtype"
             )
         return seconds
 
@@ -211,8 +213,8 @@ class ImageClassification(Task):
 
     @torch.inference_mode()
     def run_batch(self, samples: Sequence[Any], batch_size: int) -> list[np.ndarray]:
-        """Logits (float32, on the CPU) for each sample. Raises `InferenceFailed` when a sample's logits are not
-        finite numbers (the batcher then runs each sample alone, so only that request fails)."""
+        """Logits (float32, on the CPU) for each sample. Raises `InferenceFailed` when a sample's logits are
+        not finite numbers (the batcher then runs each sample alone, so only that request fails)."""
         logits = self._forward(self.transform.collate(samples, batch_size))[: len(samples)]
         outputs = logits.float().cpu().numpy()
         if not np.isfinite(outputs).all():
@@ -246,7 +248,8 @@ class ImageClassification(Task):
         return [Prepared(sample=sample, params=ClassificationParameters(), batch_key=key)]
 
     def info(self) -> TaskInfo:
-        """Model type, labels, scoring function, preprocessing, inputs and the forward pass chosen at warm-up."""
+        """Model type, labels, scoring function, preprocessing, inputs, and the forward pass chosen at
+        warm-up (traced, or eager and why)."""
         return TaskInfo(
             task=self.name,
             details={
