@@ -58,10 +58,10 @@ def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, conf
     batch of one on every core: a forward pass costing `DEVICE_BOUND_S` or more there is device-bound and
     keeps every core, decided by that one run (a random-weight EfficientNet-B7 takes seconds a sample; timing
     a batch of `batch_size` first made start-up that many times slower). Otherwise it times a batch of
-    `batch_size` on every core, the same test (for ResNet-50 on 2 cores the single-thread timing alone took 2 s of start-up,
-    and a forward pass that slow is in practice always helped by more cores), then on one thread: under
-    `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if they run the
-    batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
+    `batch_size` on every core, the same test (for ResNet-50 on 2 cores the single-thread timing alone took
+    2 s of start-up, and a forward pass that slow is in practice always helped by more cores), then on one
+    thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if
+    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
