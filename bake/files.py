@@ -12,6 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bake.errors import UnsupportedModel
+from serve.contract.models import (
+    ModelType,
+    UnsupportedModelType,
+    classifier_configs,
+    image_classifier,
+    is_image_classifier,
+)
 
 TASKS = ("image-classification", "text-to-image")
 """The tasks the runtime serves."""
@@ -29,6 +36,8 @@ class Selection:
 
     files: tuple[str, ...]
     convert_to_safetensors: bool
+    requirements: tuple[str, ...] = ()
+    """pip requirements the model needs in the image beyond the runtime's own (e.g. timm)."""
 
 
 def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -> str:
@@ -42,9 +51,9 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
             "the model has neither config.json nor model_index.json",
             "bake serves transformers image classifiers and diffusers text-to-image pipelines",
         )
-    architectures = config.get("architectures") or []
-    if any(name.endswith("ForImageClassification") for name in architectures):
+    if is_image_classifier(config):
         return "image-classification"
+    architectures = config.get("architectures") or []
     raise UnsupportedModel(
         f"cannot serve architectures {architectures or '(none listed)'}",
         f"bake serves these tasks: {', '.join(TASKS)}; pass --task if the model fits one of them",
@@ -55,14 +64,18 @@ def select_files(names: Iterable[str], task: str, *, device: str, read_json: Cal
     """The files `task` needs out of a repository's `names` (paths relative to its root)."""
     names = sorted(set(names))
     if task == "image-classification":
-        return _select_classifier(names)
+        return _select_classifier(names, read_json("config.json") if "config.json" in names else None)
     if task == "text-to-image":
         return _select_diffusion(names, device=device, read_json=read_json)
     raise UnsupportedModel(f"task {task!r} is not served", f"use one of: {', '.join(TASKS)}")
 
 
-def _select_classifier(names: list[str]) -> Selection:
-    missing = [name for name in _CLASSIFIER_CONFIGS if name not in names]
+def _select_classifier(names: list[str], config: dict | None) -> Selection:
+    configs, requirements = _CLASSIFIER_CONFIGS, ()
+    if config is not None:
+        kind = _registered_classifier(config)
+        configs, requirements = classifier_configs(kind), kind.requirements
+    missing = [name for name in configs if name not in names]
     if "config.json" in missing:
         raise UnsupportedModel("the model has no config.json", "is this a transformers image classifier?")
     if missing:
@@ -76,7 +89,15 @@ def _select_classifier(names: list[str]) -> Selection:
             "the model has no PyTorch weights (model.safetensors or pytorch_model.bin)",
             "bake serves PyTorch models; export the weights with save_pretrained()",
         )
-    return Selection(files=(*_CLASSIFIER_CONFIGS, *weights), convert_to_safetensors=convert)
+    return Selection(files=(*configs, *weights), convert_to_safetensors=convert, requirements=requirements)
+
+
+def _registered_classifier(config: dict) -> ModelType:
+    """The model type's entry in serve.contract.models; `UnsupportedModel` says why bake does not serve it."""
+    try:
+        return image_classifier(config)
+    except UnsupportedModelType as error:
+        raise UnsupportedModel(error.message, error.fix) from None
 
 
 def _weights_in(names: list[str], folder: str) -> tuple[list[str], bool]:

@@ -63,6 +63,8 @@ class ResolvedModel:
     convert_to_safetensors: bool
     local_dir: Path | None
     gated: bool = False
+    requirements: tuple[str, ...] = ()
+    """pip requirements the model type needs in the image beyond the runtime's own."""
 
     @property
     def weights_bytes(self) -> int:
@@ -111,6 +113,7 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
         task=task,
         files=files,
         convert_to_safetensors=selection.convert_to_safetensors,
+        requirements=selection.requirements,
         local_dir=directory.resolve(),
     )
 
@@ -158,6 +161,7 @@ def _resolve_hub_files(
         task=task,
         files=tuple(files),
         convert_to_safetensors=selection.convert_to_safetensors,
+        requirements=selection.requirements,
         local_dir=None,
         gated=bool(info.gated),
     )

@@ -72,7 +72,8 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     context = workdir / "context"
     context.mkdir(parents=True)
     _copy_sources(context, build.torch_version)
-    (context / "requirements.txt").write_text("\n".join(runtime_requirements(model.task)) + "\n")
+    requirements = runtime_requirements(model.task, model.requirements)
+    (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
     serve_env = config.serve.environment()
     runtime_env = {
         "BAKE_MODEL": _LOCAL_MODEL if model.local_dir else model.id,
@@ -180,8 +181,9 @@ def render_dockerfile(
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
-def runtime_requirements(task: str) -> list[str]:
-    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`)."""
+def runtime_requirements(task: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`), then the
+    `extra` ones the model type needs (serve.contract.models: e.g. timm for timm checkpoints)."""
     extras = {"serve"} | ({"diffusion"} if task == "text-to-image" else set())
     requirements = []
     for raw in importlib.metadata.requires("bake") or []:
@@ -189,7 +191,7 @@ def runtime_requirements(task: str) -> list[str]:
         if requirement.marker is not None and any(requirement.marker.evaluate({"extra": e}) for e in extras):
             requirement.marker = None
             requirements.append(str(requirement))
-    return requirements
+    return requirements + [requirement for requirement in extra if requirement not in requirements]
 
 
 def default_tag(model: ResolvedModel) -> str:
