@@ -54,11 +54,12 @@ def configure_interpreter() -> None:
 def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, configured: int) -> int:
     """Set torch's intra-op thread count for CPU inference and return it.
 
-    `run_batch(n)` runs one warmed-up batch of n samples. `configured` > 0 is used as is. 0 first times a
-    batch of one on every core: a forward pass costing `DEVICE_BOUND_S` or more there is device-bound and
-    keeps every core, decided by that one run (a random-weight EfficientNet-B7 takes seconds a sample; timing
-    a batch of `batch_size` first made start-up that many times slower). Otherwise it times a batch of
-    `batch_size` on every core, the same test (for ResNet-50 on 2 cores the single-thread timing alone took
+    `run_batch(n)` runs one warmed-up batch of n samples. `configured` > 0 is used as is. 0 first times one
+    sample on every core: if that alone costs `DEVICE_BOUND_S` per sample of a `batch_size` batch, the batch
+    would too (it costs at least as much), so the pass is device-bound and keeps every core without running
+    the batch (a random-weight EfficientNet-B7 takes seconds a sample: a batch of 4 first made start-up that
+    much slower). Otherwise it times a batch of `batch_size` on every core: from `DEVICE_BOUND_S` per sample
+    the pass keeps every core, untimed on one thread (for ResNet-50 on 2 cores the single-thread timing alone took
     2 s of start-up, and a forward pass that slow is in practice always helped by more cores), then on one
     thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if
     they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
@@ -70,8 +71,8 @@ def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, conf
         return threads
     torch.set_num_threads(cores)
     alone = _time(lambda: run_batch(1))
-    if alone >= DEVICE_BOUND_S or batch_size == 1:
-        all_cores = alone
+    if alone >= DEVICE_BOUND_S * batch_size or batch_size == 1:
+        all_cores = alone / batch_size  # the batch would cost at least as much per sample
     else:
         all_cores = _time(lambda: run_batch(batch_size)) / batch_size
     if all_cores >= DEVICE_BOUND_S:

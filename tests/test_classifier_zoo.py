@@ -112,3 +112,14 @@ def test_an_architecture_outside_the_mapping_is_refused() -> None:
         image_classifier({"model_type": "vit", "architectures": ["ViTForMaskedImageModeling"]})
     with pytest.raises(UnsupportedModelType, match="'llama' has no image-classification class"):
         image_classifier({"model_type": "llama", "architectures": ["LlamaForImageClassification"]})
+
+
+def test_a_model_whose_logits_are_not_numbers_at_warm_up_is_a_load_error(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = make_classifier("resnet", tmp_path / "resnet")
+    weights = load_file(folder / "model.safetensors")
+    weights["classifier.1.bias"][0] = float("inf")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="logits on a warm-up image are not finite numbers"):
+        load_task(folder)

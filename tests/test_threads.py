@@ -57,13 +57,13 @@ def test_a_device_bound_forward_pass_is_never_timed_on_one_thread() -> None:
     assert thread_counts == [4]
 
 
-def test_a_device_bound_forward_pass_is_timed_on_a_batch_of_one_only() -> None:
-    """A forward pass that slow alone is never run at the probe's batch size: one sample decides."""
+def test_a_very_slow_forward_pass_is_timed_on_one_sample_only() -> None:
+    """One sample costing the device-bound time of a whole probe batch decides: the batch is never run."""
     sizes: list[int] = []
 
     def run_batch(size: int) -> None:
         sizes.append(size)
-        time.sleep(0.06 * size)
+        time.sleep(0.25 * size)
 
     assert threads.choose_cpu_threads(run_batch, 4, configured=0) == 4
     assert sizes == [1]
