@@ -63,7 +63,10 @@ def test_served_scores_equal_the_pipeline_alone_and_batched(model_type: str, tmp
     assert parity.score_difference <= SCORE_TOLERANCE, parity
     assert parity.batch_difference <= BATCH_TOLERANCE, parity
     assert parity.inputs == kind.inputs
-    assert parity.traced is kind.traceable, parity.eager_reason
+    if kind.traceable:  # traced, unless this machine is so busy that tracing would not fit the warm-up budget
+        assert parity.traced or parity.eager_reason.startswith("one forward pass takes"), parity.eager_reason
+    else:
+        assert not parity.traced and parity.eager_reason.startswith(f"{model_type} models cannot be traced")
 
 
 @pytest.mark.parametrize("model_type", NEEDS_MISSING_PACKAGE)
