@@ -2,7 +2,7 @@
 
     python -m benchmarks.coverage [--types vit swin ...] [--repeats 2] [--full-size efficientnet donut-swin]
                                   [--before-tree DIR] [--out benchmarks/results/coverage.json]
-                                  [--docs docs/models.md]
+                                  [--docs docs/models.md] [--render benchmarks/results/coverage.json]
 
 For every model type of serve/contract/models.py (transformers' image-classification mapping), the tiny
 random-weight model of tests/fixtures/classifier_zoo.py is measured three ways:
@@ -25,6 +25,7 @@ Writes the JSON report and renders docs/models.md from it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -166,7 +167,11 @@ def main() -> None:
     parser.add_argument("--before-tree", type=Path, help="source tree of an older runtime, for --full-size")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coverage.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/models.md"))
+    parser.add_argument("--render", type=Path, help="only render --docs from this earlier JSON report")
     args = parser.parse_args()
+    if args.render is not None:
+        args.docs.write_text(render(json.loads(args.render.read_text())))
+        return
     report: dict[str, Any] = {
         "machine": machine(),
         "transformers": TRANSFORMERS_VERSION,
@@ -262,7 +267,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         summary,
         "",
-        LEGEND.format(score=SCORE_TOLERANCE, batch=BATCH_TOLERANCE, repeats=report["repeats"]),
+        LEGEND.format(score=SCORE_TOLERANCE, batch=BATCH_TOLERANCE, runs=_runs(report["repeats"])),
         "",
         _cells(
             "Model type",
@@ -302,8 +307,7 @@ LEGEND = """\
 - Batch: the largest |batched - alone| score of the same photos, batched in the largest bucket; target
   {batch:g}.
 - Start-up: `python -m serve` from process start to /ready, against the floor: a fresh process that imports
-  transformers, loads the model and its processor, and classifies one photo (the fastest of {repeats} runs
-  each, interleaved). Target: within 2x.
+  transformers, loads the model and its processor, and classifies one photo ({runs}). Target: within 2x.
 - Forward: traced (TorchScript, checked against eager at every batch size) or eager, decided at warm-up; the
   reason for eager is in /info (`task_details.eager_reason`)."""
 
@@ -311,6 +315,10 @@ FULL_SIZE = """\
 Random-weight models at the default size of their config and processor (the cases that took minutes to become
 ready). A forward pass whose tracing would not fit the warm-up budget is served eagerly, warmed up only where
 it fits, and the CPU thread count is decided from one sample when that sample is slow enough."""
+
+
+def _runs(repeats: int) -> str:
+    return "one run each" if repeats == 1 else f"the fastest of {repeats} runs each, interleaved"
 
 
 def _cells(*cells: str) -> str:
