@@ -7,6 +7,8 @@ directories, and Hub repos through the local Hub fixture (the real huggingface_h
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,9 @@ def test_a_refused_repo_on_the_hub_is_refused_before_any_build(published: str) -
     environment = read_environment({"HF_ENDPOINT": published})
     with pytest.raises(UnsupportedModel, match="dinat models are not served"):
         resolve_model(ModelSpec("types/dinat", "main", None), environment, device="cpu")
+
+
+def test_the_registry_and_bake_import_no_torch() -> None:
+    code = "import sys, bake.files, serve.contract.models; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
