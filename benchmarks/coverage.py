@@ -74,7 +74,7 @@ def startup_seconds(folder: Path, log: Path, source_tree: Path = REPO_ROOT) -> t
     import httpx
 
     env = {"BAKE_MODEL": str(folder), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(source_tree)}
-    server = ServerProcess(env, log)
+    server = ServerProcess(env, log, source_tree=source_tree)
     started = time.perf_counter()
     server.start(timeout=1800)
     try:
