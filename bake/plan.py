@@ -27,6 +27,10 @@ from bake.env import Environment
 from bake.errors import ConfigError
 from bake.hub import ResolvedModel
 from bake.labels import ImageFacts
+from serve.contract import image
+from serve.contract.names import model_name
+from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
+from serve.contract.tasks import TEXT_TO_IMAGE
 
 DEFAULT_BASE_IMAGES = {
     "cpu": "python:3.11-slim-bookworm",
@@ -42,9 +46,6 @@ wheel (~200 MB) instead of PyPI's default CUDA build (several GB)."""
 _PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
 _IMAGE_FILES = _PACKAGE_DIR / "image"
-_HUB_CACHE = "/opt/bake/hf"
-_LOCAL_MODEL = "/opt/bake/model"
-_MANIFEST = "/opt/bake/manifest.json"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
@@ -72,15 +73,14 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     context = workdir / "context"
     context.mkdir(parents=True)
     _copy_sources(context, build.torch_version)
-    requirements = runtime_requirements(model.task, model.requirements)
+    requirements = runtime_requirements(model.task, model.packages)
     (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    serve_env = config.serve.environment()
     runtime_env = {
-        "BAKE_MODEL": _LOCAL_MODEL if model.local_dir else model.id,
-        "BAKE_REVISION": model.revision,
-        "BAKE_TASK": model.task,
-        "BAKE_DEVICE": build.device,
-        **serve_env,
+        MODEL_ENV: image.LOCAL_MODEL if model.local_dir else model.id,
+        env_name("revision"): model.revision,
+        env_name("task"): model.task,
+        env_name("device"): build.device,
+        **config.serve.environment(),
     }
     facts = ImageFacts(
         model=model.id,
@@ -88,10 +88,9 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
         commit_sha=model.commit_sha,
         task=model.task,
         device=build.device,
-        port=config.serve.port,
         weights={file.path: file.sha256 for file in model.files if file.sha256},
         weights_bytes=model.weights_bytes,
-        serve=serve_env,
+        serve=config.serve,
         bake_version=__version__,
     )
     plan = BuildPlan(
@@ -106,12 +105,8 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
         platform=build.platform or None,
         push=build.push,
     )
-    if build.push and not build.tag:
-        raise ConfigError("--push needs to know where to push", "pass --tag REGISTRY/NAME:TAG")
     _add_secrets(plan, config, env, workdir)
     if build.pip_find_links is not None:
-        if not build.pip_find_links.is_dir():
-            raise ConfigError(f"--pip-find-links {build.pip_find_links} is not a directory")
         plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
     if model.local_dir is not None:
         plan.build_contexts["model"] = str(model.local_dir)
@@ -145,19 +140,34 @@ def render_dockerfile(
     """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
     files = [file.path for file in model.files]
     if model.local_dir is not None:
-        fetch_args = ["local", "--source", "/model", "--out", _LOCAL_MODEL]
-        weights_dir = _LOCAL_MODEL
+        fetch_args = ["local", "--source", "/model", "--out", image.LOCAL_MODEL]
+        weights_dir = image.LOCAL_MODEL
     else:
-        fetch_args = ["hub", "--repo", model.id, "--revision", model.revision, "--commit", model.commit_sha,
-                      "--out", f"{_HUB_CACHE}/hub"]
-        weights_dir = _HUB_CACHE
-    fetch_args += ["--manifest", _MANIFEST, "--files", *files]
+        fetch_args = [
+            "hub",
+            "--repo",
+            model.id,
+            "--revision",
+            model.revision,
+            "--commit",
+            model.commit_sha,
+            "--out",
+            f"{image.HF_HOME}/hub",
+        ]
+        weights_dir = image.HF_HOME
+    fetch_args += ["--manifest", image.MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
-    fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    fetch_env = {
+        "HF_ENDPOINT": env.hf_endpoint,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
-    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch", "numpy"] if model.convert_to_safetensors else [])
+    fetch_packages = ["huggingface_hub", "safetensors"] + (
+        ["torch", "numpy"] if model.convert_to_safetensors else []
+    )
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
@@ -166,14 +176,17 @@ def render_dockerfile(
         "WHEELS_MOUNT": "\\\n    --mount=type=bind,from=wheels,target=/wheels " if wheels else "",
         "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
         "TRUST_CA": (
-            'if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert '
-            'REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&'
+            "if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert "
+            "REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&"
         ),
         "FETCH_PACKAGES": " ".join(fetch_packages) + " -c /opt/bake/constraints.txt",
         "WEIGHTS_NETWORK": "--network=host " if network_host else "",
         "FETCH_ENV": " ".join(f"{key}={shlex.quote(value)}" for key, value in fetch_env.items()),
         "FETCH_ARGS": " ".join(shlex.quote(arg) for arg in fetch_args),
         "WEIGHTS_DIR": weights_dir,
+        "HF_HOME": image.HF_HOME,
+        "MANIFEST": image.MANIFEST,
+        "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(port),
         "HEALTH_START_S": "30",
@@ -181,22 +194,22 @@ def render_dockerfile(
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
-def runtime_requirements(task: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`), then the
-    `extra` ones the model type needs (serve.contract.models: e.g. timm for timm checkpoints)."""
-    extras = {"serve"} | ({"diffusion"} if task == "text-to-image" else set())
+def runtime_requirements(task: str, packages: tuple[str, ...] = ()) -> list[str]:
+    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`), and the extra
+    `packages` the model needs (pinned, like the rest, by the image's constraints)."""
+    extras = {"serve"} | ({"diffusion"} if task == TEXT_TO_IMAGE else set())
     requirements = []
     for raw in importlib.metadata.requires("bake") or []:
         requirement = Requirement(raw)
         if requirement.marker is not None and any(requirement.marker.evaluate({"extra": e}) for e in extras):
             requirement.marker = None
             requirements.append(str(requirement))
-    return requirements + [requirement for requirement in extra if requirement not in requirements]
+    return requirements + list(packages)
 
 
 def default_tag(model: ResolvedModel) -> str:
     """bake/<model name>:<first 12 of the commit sha>."""
-    return f"bake/{model.short_name}:{model.commit_sha[:12]}"
+    return f"bake/{model_name(model.id)}:{model.commit_sha[:12]}"
 
 
 def is_loopback(url: str) -> bool:
@@ -240,8 +253,6 @@ def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Pat
     if env.hf_token:
         _secret(plan, workdir, "hf_token", env.hf_token)
     if build.ca_cert is not None:
-        if not build.ca_cert.is_file():
-            raise ConfigError(f"--ca-cert {build.ca_cert} is not a file", "pass a PEM bundle")
         plan.secrets.append(f"id=ca_cert,src={build.ca_cert.resolve()}")
 
 

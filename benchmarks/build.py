@@ -1,4 +1,5 @@
-"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first prediction.
+"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first
+prediction.
 
 One run, for one model published on a local Hub (tests.fixtures.hub) under a fresh repo id:
   1. cold build: `bake build` (the real CLI, in a subprocess) on a base image no build has used yet:
@@ -19,7 +20,8 @@ One run, for one model published on a local Hub (tests.fixtures.hub) under a fre
      `docker run` to its exit. Rounds alternate the two; the median is reported.
 Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
 Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache a
-cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or `docker builder prune`).
+cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or
+`docker builder prune`).
 
 Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
                                   [--out benchmarks/results/build.json]
@@ -68,7 +70,9 @@ _READY_IN = re.compile(r"ready in ([\d.]+) s")
 FIRST_PREDICTION = """
 import sys, time, urllib.request
 data, deadline = sys.stdin.buffer.read(), time.monotonic() + 600
-request = urllib.request.Request("http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}})
+request = urllib.request.Request(
+    "http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}}
+)
 while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
@@ -156,7 +160,8 @@ class Bench:
 
 
 def fresh_base_image(source: str, tag: str) -> None:
-    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage misses."""
+    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage
+    misses."""
     dockerfile = f"FROM {source}\nRUN echo {tag} > /etc/bake-bench-base\n"
     docker("build", "--quiet", "--tag", tag, "-", input=dockerfile.encode())
 
@@ -186,7 +191,8 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
 
 
 def change_code(bench: Bench) -> str:
-    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the line."""
+    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the
+    line."""
     line = f"# bake-bench {bench.run_id}: a code-only change"
     with (bench.root / "src" / "serve" / CHANGED_MODULE).open("a") as module:
         module.write(line + "\n")
@@ -196,7 +202,9 @@ def change_code(bench: Bench) -> str:
 def change_is_baked(tag: str, line: str) -> bool:
     """Whether the image `tag` holds the changed module (so the rebuild really rebuilt the code)."""
     module = f"/opt/bake/app/serve/{CHANGED_MODULE}"
-    return line in docker("run", "--rm", "--network", "none", "--entrypoint", "cat", tag, module).stdout.decode()
+    return (
+        line in docker("run", "--rm", "--network", "none", "--entrypoint", "cat", tag, module).stdout.decode()
+    )
 
 
 def bake_build(bench: Bench, project: Path, env: dict[str, str], kind: str) -> BuildRun:
@@ -279,7 +287,8 @@ def layer_split(tag: str, base_image: str) -> dict[str, int]:
 
 
 def weight_copies(tag: str, weights: dict[int, str]) -> Iterator[str]:
-    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then sha256)."""
+    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then
+    sha256)."""
     smallest = min(weights)
     with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE) as save:
         assert save.stdout is not None
@@ -410,26 +419,45 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\n== bake build: {report['model']} ({facts['weights_files_mib']:.1f} MiB of safetensors) ==")
     if report["server_env"]:
         print(f"  serving container settings: {' '.join(report['server_env'])}")
-    print(f"  cold build                      {cold['seconds']:8.1f} s   pip download cache: {report['pip_cache']}")
-    print(f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   {summary['rebuild_vs_cold']:.1%} of cold "
-          f"(target < {REBUILD_TARGET:.0%}: {'met' if summary['rebuild_target_met'] else 'NOT met'})")
+    print(
+        f"  cold build                      {cold['seconds']:8.1f} s   "
+        f"pip download cache: {report['pip_cache']}"
+    )
+    print(
+        f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   "
+        f"{summary['rebuild_vs_cold']:.1%} of cold "
+        f"(target < {REBUILD_TARGET:.0%}: {'met' if summary['rebuild_target_met'] else 'NOT met'})"
+    )
     for name, run in (("cold", cold), ("rebuild", rebuild)):
         stages = ", ".join(f"{stage} {count}" for stage, count in run["stages_cached"].items())
         print(f"    {name:8s} steps cached: {stages}; weights stage cached: {yes_no[run['weights_cached']]}")
     print(f"  image size                      {facts['total_mib']:8.1f} MiB")
     for part, mib in facts["parts_mib"].items():
         print(f"    {part:8s}                      {mib:8.1f} MiB")
-    print(f"    copies of the weights in the layers: {len(facts['weights_copies'])} -> second copy of weights: "
-          f"{yes_no[summary['second_copy_of_weights']]}")
-    print(f"  docker run -> first prediction  {summary['run_to_first_prediction_s']:8.2f} s   (median; rounds: "
-          + ", ".join(f"{s:.2f}" for s in startup["first_prediction_s"]) + ")")
+    print(
+        f"    copies of the weights in the layers: {len(facts['weights_copies'])} -> second copy of weights: "
+        f"{yes_no[summary['second_copy_of_weights']]}"
+    )
+    print(
+        f"  docker run -> first prediction  {summary['run_to_first_prediction_s']:8.2f} s   (median; rounds: "
+        + ", ".join(f"{s:.2f}" for s in startup["first_prediction_s"])
+        + ")"
+    )
     ready = summary["server_ready_in_s"]
-    print(f"    of which the server's own \"ready in\" {'?' if ready is None else f'{ready:.1f}'} s "
-          "(median; model load + warm-up)")
-    print(f"  floor: import, load, 1 forward  {summary['floor_s']:8.2f} s   (median; rounds: "
-          + ", ".join(f"{s:.2f}" for s in startup["floor_s"]) + ")")
-    print(f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     (target <= {STARTUP_TARGET}: "
-          f"{'met' if summary['startup_target_met'] else 'NOT met'})")
+    print(
+        f'    of which the server\'s own "ready in" {"?" if ready is None else f"{ready:.1f}"} s '
+        "(median; model load + warm-up)"
+    )
+    print(
+        f"  floor: import, load, 1 forward  {summary['floor_s']:8.2f} s   (median; rounds: "
+        + ", ".join(f"{s:.2f}" for s in startup["floor_s"])
+        + ")"
+    )
+    print(
+        f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     "
+        f"(target <= {STARTUP_TARGET}: "
+        f"{'met' if summary['startup_target_met'] else 'NOT met'})"
+    )
 
 
 def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str, Any]:
@@ -443,7 +471,9 @@ def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str,
     print(f"rebuild after a change to serve/{CHANGED_MODULE} ...", flush=True)
     rebuild = bake_build(bench, project, env, "rebuild")
     if not change_is_baked(bench.tag("rebuild"), change):
-        raise RuntimeError(f"the rebuilt image lacks the change to serve/{CHANGED_MODULE}: bake did not use the copy")
+        raise RuntimeError(
+            f"the rebuilt image lacks the change to serve/{CHANGED_MODULE}: bake did not use the copy"
+        )
     print("image size and weight copies ...", flush=True)
     facts = image_facts(bench.tag("cold"), bench.base_image, model_dir)
     print(f"startup: {rounds} rounds of the server and the floor ...", flush=True)
@@ -461,8 +491,11 @@ def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str,
 
 
 def clean_up(bench: Bench) -> None:
-    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage collector)."""
-    names = docker("ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}").stdout.split()
+    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage
+    collector)."""
+    names = docker(
+        "ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}"
+    ).stdout.split()
     for name in names:
         subprocess.run(["docker", "rm", "-f", name.decode()], capture_output=True)
     for image in (bench.tag("cold"), bench.tag("rebuild"), bench.base_image):
@@ -471,11 +504,18 @@ def clean_up(bench: Bench) -> None:
 
 def main() -> int:
     """Run the benchmark; print the table; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(REGIMES), default="resnet50")
     parser.add_argument("--rounds", type=int, default=3, help="startup rounds (server and floor each)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="runtime setting for the serving container, e.g. BAKE_TORCHSCRIPT=0 (repeatable)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime setting for the serving container, e.g. BAKE_TORCHSCRIPT=0 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "build.json")
     args = parser.parse_args()
     info = {**machine(), **docker_versions(), "load_average_before": os.getloadavg()}

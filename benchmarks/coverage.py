@@ -332,7 +332,7 @@ def _forward(item: dict[str, Any]) -> str:
 def _type_line(row: dict[str, Any]) -> str:
     """One model type's row of the table."""
     if "startup_s" not in row:
-        needs = ", ".join(IMAGE_CLASSIFIERS[row["model_type"]].requirements)
+        needs = ", ".join(package.name for package in IMAGE_CLASSIFIERS[row["model_type"]].packages)
         notes = f"needs {needs}, installed by `bake build`; {row['notes']}"
         unmeasured = ("–",) * 3
         return _cells(

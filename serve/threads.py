@@ -59,10 +59,11 @@ def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, conf
     would too (it costs at least as much), so the pass is device-bound and keeps every core without running
     the batch (a random-weight EfficientNet-B7 takes seconds a sample: a batch of 4 first made start-up that
     much slower). Otherwise it times a batch of `batch_size` on every core: from `DEVICE_BOUND_S` per sample
-    the pass keeps every core, untimed on one thread (for ResNet-50 on 2 cores the single-thread timing alone took
-    2 s of start-up, and a forward pass that slow is in practice always helped by more cores), then on one
-    thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if
-    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
+    the pass keeps every core, untimed on one thread (for ResNet-50 on 2 cores the single-thread timing alone
+    took 2 s of start-up, and a forward pass that slow is in practice always helped by more cores), then on
+    one thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core
+    if they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S`
+    on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
@@ -91,7 +92,12 @@ def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, conf
         speedup = single / _best_time(run)
         needed = DEVICE_BOUND_SPEEDUP if per_sample >= DEVICE_BOUND_S else MIN_SPEEDUP
         threads = cores if speedup >= needed else 1
-        logger.info("forward pass: %.1f ms per sample on one thread, %.2fx faster on %d", per_sample * 1e3, speedup, cores)
+        logger.info(
+            "forward pass: %.1f ms per sample on one thread, %.2fx faster on %d",
+            per_sample * 1e3,
+            speedup,
+            cores,
+        )
     torch.set_num_threads(threads)
     logger.info("forward pass on %d CPU thread(s) (%.1f ms per sample on one)", threads, per_sample * 1e3)
     return threads

@@ -31,9 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
-from transformers.image_processing_backends import PilBackend
-from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+from transformers import AutoImageProcessor, ConvNextImageProcessorPil, PilBackend
 
 from serve.device import Placement
 from serve.errors import ModelLoadError
@@ -214,7 +212,7 @@ def _load_processor(model_dir: Path) -> Any:
     """The model's image processor: its PIL version, else (a torchvision-only processor) its default one."""
     try:
         return AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # malformed configs surface as any
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # any, for malformed configs
         if "torchvision" not in str(error):
             raise ModelLoadError(f"no usable image processor config in {model_dir}: {error}") from error
     try:

@@ -16,9 +16,10 @@ import pytest
 from bake.config import ModelSpec, load_config
 from bake.env import read_environment
 from bake.errors import UnsupportedModel
-from bake.files import detect_task, select_files
 from bake.hub import ResolvedModel, resolve_model
 from bake.plan import plan_build, runtime_requirements
+from serve.contract import packages
+from serve.contract.files import detect_task, select_files
 from serve.contract.models import IMAGE_CLASSIFIERS
 from tests.fixtures.classifier_zoo import CONFIG_ONLY, config_only_repo, make_classifier
 from tests.fixtures.hub import HubServer
@@ -55,12 +56,12 @@ def test_a_timm_checkpoint_is_an_image_classifier_without_a_preprocessor_config(
     assert detect_task(names, documents) == "image-classification"
     selection = select_files(names, "image-classification", device="cpu", read_json=documents)
     assert selection.files == ("config.json", "model.safetensors")
-    assert selection.requirements == ("timm", "torchvision")
+    assert selection.packages == ("timm", "torchvision")
 
 
-def test_a_model_of_a_type_without_extra_needs_adds_no_requirement(tmp_path: Path) -> None:
+def test_a_model_of_a_type_without_extra_needs_adds_no_package(tmp_path: Path) -> None:
     model = resolve_local(make_classifier("deit", tmp_path / "deit"))
-    assert model.task == "image-classification" and model.requirements == ()
+    assert model.task == "image-classification" and model.packages == ()
     assert [file.path for file in model.files] == [
         "config.json",
         "preprocessor_config.json",
@@ -70,8 +71,8 @@ def test_a_model_of_a_type_without_extra_needs_adds_no_requirement(tmp_path: Pat
 
 def test_the_image_gets_the_packages_a_model_type_needs(tmp_path: Path) -> None:
     model = resolve_local(config_only_repo("timm_wrapper", tmp_path / "timm"))
-    assert model.requirements == ("timm", "torchvision")
-    requirements = runtime_requirements(model.task, model.requirements)
+    assert model.packages == ("timm", "torchvision")
+    requirements = runtime_requirements(model.task, model.packages)
     assert requirements[-2:] == ["timm", "torchvision"]
     assert any(requirement.startswith("transformers") for requirement in requirements)
     assert runtime_requirements("image-classification") == requirements[:-2]
@@ -137,7 +138,7 @@ def test_a_timm_repo_on_the_hub_resolves_with_timm(published: str) -> None:
     environment = read_environment({"HF_ENDPOINT": published})
     model = resolve_model(ModelSpec("types/timm-resnet50", "main", None), environment, device="cpu")
     assert [file.path for file in model.files] == ["config.json", "model.safetensors"]
-    assert model.requirements == ("timm", "torchvision")
+    assert model.packages == ("timm", "torchvision")
 
 
 def test_a_sharded_repo_on_the_hub_fetches_every_shard_and_the_index(published: str) -> None:
@@ -154,7 +155,20 @@ def test_a_refused_repo_on_the_hub_is_refused_before_any_build(published: str) -
         resolve_model(ModelSpec("types/dinat", "main", None), environment, device="cpu")
 
 
+def test_missing_packages_are_named_with_the_reason_and_the_fix() -> None:
+    present = packages.Package("json", "json", "parses")
+    absent = packages.Package("no-such-package", "no_such_package.sub", "reads nothing")
+    assert packages.missing([present, absent, absent]) == [absent]
+    assert packages.missing_message("a toy model", [absent]) == (
+        "a toy model needs no-such-package (reads nothing): pip install no-such-package "
+        "(bake build installs them)"
+    )
+
+
 def test_the_registry_and_bake_import_no_torch() -> None:
-    code = "import sys, bake.files, serve.contract.models; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = (
+        "import sys, bake, bake.cli, bake.hub, serve.contract, serve.contract.files, serve.contract.models; "
+        "print(sorted({'torch', 'transformers', 'diffusers'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

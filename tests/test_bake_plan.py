@@ -22,10 +22,17 @@ TOKEN = "hf_secret_token_value"
 def hub_model(*, convert: bool = False, task: str = "image-classification") -> ResolvedModel:
     weights = "pytorch_model.bin" if convert else "model.safetensors"
     return ResolvedModel(
-        id="org/Tiny-Model", revision="main", commit_sha=SHA, task=task,
-        files=(ModelFile("config.json", 10, None), ModelFile("preprocessor_config.json", 10, None),
-               ModelFile(weights, 1000, "ab" * 32)),
-        convert_to_safetensors=convert, local_dir=None,
+        id="org/Tiny-Model",
+        revision="main",
+        commit_sha=SHA,
+        task=task,
+        files=(
+            ModelFile("config.json", 10, None),
+            ModelFile("preprocessor_config.json", 10, None),
+            ModelFile(weights, 1000, "ab" * 32),
+        ),
+        convert_to_safetensors=convert,
+        local_dir=None,
     )
 
 
@@ -39,7 +46,9 @@ def _empty_toml(tmp_path: Path) -> Path:
     return path
 
 
-def plan(tmp_path: Path, model: ResolvedModel | None = None, environ: dict[str, str] | None = None, **flags: object):
+def plan(
+    tmp_path: Path, model: ResolvedModel | None = None, environ: dict[str, str] | None = None, **flags: object
+):
     environment = read_environment({"HF_ENDPOINT": "https://hub.example", **(environ or {})})
     work = tmp_path / "work"
     work.mkdir()
@@ -53,11 +62,16 @@ def stages(dockerfile: str) -> list[tuple[str, str]]:
 def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_deps(tmp_path: Path) -> None:
     text = plan(tmp_path).dockerfile.read_text()
     assert stages(text) == [
-        ("python:3.11-slim-bookworm", "base"), ("base", "deps"), ("base", "fetcher"),
-        ("fetcher", "weights"), ("deps", "runtime"),
+        ("python:3.11-slim-bookworm", "base"),
+        ("base", "deps"),
+        ("base", "fetcher"),
+        ("fetcher", "weights"),
+        ("deps", "runtime"),
     ]
     runtime = text.split("AS runtime", 1)[1]
-    assert runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+    assert (
+        runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+    )
 
 
 def test_runtime_stage_is_offline_non_root_healthchecked_and_exec_form(tmp_path: Path) -> None:
@@ -92,8 +106,13 @@ def test_a_loopback_endpoint_gets_the_hosts_network_for_the_weights_step_only(tm
 
 @pytest.mark.parametrize(
     ("url", "loopback"),
-    [("http://127.0.0.1:1", True), ("http://localhost:80", True), ("http://[::1]:9", True),
-     ("https://huggingface.co", False), ("http://10.0.0.5", False)],
+    [
+        ("http://127.0.0.1:1", True),
+        ("http://localhost:80", True),
+        ("http://[::1]:9", True),
+        ("https://huggingface.co", False),
+        ("http://10.0.0.5", False),
+    ],
 )
 def test_loopback_detection(url: str, loopback: bool) -> None:
     assert is_loopback(url) is loopback
@@ -123,7 +142,9 @@ def test_pip_configuration_secret(tmp_path: Path) -> None:
         pip_find_links=str(wheels),
         ca_cert=str(ca),
     )
-    pip_conf = Path(next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]).read_text()
+    pip_conf = Path(
+        next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]
+    ).read_text()
     assert "index-url = https://mirror/simple" in pip_conf
     assert "extra-index-url = https://extra/simple" in pip_conf and TORCH_CPU_INDEX not in pip_conf
     assert "find-links = /wheels" in pip_conf
@@ -137,7 +158,9 @@ def test_pip_configuration_secret(tmp_path: Path) -> None:
 
 def test_cpu_images_find_the_cpu_torch_wheel_by_default(tmp_path: Path) -> None:
     built = plan(tmp_path)
-    pip_conf = Path(next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]).read_text()
+    pip_conf = Path(
+        next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]
+    ).read_text()
     assert f"extra-index-url = {TORCH_CPU_INDEX}" in pip_conf
 
 
@@ -145,7 +168,9 @@ def test_cuda_images_default_to_a_cuda_base_and_do_not_add_the_cpu_index(tmp_pat
     built = plan(tmp_path, device="cuda")
     assert "cuda" in built.base_image
     assert 'BAKE_DEVICE="cuda"' in built.dockerfile.read_text()
-    pip_conf = Path(next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]).read_text()
+    pip_conf = Path(
+        next(item for item in built.secrets if item.startswith("id=pip_conf,")).split("src=")[1]
+    ).read_text()
     assert TORCH_CPU_INDEX not in pip_conf
 
 
@@ -160,8 +185,13 @@ def test_local_model_comes_through_a_named_context(tmp_path: Path) -> None:
     folder = tmp_path / "my-model"
     folder.mkdir()
     model = ResolvedModel(
-        id=str(folder), revision="local", commit_sha="f" * 64, task="image-classification",
-        files=(ModelFile("config.json", 1, "a" * 64),), convert_to_safetensors=False, local_dir=folder,
+        id=str(folder),
+        revision="local",
+        commit_sha="f" * 64,
+        task="image-classification",
+        files=(ModelFile("config.json", 1, "a" * 64),),
+        convert_to_safetensors=False,
+        local_dir=folder,
     )
     built = plan(tmp_path, model=model)
     text = built.dockerfile.read_text()
@@ -178,9 +208,11 @@ def test_labels_carry_model_sha_task_hashes_and_settings(tmp_path: Path) -> None
     assert labels["org.opencontainers.image.source"] == "https://hub.example/org/Tiny-Model"
     assert labels["org.opencontainers.image.base.name"] == "python:3.11-slim-bookworm"
     facts = ImageFacts.from_labels(labels)
-    assert facts.model == "org/Tiny-Model" and facts.commit_sha == SHA and facts.task == "image-classification"
+    assert (
+        facts.model == "org/Tiny-Model" and facts.commit_sha == SHA and facts.task == "image-classification"
+    )
     assert facts.weights["model.safetensors"] == "ab" * 32
-    assert facts.serve["BAKE_MAX_BATCH_SIZE"] == "4" and facts.port == 8080
+    assert facts.serve.max_batch_size == 4 and facts.port == 8080
 
 
 def test_default_tag_is_the_model_name_and_short_sha() -> None:
@@ -195,7 +227,10 @@ def test_context_holds_the_serve_code_the_pins_and_the_weights_script(tmp_path: 
 
 
 def test_runtime_requirements_come_from_the_serve_extra() -> None:
-    names = {re.split(r"[<>=\[ ]", requirement)[0].lower() for requirement in runtime_requirements("image-classification")}
+    names = {
+        re.split(r"[<>=\[ ]", requirement)[0].lower()
+        for requirement in runtime_requirements("image-classification")
+    }
     assert {"torch", "transformers", "fastapi", "uvicorn", "pillow", "safetensors"} <= names
     assert "python-on-whales" not in names and "tomlkit" not in names and "diffusers" not in names
     assert any(requirement.startswith("diffusers") for requirement in runtime_requirements("text-to-image"))

@@ -126,4 +126,5 @@ def test_scores_that_are_not_numbers_are_a_500_with_the_reason_and_batch_mates_a
     assert all(len(response.json()) == NUM_LABELS for response in answers[1:-1])
     assert classify(overflowing, images.photo(64, 48)).status_code == 200  # and it keeps serving
     metrics = httpx.get(overflowing + "/metrics").text
-    assert re.search(r'^bake_requests_total\{path="/predict",status="500"\} 2\.0$', metrics, re.MULTILINE)
+    pattern = r'^bake_requests_total\{path="/predict",protocol="huggingface",status="500"\} 2\.0$'
+    assert re.search(pattern, metrics, re.MULTILINE)

@@ -2,35 +2,29 @@
 
 For each type of the pinned transformers a tiny random-weight model with its real repo's processor config
 (tests/fixtures/classifier_zoo.py) is served in process through the runtime's own task (load, warm-up,
-prepare, run_batch) and compared with `pipeline("image-classification")` on photo-like uploads, alone and
-batched. The registry (serve/contract/models.py) must say what the runtime found: which inputs the model
-takes and whether its forward pass was traced. Types bake refuses, or that need a package this machine
-lacks, must be refused with the reason.
+prepare, run_batch, finish) and compared with `pipeline("image-classification")` on photo-like uploads,
+alone and batched. The registry (serve/contract/models.py) must say what the runtime found: which inputs
+the model takes and whether its forward pass was traced. Types bake refuses, or that need a package this
+machine lacks, must be refused with the reason.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from serve.contract.models import (
-    IMAGE_CLASSIFIERS,
-    TRANSFORMERS_VERSION,
-    UnsupportedModelType,
-    image_classifier,
-)
+from serve.contract import packages
+from serve.contract.errors import UnsupportedModel
+from serve.contract.models import IMAGE_CLASSIFIERS, TRANSFORMERS_VERSION, image_classifier
 from serve.errors import ModelLoadError
 from serve.tasks.image_classification import ClassificationParameters
 from tests.fixtures.classifier_parity import BATCH_TOLERANCE, SCORE_TOLERANCE, load_task, measure
 from tests.fixtures.classifier_zoo import CONFIG_ONLY, REPO_SHAPES, ZOO, config_only_repo, make_classifier
 
 NEEDS_MISSING_PACKAGE = sorted(
-    name
-    for name, kind in IMAGE_CLASSIFIERS.items()
-    if name in ZOO and any(importlib.util.find_spec(package) is None for package in kind.requirements)
+    name for name, kind in IMAGE_CLASSIFIERS.items() if name in ZOO and packages.missing(kind.packages)
 )
 """Zoo types whose extra packages this machine lacks (torchvision: PyPI's wheels need CUDA torch)."""
 SERVED_HERE = sorted(set(ZOO) - set(NEEDS_MISSING_PACKAGE))
@@ -72,10 +66,8 @@ def test_served_scores_equal_the_pipeline_alone_and_batched(model_type: str, tmp
 @pytest.mark.parametrize("model_type", NEEDS_MISSING_PACKAGE)
 def test_a_type_whose_package_is_missing_is_a_load_error_naming_it(model_type: str, tmp_path: Path) -> None:
     folder = make_classifier(model_type, tmp_path / model_type)
-    missing = [
-        name for name in IMAGE_CLASSIFIERS[model_type].requirements if importlib.util.find_spec(name) is None
-    ]
-    with pytest.raises(ModelLoadError, match=f"need the Python package.*{missing[0]}.*bake build"):
+    missing = packages.missing(IMAGE_CLASSIFIERS[model_type].packages)
+    with pytest.raises(ModelLoadError, match=f"a {model_type} model needs {missing[0].name} .*bake build"):
         load_task(folder)
 
 
@@ -86,11 +78,12 @@ def test_types_that_cannot_be_built_here_are_refused_or_need_a_package(
     kind = IMAGE_CLASSIFIERS[model_type]
     folder = config_only_repo(model_type, tmp_path / model_type)
     if kind.refusal:
-        with pytest.raises(ModelLoadError, match=f"{model_type} models are not served"):
+        with pytest.raises(UnsupportedModel, match=f"{model_type} models are not served"):
             load_task(folder)
     else:  # timm: its package is installed in the image, not on this machine
-        assert kind.requirements and importlib.util.find_spec(kind.requirements[0]) is None
-        with pytest.raises(ModelLoadError, match=kind.requirements[0]):
+        missing = packages.missing(kind.packages)
+        assert missing
+        with pytest.raises(ModelLoadError, match=missing[0].name):
             load_task(folder)
 
 
@@ -104,16 +97,16 @@ def test_repo_shapes_serve_like_the_pipeline(shape: object, tmp_path: Path) -> N
 def test_a_config_without_id2label_gives_label_n(tmp_path: Path) -> None:
     task = load_task(make_classifier("vit", tmp_path / "vit", labels=False))
     assert task.info().details["num_labels"] == 11
-    scores = task.scores(
+    scores = task.finish(
         task.run_batch([task.transform.example()], 1)[0], ClassificationParameters(top_k=100)
     )
     assert {item["label"] for item in scores} == {f"LABEL_{i}" for i in range(11)}
 
 
 def test_an_architecture_outside_the_mapping_is_refused() -> None:
-    with pytest.raises(UnsupportedModelType, match="ViTForMaskedImageModeling is not an image classifier"):
+    with pytest.raises(UnsupportedModel, match="ViTForMaskedImageModeling is not an image classifier"):
         image_classifier({"model_type": "vit", "architectures": ["ViTForMaskedImageModeling"]})
-    with pytest.raises(UnsupportedModelType, match="'llama' has no image-classification class"):
+    with pytest.raises(UnsupportedModel, match="'llama' has no image-classification class"):
         image_classifier({"model_type": "llama", "architectures": ["LlamaForImageClassification"]})
 
 

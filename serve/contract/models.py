@@ -1,11 +1,12 @@
 """The model types bake serves for image classification, and what each one needs.
 
 One entry per model type of transformers' `AutoModelForImageClassification` mapping (transformers
-`TRANSFORMERS_VERSION`; `tests/test_model_registry.py` keeps the two equal): the classes of the mapping, the
-pip packages the image needs beyond the runtime's own (`bake build` installs them), the processor outputs the
-model's forward pass takes, whether its forward pass can be traced, and, for the types bake cannot serve,
-why. `bake build` consults it before building anything; the runtime consults it when it loads a model.
-docs/models.md shows it next to what the tests measured for each type.
+`TRANSFORMERS_VERSION`; `tests/test_classifier_zoo.py` keeps the two equal): the classes of the mapping, the
+packages the image needs beyond the runtime's own (`serve.contract.packages`: `bake build` installs them), the
+processor outputs the model's forward pass takes, whether its forward pass can be traced, and, for the types
+bake cannot serve, why (`UnsupportedModel`, one line with the fix). `bake build` consults it before building
+anything; the runtime consults it when it loads a model. docs/models.md shows it next to what the tests
+measured for each type.
 
 Standard library only: the host CLI imports this module.
 """
@@ -15,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from serve.contract.errors import UnsupportedModel
+from serve.contract.packages import TIMM, TORCHVISION, Package
 
 TRANSFORMERS_VERSION = "5.23.0"
 """The transformers release whose image-classification mapping this registry covers."""
@@ -31,8 +35,8 @@ class ModelType:
     """transformers' `model_type`, as config.json says it."""
     architectures: tuple[str, ...]
     """The image-classification classes of this type (config.json's `architectures` names one of them)."""
-    requirements: tuple[str, ...] = ()
-    """pip requirements the image needs beyond the runtime's own; `bake build` adds them to the image."""
+    packages: tuple[Package, ...] = ()
+    """Packages the image needs beyond the runtime's own; `bake build` installs them."""
     inputs: tuple[str, ...] = ("pixel_values",)
     """The image processor's outputs that the model's forward pass takes."""
     traceable: bool = True
@@ -43,15 +47,6 @@ class ModelType:
     """Why bake cannot serve this type; empty when it can."""
     fix: str = ""
     """What a user can do instead, for a refused type."""
-
-
-class UnsupportedModelType(ValueError):
-    """A model bake does not serve as an image classifier: `message` says why, `fix` what to do."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(f"{message}: {fix}")
-        self.message = message
-        self.fix = fix
 
 
 _SIGLIP2_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
@@ -109,7 +104,7 @@ IMAGE_CLASSIFIERS: dict[str, ModelType] = {
         ModelType(
             "pp_lcnet",
             ("PPLCNetForImageClassification",),
-            requirements=("torchvision",),
+            packages=(TORCHVISION,),
             notes="its image processor exists for the torchvision backend only",
         ),
         ModelType("pvt", ("PvtForImageClassification",)),
@@ -144,7 +139,7 @@ IMAGE_CLASSIFIERS: dict[str, ModelType] = {
         ModelType(
             TIMM_WRAPPER,
             ("TimmWrapperForImageClassification",),
-            requirements=("timm", "torchvision"),
+            packages=TIMM,
             notes="timm checkpoints (config.json with pretrained_cfg), through transformers' TimmWrapper",
         ),
         ModelType("vit", ("ViTForImageClassification",)),
@@ -176,26 +171,26 @@ def is_image_classifier(config: Mapping[str, Any]) -> bool:
 def image_classifier(config: Mapping[str, Any]) -> ModelType:
     """The registry entry of the image classifier config.json describes, if bake serves it.
 
-    Raises `UnsupportedModelType` for a config without a model type, a type without an image-classification
+    Raises `UnsupportedModel` for a config without a model type, a type without an image-classification
     class, a refused type, and `architectures` naming a class that is not an image classifier of its type.
     """
     model_type = model_type_of(config)
     if model_type is None:
-        raise UnsupportedModelType(
+        raise UnsupportedModel(
             "config.json names no model_type", "is this a transformers (or timm) image classifier?"
         )
     kind = IMAGE_CLASSIFIERS.get(model_type)
     if kind is None:
-        raise UnsupportedModelType(
+        raise UnsupportedModel(
             f"model type {model_type!r} has no image-classification class in transformers "
             f"{TRANSFORMERS_VERSION}",
             "see docs/models.md for the types bake serves",
         )
     if kind.refusal:
-        raise UnsupportedModelType(f"{model_type} models are not served: {kind.refusal}", kind.fix)
+        raise UnsupportedModel(f"{model_type} models are not served: {kind.refusal}", kind.fix)
     architectures = [name for name in config.get("architectures") or [] if isinstance(name, str)]
     if architectures and not set(architectures) & set(kind.architectures):
-        raise UnsupportedModelType(
+        raise UnsupportedModel(
             f"{', '.join(architectures)} is not an image classifier of transformers' {model_type} type",
             f"bake serves {model_type} models as {' or '.join(kind.architectures)}",
         )

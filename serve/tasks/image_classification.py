@@ -13,7 +13,6 @@ A request whose scores are not finite numbers gets a 500 with the reason (`Infer
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import time
@@ -24,14 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from starlette.responses import JSONResponse, Response
 from transformers import AutoModelForImageClassification
 
-from serve.contract.models import ModelType, UnsupportedModelType, image_classifier
+from serve.contract import packages
+from serve.contract.models import ModelType, image_classifier
+from serve.contract.tasks import IMAGE_CLASSIFICATION
 from serve.errors import InferenceFailed, ModelLoadError
 from serve.imaging import decode_image
-from serve.payload import StrictModel, binary_request
-from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.payload import StrictModel
+from serve.tasks.base import Prepared, Task, TaskInfo
 from serve.tracing import eager_forward, traced_forward
 from serve.transforms import EXAMPLE_INPUT_SIZE, ImageTransform, build_image_transform
 
@@ -65,51 +65,8 @@ class ClassificationParameters(StrictModel):
 class ImageClassification(Task):
     """An `AutoModelForImageClassification` model with its image processor."""
 
-    name = "image-classification"
-    request_openapi = {
-        "required": True,
-        "content": {
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "top_k": {"type": "integer", "minimum": 1},
-                        "function_to_apply": {"type": "string", "enum": ["softmax", "sigmoid", "none"]},
-                    },
-                    "required": ["image"],
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "description": "base64 image bytes or a data: URL"},
-                        "parameters": ClassificationParameters.model_json_schema(),
-                    },
-                }
-            },
-        },
-    }
-    response_openapi = {
-        "description": "Labels and scores, best first",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["label", "score"],
-                        "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
-                    },
-                }
-            }
-        },
-    }
+    name = IMAGE_CLASSIFICATION
+    Parameters = ClassificationParameters
 
     model: torch.nn.Module
     transform: ImageTransform
@@ -126,7 +83,9 @@ class ImageClassification(Task):
                 str(self.source.path), dtype=self.placement.dtype
             )
         except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load an image classifier from {self.source.path}: {error}") from error
+            raise ModelLoadError(
+                f"cannot load an image classifier from {self.source.path}: {error}"
+            ) from error
         self.model = model.to(self.placement.device).eval()
         self._forward = eager_forward(self.model)
         config = model.config
@@ -210,10 +169,11 @@ class ImageClassification(Task):
             )
         return None
 
-    def prepare(self, body: Body) -> Prepared:
+    def prepare(self, inputs: bytes, params: ClassificationParameters) -> Prepared:
         """Decode and preprocess the image; the batch key is the shape of its inputs."""
-        data, params = binary_request(body.data, body.content_type, body.query, ClassificationParameters)
-        image = decode_image(data, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size)
+        image = decode_image(
+            inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size
+        )
         sample = self.transform.prepare(image)
         return Prepared(sample=sample, params=params, batch_key=self.transform.batch_key(sample))
 
@@ -230,12 +190,9 @@ class ImageClassification(Task):
             )
         return list(outputs)
 
-    def respond(self, output: np.ndarray, params: ClassificationParameters, accept: str) -> Response:
-        """`[{"label", "score"}, ...]` best first, as the pipeline computes them."""
-        return JSONResponse(self.scores(output, params))
-
-    def scores(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
-        """The top-k labels and scores for one sample's logits."""
+    def finish(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
+        """`[{"label", "score"}, ...]`, the top-k best first, as the pipeline computes them from the
+        logits."""
         function = params.function_to_apply or self._default_function
         if function == "softmax":
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -276,17 +233,12 @@ def _tracing_cost(per_sample: float, rows: Sequence[Any], batch_sizes: Sequence[
 
 
 def _model_type(config: dict[str, Any]) -> ModelType:
-    """The registry entry of the model, once its needs are checked: a clear load error otherwise."""
-    try:
-        kind = image_classifier(config)
-    except UnsupportedModelType as error:
-        raise ModelLoadError(str(error)) from None
-    missing = [name for name in kind.requirements if importlib.util.find_spec(name) is None]
+    """The registry entry of the model (`UnsupportedModel` for a type bake does not serve), once the packages
+    it needs are importable (`ModelLoadError` naming them otherwise)."""
+    kind = image_classifier(config)
+    missing = packages.missing(kind.packages)
     if missing:
-        raise ModelLoadError(
-            f"{kind.name} models need the Python package(s) {', '.join(missing)}, which this image lacks: "
-            "build the image with bake build, which installs them"
-        )
+        raise ModelLoadError(packages.missing_message(f"a {kind.name} model", missing))
     return kind
 
 
