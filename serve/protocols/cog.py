@@ -181,7 +181,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         }
 
     async def create(request: Request, prediction_id: str | None) -> Response:
-        body = await read_body(request, runtime.settings.max_body_bytes)
+        body = await read_body(request, runtime.settings.max_body_bytes, deadline=runtime.deadline())
         try:
             cog_request = PredictionRequest.model_validate(parse_json(body))
         except ValidationError as error:

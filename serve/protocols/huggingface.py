@@ -63,7 +63,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
     async def predict(request: Request) -> Response:
         deadline = runtime.deadline()
         task = runtime.ready_task()
-        data = await read_body(request, runtime.settings.max_body_bytes)
+        data = await read_body(request, runtime.settings.max_body_bytes, deadline=deadline)
         inputs: bytes | str
         if task.text_input:
             body = validate(TextRequest, parse_json(data))

@@ -78,7 +78,10 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         task = runtime.ready_task()
         if task.name != TEXT_TO_IMAGE:
             raise StatusError(f"{runtime.settings.model} is an {task.name} model: it makes no images", 404)
-        body = validate(ImagesRequest, parse_json(await read_body(request, runtime.settings.max_body_bytes)))
+        body = validate(
+            ImagesRequest,
+            parse_json(await read_body(request, runtime.settings.max_body_bytes, deadline=deadline)),
+        )
         if body.model not in (None, runtime.model_name, runtime.settings.model):
             raise StatusError(
                 f"the model {body.model!r} is not served here; this server serves {runtime.model_name!r}", 404

@@ -12,7 +12,7 @@ from pydantic import Field
 from transformers import AutoModelForImageClassification
 
 from serve.contract.tasks import IMAGE_CLASSIFICATION
-from serve.errors import ModelLoadError
+from serve.errors import ModelLoadError, PayloadTooLarge
 from serve.imaging import decode_image
 from serve.payload import StrictModel
 from serve.tasks.base import Prepared, Task, TaskInfo
@@ -82,9 +82,15 @@ class ImageClassification(Task):
 
     def prepare(self, inputs: bytes, params: ClassificationParameters) -> Prepared:
         """Decode and preprocess the image; batch key is the pixel array's shape."""
-        image = decode_image(
-            inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size
-        )
+        limit = self.settings.max_image_pixels
+        image = decode_image(inputs, max_pixels=limit, min_size=self._min_decode_size)
+        working = self.transform.working_pixels(*image.size)
+        if working > limit:
+            raise PayloadTooLarge(
+                f"the image is {image.width}x{image.height}: resized for the model it would be {working} "
+                f"pixels, over the limit of {limit} (BAKE_MAX_IMAGE_PIXELS); crop it to a less extreme "
+                "aspect ratio"
+            )
         pixels = self.transform.prepare(image)
         return Prepared(sample=pixels, params=params, batch_key=pixels.shape)
 
