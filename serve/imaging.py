@@ -71,7 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: tuple[int, int] | No
 
 
 def _signature(data: bytes) -> str | None:
-    """The supported format whose magic bytes `data` starts with, if any (for telling corrupt from foreign)."""
+    """The supported format whose magic bytes `data` starts with, if any (tells corrupt from foreign)."""
     for kind, magic in _SIGNATURES:
         if data.startswith(magic) and (kind != "WebP" or data[8:12] == b"WEBP"):
             return kind

@@ -40,6 +40,7 @@ from serve.errors import BadRequest, InvalidParameters, PayloadTooLarge, Request
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import encode_image
 from serve.payload import parse_json
+from serve.protocols import huggingface
 from serve.protocols.base import Protocol
 from serve.runtime import Runtime, State
 from serve.tasks.text_to_image import Generated
@@ -382,6 +383,16 @@ def document(schema: dict[str, Any], task: str) -> None:
             "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/InferenceTensor"}},
         },
     }
+    readiness = {
+        "description": "Not ready",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["ready"], "properties": {"ready": {"const": False}}}
+            }
+        },
+    }
+    for path in (routes.OIP_READY, routes.OIP_MODEL_READY, routes.OIP_VERSION_READY):
+        schema["paths"][path]["get"]["responses"]["503"] = readiness
     for path in (routes.OIP_INFER, routes.OIP_VERSION_INFER):
         operation = schema["paths"][path]["post"]
         operation["requestBody"] = {"content": {"application/json": {"schema": request}}}
@@ -404,4 +415,5 @@ PROTOCOL = Protocol(
         routes.OIP_MODEL_READY,
         routes.OIP_INFER,
     ),
+    error_schema=huggingface.ERROR_SCHEMA,
 )
