@@ -281,6 +281,12 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("bake: aborted", err=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
+    except click.UsageError as error:  # a flag or argument click refuses: one line too, with the help to read
+        command = error.ctx.command_path if error.ctx is not None else "bake"
+        click.echo(
+            f"bake: error: {' '.join(error.format_message().split())} (see `{command} --help`)", err=True
+        )
+        sys.exit(error.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
