@@ -78,9 +78,14 @@ class Runtime:
             is_out_of_memory=is_out_of_memory,
             on_out_of_memory=self._release_memory,
             stats=BatchStats(
-                on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe
+                on_batch=self.metrics.observe_batch,
+                on_queue_wait=self.metrics.queue_wait.observe,
+                on_failure=lambda reason: self.metrics.inference_failures.labels(reason).inc(),
+                on_split=self.metrics.out_of_memory_splits.inc,
             ),
         )
+        self._preparing = 0
+        """Requests being preprocessed: they count against the queue bound before they reach it."""
         self.metrics.watch_queue(lambda: self.batcher.depth)
 
     @asynccontextmanager
@@ -199,8 +204,12 @@ class Runtime:
         return await self.run(prepared, deadline=deadline, on_step=on_step)
 
     async def prepare(self, inputs: bytes | str, params: BaseModel, *, deadline: float) -> Prepared:
-        """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`)."""
+        """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`).
+
+        A request that would find the queue full is refused (503) before any preprocessing."""
         task = self.ready_task()
+        self.batcher.check_room(self._preparing)
+        self._preparing += 1
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
@@ -212,6 +221,7 @@ class Runtime:
                 "preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)"
             ) from None
         finally:
+            self._preparing -= 1
             self.metrics.preprocess.observe(time.perf_counter() - started)
 
     async def run(self, prepared: Prepared, *, deadline: float, on_step: StepListener | None = None) -> Any:
