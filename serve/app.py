@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from serve import __version__
+from serve.admission import AdmissionMiddleware
 from serve.auth import BearerAuthMiddleware
 from serve.contract import routes
 from serve.errors import ClientDisconnected, InvalidParameters, RequestError, StatusError
@@ -56,6 +57,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         protocol.add_routes(app, runtime)
     _add_operational_routes(app, runtime)
     app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
+    app.add_middleware(AdmissionMiddleware, runtime=runtime, render=error_response)
     if runtime.settings.api_key is not None:
         app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key, render=error_response)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics, activity=runtime.activity)
