@@ -154,6 +154,8 @@ def render_dockerfile(
             f"{image.HF_HOME}/hub",
         ]
         weights_dir = image.HF_HOME
+    if model.local_dir is None:
+        fetch_args += [f"--sha256={file.path}={file.sha256}" for file in model.files if file.sha256]
     fetch_args += ["--manifest", image.MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
