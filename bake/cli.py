@@ -13,6 +13,7 @@ import click
 from bake import __version__
 from bake.build import BuiltImage, build
 from bake.config import Config, load_config
+from bake.docker import docker_client
 from bake.env import read_environment
 from bake.errors import ConfigError
 from bake.init_config import write_config
@@ -20,8 +21,10 @@ from bake.launch import commands as launch_commands
 from bake.launch import docker_target
 from bake.launch.commands import project_dir
 from bake.options import Option, find, options_for
+from bake.sbom import save_sbom
 from bake.state import record_build
 from serve.contract.errors import INTERRUPTED_EXIT_CODE, UserError
+from serve.contract.image import SBOM as SBOM_IN_IMAGE
 from serve.contract.labels import MODEL
 
 _KINDS = {"str": str, "int": int, "float": float, "list": str}
@@ -89,7 +92,8 @@ def build_command(**flags: Any) -> None:
     config = configure(flags)
     built = build(config, read_environment(), output=sys.stderr)
     record_build(project_dir(config), built.tag, built.facts.model)
-    _report(built)
+    sbom = None if built.pushed else save_sbom(docker_client(), built.tag, project_dir(config))
+    _report(built, sbom)
 
 
 def _key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -257,7 +261,7 @@ def _json_value(raw: str) -> Any:
         return raw
 
 
-def _report(built: BuiltImage) -> None:
+def _report(built: BuiltImage, sbom: Path | None) -> None:
     facts = built.facts
     size = f"{built.size_bytes / 2**20:.0f} MiB" if built.size_bytes else "pushed"
     click.echo(f"\nimage     {built.tag} ({size})")
@@ -267,6 +271,7 @@ def _report(built: BuiltImage) -> None:
         f"weights   {facts.weights_bytes / 2**20:.1f} MiB, {len(facts.weights)} files"
         + (" (from the build cache)" if built.weights_cached else "")
     )
+    click.echo(f"sbom      {sbom if sbom else 'in the image, ' + SBOM_IN_IMAGE} (CycloneDX)")
     click.echo(f"\nnext:     bake launch {built.tag}")
 
 

@@ -187,6 +187,12 @@ def render_dockerfile(
         "WEIGHTS_DIR": weights_dir,
         "HF_HOME": image.HF_HOME,
         "MANIFEST": image.MANIFEST,
+        "SBOM": image.SBOM,
+        "SBOM_ARGS": " ".join(
+            shlex.quote(arg)
+            for arg in ("--name", model.id, "--version", model.commit_sha, "--bake-version", __version__)
+        )
+        + f" --out {image.SBOM}",
         "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(port),
@@ -224,8 +230,10 @@ def is_loopback(url: str) -> bool:
 
 
 def _copy_sources(context: Path, torch_version: str) -> None:
-    """The weights script, the runtime pins (+ torch's, if asked) and the `serve` package (not imported)."""
+    """The weights and SBOM scripts, the runtime pins (+ torch's, if asked) and the `serve` package (not
+    imported)."""
     shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
+    shutil.copyfile(_IMAGE_FILES / "sbom.py", context / "sbom.py")
     constraints = (_IMAGE_FILES / "constraints.txt").read_text()
     if torch_version:
         constraints += f"torch=={torch_version}\n"
