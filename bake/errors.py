@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from serve.contract.errors import USAGE_EXIT_CODE, UnsupportedModel, UserError
+from serve.contract.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, UnsupportedModel, UserError
 
 __all__ = [
     "AccessDenied",
@@ -14,6 +14,7 @@ __all__ = [
     "DockerUnavailable",
     "GatedModel",
     "HubUnreachable",
+    "Interrupted",
     "LaunchFailed",
     "ModelNotFound",
     "RevisionNotFound",
@@ -61,3 +62,9 @@ class BuildFailed(BakeError):
 
 class LaunchFailed(BakeError):
     """The container could not be started or did not become ready."""
+
+
+class Interrupted(BakeError):
+    """The user stopped a command (Ctrl-C) after it had started something that goes on: say what is left."""
+
+    exit_code = INTERRUPTED_EXIT_CODE

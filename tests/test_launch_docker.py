@@ -6,8 +6,10 @@ idle stop / wake cycle.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,6 +90,44 @@ def test_a_second_launch_replaces_the_container_cleanly(project: Project, name: 
     listed = docker("ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.ID}}").stdout.split()
     assert len(listed) == 1
     assert httpx.post(f"http://127.0.0.1:{port}/predict", content=PHOTO).status_code == 200
+
+
+def test_ctrl_c_while_waiting_for_ready_leaves_a_container_that_bake_ps_shows(
+    project: Project, name: str
+) -> None:
+    port = free_port()
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "bake", "launch", project.image, "--name", name, "--host-port", str(port)],
+        cwd=project.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline and launch.poll() is None, launch.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)  # past `docker run`, into the /ready wait (the server needs seconds to import torch)
+    launch.send_signal(signal.SIGINT)
+    _, stderr = launch.communicate(timeout=60)
+    assert launch.returncode == 130, stderr
+    url = f"http://127.0.0.1:{port}"
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"bake: error: interrupted while {name} was starting"), stderr
+    assert url in line and f"bake stop {name} --rm" in line
+    listed = project.bake("ps")
+    assert listed.returncode == 0 and name in listed.stdout and url in listed.stdout
+    deadline = time.monotonic() + 120
+    while not answers_ready(url):
+        assert time.monotonic() < deadline and state(name)["Running"], "the container goes on starting"
+        time.sleep(0.5)
+
+
+def answers_ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/ready").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_ps_logs_predict_and_stop(project: Project, name: str) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException, NoSuchContainer
 
-from bake.errors import LaunchFailed
+from bake.errors import Interrupted, LaunchFailed
 from bake.labels import ImageFacts
 from bake.launch.readiness import wait_ready
 
@@ -83,7 +83,15 @@ def launch_container(
         _remove_quietly(client, name)
         raise _run_error(error, image, host_port) from None
     url = f"http://{address}:{host_port}"
-    seconds = wait_ready(url, timeout_s=ready_timeout_s, output=output, died=lambda: _exited(client, name))
+    try:
+        seconds = wait_ready(
+            url, timeout_s=ready_timeout_s, output=output, died=lambda: _exited(client, name)
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while {name} was starting; the container goes on starting at {url}",
+            f"see `bake ps` and `bake logs {name}`; `bake stop {name} --rm` removes it",
+        ) from None
     return Launched(name=name, url=url, image=image, ready_seconds=seconds)
 
 
