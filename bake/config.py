@@ -94,12 +94,6 @@ class LaunchSpec:
         )
         require(
             ConfigError,
-            self.target != "docker" or self.docker_host != "",
-            "the docker target needs an engine",
-            "pass --host ssh://user@box or tcp://box:2376",
-        )
-        require(
-            ConfigError,
             len(self.fly_region) == 3 and self.fly_region.isalpha() and self.fly_region.islower(),
             f"invalid Fly region {self.fly_region!r}",
             "use a three-letter region code such as iad, ams or sin",

@@ -27,6 +27,8 @@ class Environment:
     """FLY_API_TOKEN, for `bake launch --target fly`."""
     api_key: str | None = field(default=None, repr=False)
     """BAKE_API_KEY: sent as a bearer key by `bake predict` (and given to containers `bake launch` starts)."""
+    docker_host: str = ""
+    """DOCKER_HOST: the engine the docker CLI talks to by default (empty: the local socket)."""
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
@@ -41,4 +43,5 @@ def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
         hf_endpoint=(variables.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/"),
         fly_api_token=variables.get("FLY_API_TOKEN") or None,
         api_key=variables.get(API_KEY_ENV) or None,
+        docker_host=variables.get("DOCKER_HOST", "").strip(),
     )

@@ -1,5 +1,7 @@
 """Exception types of the bake CLI. Every one carries the fix and prints as one line, in the one format of
-`serve.contract.errors.UserError`, whose exit-code rule they follow (2: a setting or flag, 1: anything else).
+`serve.contract.errors.UserError`, whose exit-code rule they follow (2: a setting or flag, 130: interrupted,
+1: anything else). Errors of the libraries bake drives (the Docker SDK, httpx, the file system) are turned
+into these where they happen, so the message can say what bake was doing and what to do about it.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from serve.contract.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, Unsupp
 __all__ = [
     "AccessDenied",
     "BakeError",
+    "BenchFailed",
     "BuildFailed",
     "ConfigError",
+    "DockerFailed",
     "DockerUnavailable",
     "GatedModel",
     "HubUnreachable",
     "Interrupted",
     "LaunchFailed",
     "ModelNotFound",
+    "PredictFailed",
     "RevisionNotFound",
     "UnsupportedModel",
 ]
@@ -56,6 +61,10 @@ class DockerUnavailable(BakeError):
     """No Docker engine answers, or it lacks buildx."""
 
 
+class DockerFailed(BakeError):
+    """The Docker engine answers but refused or failed an operation on a container or an image."""
+
+
 class BuildFailed(BakeError):
     """The image build failed; the message says at which step and why."""
 
@@ -64,7 +73,15 @@ class LaunchFailed(BakeError):
     """The container could not be started or did not become ready."""
 
 
+class PredictFailed(BakeError):
+    """`bake predict` got no answer from the server, or an error."""
+
+
 class Interrupted(BakeError):
-    """The user stopped a command (Ctrl-C) after it had started something that goes on: say what is left."""
+    """Ctrl-C stopped a wait; the message says what was left behind."""
 
     exit_code = INTERRUPTED_EXIT_CODE
+
+
+class BenchFailed(BakeError):
+    """`bake bench` cannot measure: no server answers, it is not ready, or it refuses the requests."""

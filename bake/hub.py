@@ -63,6 +63,8 @@ class ResolvedModel:
     convert_to_safetensors: bool
     local_dir: Path | None
     gated: bool = False
+    packages: tuple[str, ...] = ()
+    """Extra runtime packages the model needs beyond the task's (PyPI names, pinned by the constraints)."""
 
     @property
     def weights_bytes(self) -> int:
@@ -105,6 +107,7 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
         files=files,
         convert_to_safetensors=selection.convert_to_safetensors,
         local_dir=directory.resolve(),
+        packages=selection.packages,
     )
 
 
@@ -157,6 +160,7 @@ def _resolve_hub_files(
         convert_to_safetensors=selection.convert_to_safetensors,
         local_dir=None,
         gated=bool(info.gated),
+        packages=selection.packages,
     )
 
 

@@ -73,7 +73,8 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     context = workdir / "context"
     context.mkdir(parents=True)
     _copy_sources(context, build.torch_version)
-    (context / "requirements.txt").write_text("\n".join(runtime_requirements(model.task)) + "\n")
+    requirements = runtime_requirements(model.task, model.packages)
+    (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
     runtime_env = {
         MODEL_ENV: image.LOCAL_MODEL if model.local_dir else model.id,
         env_name("revision"): model.revision,
@@ -201,8 +202,9 @@ def render_dockerfile(
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
-def runtime_requirements(task: str) -> list[str]:
-    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`)."""
+def runtime_requirements(task: str, packages: tuple[str, ...] = ()) -> list[str]:
+    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`), and the extra
+    `packages` the model needs (pinned, like the rest, by the image's constraints)."""
     extras = {"serve"} | ({"diffusion"} if task == TEXT_TO_IMAGE else set())
     requirements = []
     for raw in importlib.metadata.requires("bake") or []:
@@ -210,7 +212,7 @@ def runtime_requirements(task: str) -> list[str]:
         if requirement.marker is not None and any(requirement.marker.evaluate({"extra": e}) for e in extras):
             requirement.marker = None
             requirements.append(str(requirement))
-    return requirements
+    return requirements + list(packages)
 
 
 def default_tag(model: ResolvedModel) -> str:

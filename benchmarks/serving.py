@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import LoadResult, run_load, wrk_available
+from bake.bench.loadgen import LoadResult, Target, run_load, wrk_available
 from benchmarks.report import machine, write_report
 from tests.fixtures import images
 from tests.fixtures.models import make_image_classifier
@@ -168,8 +168,9 @@ def measure(server: ServerUnderTest, body: bytes, *, clients: int, seconds: floa
         )
         answer.raise_for_status()
         assert isinstance(answer.json(), list) and "label" in answer.json()[0], answer.text
-        run_load(url + "/predict", body, "application/json", connections=clients, seconds=min(5.0, seconds))
-        return run_load(url + "/predict", body, "application/json", connections=clients, seconds=seconds)
+        target = Target(url + "/predict", body, {"Content-Type": "application/json"})
+        run_load(target, connections=clients, seconds=min(5.0, seconds))
+        return run_load(target, connections=clients, seconds=seconds)
     finally:
         stop_group(process)
 

@@ -11,11 +11,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from serve import __version__
+from serve import __version__, playground
 from serve.admission import AdmissionMiddleware
 from serve.auth import BearerAuthMiddleware
 from serve.contract import routes
@@ -40,8 +41,12 @@ CLIENT_CLOSED = 499
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    """Build the ASGI app serving `runtime`'s model."""
-    app = FastAPI(
+    """Build the ASGI app serving `runtime`'s model.
+
+    /docs is Swagger UI with its scripts served from the image (fastapi-offline's copy), never from a CDN:
+    images run on networks that reach nothing else.
+    """
+    app = FastAPIOffline(
         title="bake model server",
         version=__version__,
         description=f"Serves {runtime.settings.model} with dynamic batching, over the Hugging Face "
@@ -51,8 +56,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         docs_url=routes.DOCS,
         redoc_url=None,
         openapi_url=routes.OPENAPI,
+        static_url=routes.DOCS_ASSETS,
+        # Swagger UI would send the schema's URL to swagger.io's online validator and show its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     _add_error_handlers(app)
+    playground.add_routes(app)  # before the protocols: its `GET /` goes before Cog's
     for protocol in PROTOCOLS.values():
         protocol.add_routes(app, runtime)
     _add_operational_routes(app, runtime)

@@ -1,4 +1,5 @@
-"""Optional bearer-key authentication for every route but the health probes, in every protocol.
+"""Optional bearer-key authentication for every route but the health probes and the playground's page and
+assets (which hold no model data), in every protocol.
 
 `BAKE_API_KEY` may hold several keys separated by commas, so a key can be rotated without downtime: add the
 new one, move the clients over, drop the old one.
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.contract.routes import OPEN_PATHS
+from serve.contract.routes import OPEN_PATHS, OPEN_PREFIXES
 from serve.contract.settings import api_keys
 from serve.errors import RequestError, Unauthorized
+from serve.playground import wants_page
 
 
 class BearerAuthMiddleware:
@@ -32,7 +34,7 @@ class BearerAuthMiddleware:
         self._render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or _is_open(scope):
             await self.app(scope, receive, send)
             return
         given = b""
@@ -50,3 +52,8 @@ class BearerAuthMiddleware:
             else "the bearer key is not valid"
         )
         await self._render(scope["path"], error)(scope, receive, send)
+
+
+def _is_open(scope: Scope) -> bool:
+    path = scope["path"]
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or wants_page(scope)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from serve import __version__
-from serve.batcher import Batcher, BatchStats
+from serve.batcher import Batcher, BatchReport, BatchStats
 from serve.channel import StepListener
 from serve.contract.errors import UserError
 from serve.contract.names import model_name
@@ -208,11 +208,12 @@ class Runtime:
         *,
         deadline: float | None = None,
         on_step: StepListener | None = None,
+        report: BatchReport | None = None,
     ) -> Any:
         """Predict for one input: `prepare` it, then `run` it. Raises `RequestError` subclasses."""
         deadline = self.deadline() if deadline is None else deadline
         prepared = await self.prepare(inputs, params, deadline=deadline)
-        return await self.run(prepared, deadline=deadline, on_step=on_step)
+        return await self.run(prepared, deadline=deadline, on_step=on_step, report=report)
 
     async def prepare(self, inputs: bytes | str, params: BaseModel, *, deadline: float) -> Prepared:
         """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`).
@@ -235,10 +236,18 @@ class Runtime:
             self._preparing -= 1
             self.metrics.preprocess.observe(time.perf_counter() - started)
 
-    async def run(self, prepared: Prepared, *, deadline: float, on_step: StepListener | None = None) -> Any:
+    async def run(
+        self,
+        prepared: Prepared,
+        *,
+        deadline: float,
+        on_step: StepListener | None = None,
+        report: BatchReport | None = None,
+    ) -> Any:
         """Run a prepared input in a batch on the device and finish its result.
 
-        `on_step(done, total)` hears each step of step-by-step work (called on the device thread). Cancelling
+        `on_step(done, total)` hears each step of step-by-step work (called on the device thread); `report`,
+        when given, is filled in with how the request was batched (`serve.batcher.BatchReport`). Cancelling
         the call (a client gone) drops the request from the queue, or tells a step-by-step batch that nobody
         waits for it any more.
         """
@@ -249,7 +258,7 @@ class Runtime:
                 prepared.channel.listen(on_step)
         try:
             output = await self.batcher.submit(
-                prepared.sample, key=prepared.batch_key, rows=prepared.rows, deadline=deadline
+                prepared.sample, key=prepared.batch_key, rows=prepared.rows, deadline=deadline, report=report
             )
         except (asyncio.CancelledError, DeadlineExceeded):
             if prepared.channel is not None:

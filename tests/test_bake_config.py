@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from bake.env import Environment, read_environment
 from bake.errors import ConfigError, ModelNotFound
 from bake.init_config import render_config, write_config
 from bake.options import OPTIONS, find
+from serve.contract.errors import UserError
 from serve.contract.settings import Settings, specs
 
 
@@ -112,7 +114,6 @@ def test_every_serve_variable_bake_sets_is_one_the_runtime_reads(tmp_path: Path)
         ("[serve]\nport = 70000\n", "serve.port=70000 is above the maximum 65535"),
         ("[serve]\ndefault_steps = 9\nmax_steps = 5\n", "BAKE_DEFAULT_STEPS=9 is above BAKE_MAX_STEPS=5"),
         ("[launch]\nhost_port = 0\n", "--host-port 0 is not a TCP port"),
-        ('[launch]\ntarget = "docker"\n', "the docker target needs an engine"),
         ('[launch]\nname = "My_Model"\ntarget = "kubernetes"\n', "invalid Kubernetes name 'My_Model'"),
         ("[build]\npush = true\n", "--push needs to know where to push"),
     ],
@@ -203,3 +204,20 @@ def test_generic_port_and_runtime_device_variables_do_not_change_a_build(tmp_pat
     config = load_config({}, env(PORT="9999", BAKE_DEVICE="auto"), write(tmp_path, ""))
     assert config.serve.port == 8080 and config.build.device == "cpu"
     assert load_config({}, env(BAKE_PORT="9999"), write(tmp_path, "")).serve.port == 9999
+
+
+def test_a_launch_is_checked_before_the_engine_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docker target without --host, a Fly deploy without a token: refused before any engine is reached
+    (DOCKER_HOST points at nothing, so reaching for the engine would fail differently)."""
+    from bake.launch.commands import LaunchRequest, launch
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no.sock")
+    request = LaunchRequest(
+        "img", {}, {}, dry_run=False, kserve=False, apply=False, namespace="d", max_scale=1
+    )
+    for flags, fragment in (({"target": "docker"}, "needs an engine"), ({"target": "fly"}, "FLY_API_TOKEN")):
+        config = load_config(flags, env(), write(tmp_path, ""))
+        with pytest.raises(UserError, match=fragment):
+            launch(config, env(), request, io.StringIO())

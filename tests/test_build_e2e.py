@@ -158,6 +158,27 @@ def test_the_image_speaks_every_protocol_offline(container: str) -> None:
     assert oip.json()["outputs"][0]["data"] == labels_hf
 
 
+def test_the_image_serves_the_playground_and_the_docs_offline(container: str) -> None:
+    """The playground's files and Swagger UI's come from the image itself, inside a --network none
+    container; a browser gets the page at /, any other client Cog's discovery document."""
+    page, script, style, docs, swagger, discovery = request_inside(
+        container,
+        {"path": "/", "headers": {"Accept": "text/html"}},
+        {"path": "/playground/playground.js"},
+        {"path": "/playground/playground.css"},
+        {"path": "/docs"},
+        {"path": "/docs/assets/swagger-ui-bundle.js"},
+        {"path": "/"},
+    )
+    source = REPO_ROOT / "serve" / "playground"
+    assert (page.status, page.body) == (200, (source / "index.html").read_bytes())
+    assert script.body == (source / "static" / "playground.js").read_bytes()
+    assert style.body == (source / "static" / "playground.css").read_bytes()
+    assert docs.status == 200 and b'src="/docs/assets/swagger-ui-bundle.js"' in docs.body
+    assert b"cdn." not in docs.body and swagger.status == 200 and b"SwaggerUIBundle" in swagger.body
+    assert discovery.json()["predictions_url"] == "/predictions"
+
+
 def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -> None:
     found = labels(built.tag)
     assert found["dev.bake.model"] == REPO and found["dev.bake.commit-sha"] == built.sha

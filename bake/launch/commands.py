@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 from python_on_whales import DockerClient
 
 from bake.config import Config
@@ -18,11 +16,12 @@ from bake.labels import ImageFacts
 from bake.launch import docker_target, fly_target, kubernetes
 from bake.launch.images import read_facts
 from bake.launch.names import default_name
-from bake.state import last_built_tag
+from bake.launch.predict import Prediction, ask
+from bake.state import last_built_tag, record_launch
 from fly.auth import require_token
+from serve.contract.errors import require
 from serve.contract.labels import TASK
 from serve.contract.settings import API_KEY_ENV, api_keys
-from serve.contract.tasks import TEXT_TO_IMAGE
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,14 @@ def choose_image(config: Config, image: str | None) -> str:
 
 
 def launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
-    """Put the image on the configured target and report where it answers."""
+    """Put the image on the configured target, remember where it answers (for `bake bench`), report it."""
+    outcome = _launch(config, env, request, output)
+    if outcome.url:
+        record_launch(project_dir(config), outcome.url, config.launch.target)
+    return outcome
+
+
+def _launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
     spec = config.launch
     image = choose_image(config, request.image)
     runtime_env = dict(request.env)
@@ -72,7 +78,7 @@ def launch(config: Config, env: Environment, request: LaunchRequest, output: Tex
     ensure_engine(local)
     facts = read_facts(local, image)
     if spec.target in ("local", "docker"):
-        return _launch_docker(config, local, image, facts, runtime_env, output)
+        return _launch_docker(config, env, local, image, facts, runtime_env, output)
     if spec.target == "fly":
         result = fly_target.launch_fly(
             local,
@@ -99,6 +105,12 @@ def _check_before_work(
     config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]
 ) -> None:
     """Refuse what the target would refuse, before the engine, the image or the network is touched."""
+    require(
+        ConfigError,
+        config.launch.target != "docker" or config.launch.docker_host != "",
+        "the docker target needs an engine",
+        "pass --host ssh://user@box or tcp://box:2376",
+    )
     if config.launch.target == "fly" and not request.dry_run:
         require_token(env.fly_api_token)
     if config.launch.target == "kubernetes":
@@ -126,12 +138,18 @@ def _kubernetes_options(
 
 
 def _launch_docker(
-    config: Config, local: DockerClient, image: str, facts: ImageFacts, env: dict[str, str], output: TextIO
+    config: Config,
+    env: Environment,
+    local: DockerClient,
+    image: str,
+    facts: ImageFacts,
+    runtime_env: dict[str, str],
+    output: TextIO,
 ) -> LaunchOutcome:
     spec = config.launch
-    target = local
+    target, host = local, env.docker_host
     if spec.target == "docker":
-        target = docker_client(spec.docker_host)
+        target, host = docker_client(spec.docker_host), spec.docker_host
         ensure_engine(target)
         image = docker_target.transfer_image(local, target, image, registry=spec.registry)
     name = spec.name or default_name(facts.model)
@@ -141,8 +159,8 @@ def _launch_docker(
         facts,
         name=name,
         host_port=spec.host_port,
-        address=docker_target.engine_address(spec.docker_host if spec.target == "docker" else ""),
-        env=env,
+        address=docker_target.engine_address(host),
+        env=runtime_env,
         ready_timeout_s=spec.ready_timeout_s,
         output=output,
     )
@@ -172,17 +190,22 @@ def _launch_kubernetes(
     return LaunchOutcome(None, tuple(lines))
 
 
-def engine(config: Config) -> tuple[DockerClient, str]:
-    """The engine the management commands talk to (--host, else local) and its published-port address."""
-    host = config.launch.docker_host
+def engine_host(config: Config, env: Environment) -> str:
+    """The engine the management commands talk to: --host (or bake.toml's), else DOCKER_HOST, else local."""
+    return config.launch.docker_host or env.docker_host
+
+
+def engine(config: Config, env: Environment) -> tuple[DockerClient, str]:
+    """The client of `engine_host` and the address where its containers' published ports answer."""
+    host = engine_host(config, env)
     client = docker_client(host)
     ensure_engine(client)
     return client, docker_target.engine_address(host)
 
 
-def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
+def wake(config: Config, env: Environment, name: str | None, output: TextIO) -> LaunchOutcome:
     """Start the (idle-stopped) container again and wait for it."""
-    client, address = engine(config)
+    client, address = engine(config, env)
     launched = docker_target.wake(
         client,
         _default_container(config, client, name),
@@ -190,6 +213,7 @@ def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
         ready_timeout_s=config.launch.ready_timeout_s,
         output=output,
     )
+    record_launch(project_dir(config), launched.url, config.launch.target)
     return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
 
 
@@ -214,11 +238,11 @@ def predict(
     parameters: dict[str, Any],
     output_path: Path | None,
     stream: TextIO,
-) -> str:
-    """Send one input to a launched server (waking it if it idled out); return what to print."""
+) -> Prediction:
+    """Send one input to a launched server (waking it if it idled out), or to the server at `url`."""
     task = None
     if url is None:
-        client, address = engine(config)
+        client, address = engine(config, env)
         container_name = _default_container(config, client, name)
         container = docker_target.find(client, container_name)
         task = (container.config.labels or {}).get(TASK)
@@ -232,27 +256,12 @@ def predict(
             output=stream,
         ).url
     keys = api_keys(env.api_key)
-    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
-    if task == TEXT_TO_IMAGE or (task is None and not Path(value).is_file()):
-        body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
-        response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
-    else:
-        response = httpx.post(
-            f"{url}/predict",
-            content=Path(value).read_bytes(),
-            params=parameters,
-            headers=headers,
-            timeout=600,
-        )
-    if response.status_code != 200:
-        message = response.json().get("error", response.text) if _is_json(response) else response.text
-        raise LaunchFailed(f"the server answered {response.status_code}: {message}", "check the input")
-    if response.headers.get("content-type", "").startswith("image/"):
-        target = output_path or Path("output." + response.headers["content-type"].split("/", 1)[1])
-        target.write_bytes(response.content)
-        return f"wrote {target} ({len(response.content)} bytes)"
-    return json.dumps(response.json(), indent=2)
-
-
-def _is_json(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("application/json")
+    return ask(
+        url,
+        task=task,
+        value=value,
+        parameters=parameters,
+        api_key=keys[0] if keys else None,
+        output_path=output_path,
+        stream=stream,
+    )

@@ -15,8 +15,10 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from bake.config import LaunchSpec
+from bake.docker import docker_errors
 from bake.errors import LaunchFailed
 from bake.labels import ImageFacts
+from bake.launch.container_logs import LogFollower
 from bake.launch.names import default_name
 from bake.launch.readiness import wait_ready
 from fly import FLY_REGISTRY, DeployResult, FlyServiceSpec, check_no_gpu, deploy
@@ -89,9 +91,12 @@ def measure_warmup(
         host_port = int(
             client.container.inspect(container).network_settings.ports[f"{port}/tcp"][0]["HostPort"]
         )
-        wait_ready(f"http://127.0.0.1:{host_port}", timeout_s=timeout_s, output=output)
+        output.write(f"measuring the warm-up: running {image} here until it is ready\n")
+        with LogFollower(client, container.name) as logs:
+            wait_ready(f"http://127.0.0.1:{host_port}", timeout_s=timeout_s, output=output, logs=logs)
         return time.monotonic() - started
-    except (LaunchFailed, KeyError, IndexError, TypeError):
+    except (LaunchFailed, DockerException, KeyError, IndexError, TypeError):
         return None
     finally:
-        client.container.remove(container, force=True)
+        with docker_errors(f"remove the warm-up container {container.name}", "remove it with `docker rm -f`"):
+            client.container.remove(container, force=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import NoSuchImage
 
+from bake.docker import docker_errors
 from bake.errors import LaunchFailed
 from bake.labels import ImageFacts, is_bake_image
 from serve.contract.errors import SettingsError
@@ -12,12 +13,13 @@ from serve.contract.errors import SettingsError
 
 def read_facts(client: DockerClient, image: str) -> ImageFacts:
     """The facts an image built by bake carries; `LaunchFailed` if it is missing or not bake's."""
-    try:
-        inspected = client.image.inspect(image)
-    except NoSuchImage:
-        raise LaunchFailed(
-            f"image {image} is not on this Docker engine", "build it with `bake build`"
-        ) from None
+    with docker_errors(f"inspect the image {image}", "check `docker image ls`"):
+        try:
+            inspected = client.image.inspect(image)
+        except NoSuchImage:
+            raise LaunchFailed(
+                f"image {image} is not on this Docker engine", "build it with `bake build`"
+            ) from None
     labels = inspected.config.labels or {}
     if not is_bake_image(labels):
         raise LaunchFailed(

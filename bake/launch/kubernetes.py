@@ -25,10 +25,28 @@ itself (`bake.labels.ImageFacts`), with the same reasoning as the Fly target (`f
 - Idle: `BAKE_IDLE_TIMEOUT_S=0` in the container. Scaling to zero is Knative's job; a container that exits
   by itself, even with status 0, is restarted by the kubelet and ends in CrashLoopBackOff.
 - Secrets (`BAKE_API_KEY`, ...) come from Kubernetes Secrets through `secretKeyRef`, never inline.
+- Model name: `BAKE_MODEL_NAME` is the Service's (or InferenceService's) name, so the Open Inference Protocol
+  route `/v2/models/<name>/infer` is the one KServe builds for that InferenceService.
+
+With `--kserve` there are two objects, in the order they must be applied:
+
+- A ServingRuntime of the same name, `serving.kserve.io/v1alpha1`, that holds the container above (named
+  `kserve-container`, the one KServe's runtime merge looks for), lists one model format, `bake` (no
+  `autoSelect`: only an InferenceService that names this runtime uses it), and `protocolVersions: [v2]`.
+- The InferenceService, whose predictor is a `model` with `modelFormat: {name: bake}`, `runtime: <name>` and
+  `protocolVersion: v2`, and no `storageUri` (the weights are in the image, so no storage initializer runs).
+  A custom `containers:` predictor has no protocol field; `v2` here is what KServe's transformer (the
+  predictor protocol it passes on) and InferenceGraph (a step's URL, `/v2/models/<name>/infer`) go by.
+  The scaling fields stay on the predictor.
+
+KServe re-reconciles an InferenceService when its ServingRuntime's spec changes (since v0.16, the version
+that also names the Knative mode `Knative`), so a new image rolls out by applying both again. KServe reads
+the runtime's container as a Go template (`{{.Name}}` and the like), so `env` values with `{{` are refused.
 
 Field names follow Knative Serving's `serving.knative.dev/v1` API and its webhook's rules
 (knative/serving pkg/apis/serving/k8s_validation.go, pkg/apis/autoscaling/annotation_validation.go) and
-KServe's `serving.kserve.io/v1beta1` API (kserve/kserve pkg/apis/serving/v1beta1/component.go).
+KServe's API (kserve/kserve pkg/apis/serving/v1beta1/component.go, predictor_model.go,
+pkg/apis/serving/v1alpha1/servingruntime_types.go).
 """
 
 from __future__ import annotations
@@ -55,6 +73,11 @@ from serve.contract.settings import API_KEY_ENV, OFFLINE_ENV, env_name
 
 KNATIVE_API_VERSION = "serving.knative.dev/v1"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+KSERVE_RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
+KSERVE_PROTOCOL = "v2"
+"""KServe's name for the Open Inference Protocol over REST (pkg/constants `ProtocolV2`)."""
+KSERVE_MODEL_FORMAT = "bake"
+"""The one model format bake's ServingRuntimes support: a bake image, weights included."""
 ANNOTATION_PREFIX = "bake.dev/"
 """Where bake's own annotations live (the Kubernetes form of the images' `dev.bake.` labels)."""
 AUTOSCALING = "autoscaling.knative.dev/"
@@ -66,7 +89,7 @@ the mode it recorded, so re-applying there needs the annotation changed to `Serv
 KNATIVE_CONTAINER = "user-container"
 """Knative's default name for the serving container."""
 KSERVE_CONTAINER = "kserve-container"
-"""The container name KServe's custom predictor looks for."""
+"""The container KServe takes from a ServingRuntime (pkg/constants `InferenceServiceContainerName`)."""
 PORT_NAME = "http1"
 """Knative accepts only "http1" or "h2c" (or no name) for the serving port; the server speaks HTTP/1.1."""
 KNATIVE_RESERVED_PORTS = frozenset({8008, 8012, 8013, 8022, 9090, 9091})
@@ -75,6 +98,7 @@ metrics)."""
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 """Variables Knative sets itself; PORT is the container port, which is the image's port."""
 IDLE_ENV = env_name("idle_timeout_s")
+MODEL_NAME_ENV = env_name("model_name")
 TARGET_UTILIZATION_PERCENT = 100
 TIMEOUT_MARGIN_S = 10
 SCALE_DOWN_DELAY_MAX_S = 3600
@@ -117,11 +141,12 @@ class KubernetesOptions:
     """How to run the image on a cluster; every value is checked here and a bad one raises `ConfigError`."""
 
     name: str
-    """The Service's (or InferenceService's) name: a DNS-1035 label, which is what Kubernetes requires of
-    the Service objects Knative creates under that name."""
+    """The Service's (or InferenceService's and its ServingRuntime's) name, and the model's name in the Open
+    Inference Protocol: a DNS-1035 label, which is what Kubernetes requires of the Service objects Knative
+    creates under that name."""
     namespace: str = "default"
     kserve: bool = False
-    """Write a KServe InferenceService instead of a Knative Service."""
+    """Write a KServe ServingRuntime and InferenceService instead of a Knative Service."""
     min_scale: int = 0
     max_scale: int = 1
     scale_down_delay: str = "5m"
@@ -195,8 +220,29 @@ class KubernetesOptions:
                     f"env sets {name}={value!r}",
                     f"leave {name} out: a bake image always runs with {name}={OFFLINE_ENV[name]}",
                 )
+            if self.kserve:
+                require(
+                    ConfigError,
+                    name != MODEL_NAME_ENV or value == self.name,
+                    f"env sets {MODEL_NAME_ENV}={value!r}, but KServe sends requests to "
+                    f"/v2/models/{self.name}/infer, after the InferenceService's name",
+                    f"leave {MODEL_NAME_ENV} out: the manifests set it to {self.name!r}",
+                )
+                require(
+                    ConfigError,
+                    "{{" not in value,
+                    f"env gives {name} a value with '{{{{', which KServe reads as a Go template in the "
+                    f"ServingRuntime's container",
+                    "leave the braces out",
+                )
         for name, (secret, key) in self.secret_env.items():
             _check_env_name(name)
+            require(
+                ConfigError,
+                name not in (IDLE_ENV, MODEL_NAME_ENV),
+                f"{name} is no secret: the manifests set it themselves",
+                f"leave {name} out of secret_env",
+            )
             require(
                 ConfigError,
                 name not in self.env,
@@ -243,7 +289,8 @@ def _timeout_seconds(facts: ImageFacts) -> int:
 
 
 def render_manifests(facts: ImageFacts, image: str, options: KubernetesOptions) -> list[dict]:
-    """The objects that run `image` (built by bake, described by `facts`) on a Knative or KServe cluster."""
+    """The objects that run `image` (built by bake, described by `facts`) on a Knative or KServe cluster, in
+    the order to apply them."""
     if not image.strip():
         raise ConfigError("the image reference is empty", "pass the image bake built, pushed to a registry")
     if facts.device not in ("cpu", "cuda"):
@@ -267,8 +314,12 @@ def render_manifests(facts: ImageFacts, image: str, options: KubernetesOptions) 
             ANNOTATION_PREFIX + "version": __version__,
         },
     }
-    build = _inference_service if options.kserve else _knative_service
-    return [build(metadata, facts, image, options)]
+    if options.kserve:
+        return [
+            _serving_runtime(copy.deepcopy(metadata), facts, image, options),
+            _inference_service(metadata, facts, options),
+        ]
+    return [_knative_service(metadata, facts, image, options)]
 
 
 def _knative_service(
@@ -301,23 +352,42 @@ def _knative_service(
     }
 
 
-def _inference_service(
+def _serving_runtime(
     metadata: dict[str, Any], facts: ImageFacts, image: str, options: KubernetesOptions
 ) -> dict:
-    """KServe's custom-container predictor; KServe turns the scaling fields into the Knative annotations, and
-    copies the InferenceService's own annotations (the ones it has no field for) onto the revision."""
+    """The runtime the InferenceService names: the container, the `bake` model format and protocol v2."""
+    return {
+        "apiVersion": KSERVE_RUNTIME_API_VERSION,
+        "kind": "ServingRuntime",
+        "metadata": metadata,
+        "spec": {
+            "supportedModelFormats": [{"name": KSERVE_MODEL_FORMAT}],
+            "protocolVersions": [KSERVE_PROTOCOL],
+            "containers": [_container(KSERVE_CONTAINER, facts, image, options)],
+        },
+    }
+
+
+def _inference_service(metadata: dict[str, Any], facts: ImageFacts, options: KubernetesOptions) -> dict:
+    """A predictor that runs the model on the ServingRuntime of the same name, speaking protocol v2. KServe
+    turns the scaling fields into the Knative annotations, and copies the InferenceService's own annotations
+    (the ones it has no field for) onto the revision."""
     limits = _concurrency(facts)
     metadata["annotations"].update(
         {"serving.kserve.io/deploymentMode": KSERVE_DEPLOYMENT_MODE, **_autoscaling_extras(options)}
     )
     predictor = {
+        "model": {
+            "modelFormat": {"name": KSERVE_MODEL_FORMAT},
+            "runtime": options.name,
+            "protocolVersion": KSERVE_PROTOCOL,
+        },
         "minReplicas": options.min_scale,
         "maxReplicas": options.max_scale,
         "scaleMetric": "concurrency",
         "scaleTarget": limits.soft_limit,
         "containerConcurrency": limits.hard_limit,
         "timeout": _timeout_seconds(facts),
-        "containers": [_container(KSERVE_CONTAINER, facts, image, options)],
     }
     return {
         "apiVersion": KSERVE_API_VERSION,
@@ -401,8 +471,9 @@ def _container(name: str, facts: ImageFacts, image: str, options: KubernetesOpti
     limits: dict[str, Any] = {"memory": memory}
     if facts.device == "cuda":
         limits[GPU_RESOURCE] = 1
-    env: list[dict[str, Any]] = [{"name": IDLE_ENV, "value": "0"}]
-    env += [{"name": key, "value": value} for key, value in sorted(options.env.items()) if key != IDLE_ENV]
+    fixed = {IDLE_ENV: "0", MODEL_NAME_ENV: options.env.get(MODEL_NAME_ENV, options.name)}
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in fixed.items()]
+    env += [{"name": key, "value": value} for key, value in sorted(options.env.items()) if key not in fixed]
     env += [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key}}}
         for key, (secret, secret_key) in sorted(options.secret_env.items())

@@ -12,21 +12,21 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from serve.contract import pipelines
 from serve.contract.errors import UnsupportedModel
 from serve.contract.tasks import IMAGE_CLASSIFICATION, TASKS, TEXT_TO_IMAGE
 
 _CLASSIFIER_CONFIGS = ("config.json", "preprocessor_config.json")
-UNUSED_DIFFUSION_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-"""Pipeline components the request path never runs, so they are never baked nor loaded: the safety checker,
-its image processor, the IP-Adapter image encoder."""
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The files to fetch, and whether the weights must be converted to safetensors in the build."""
+    """The files to fetch, whether the weights must be converted to safetensors in the build, and the extra
+    runtime packages (PyPI names) the model needs."""
 
     files: tuple[str, ...]
     convert_to_safetensors: bool
+    packages: tuple[str, ...] = ()
 
 
 def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -> str:
@@ -79,70 +79,79 @@ def _select_classifier(names: list[str]) -> Selection:
     return Selection(files=(*_CLASSIFIER_CONFIGS, *weights), convert_to_safetensors=convert)
 
 
-def _weights_in(names: list[str], folder: str) -> tuple[list[str], bool]:
-    """Weight files directly in `folder` ("" for the root): safetensors if any, else .bin (to convert)."""
+def _weights_in(names: list[str], folder: str, *, variants: bool = False) -> tuple[list[str], bool]:
+    """Weight files directly in `folder` ("" for the root): safetensors if any, else .bin (to convert), with
+    the index of sharded ones (with `variants`, also the variants' ones: `*.safetensors.index.fp16.json`)."""
     prefix = f"{folder}/" if folder else ""
     direct = [name for name in names if name.startswith(prefix) and "/" not in name[len(prefix) :]]
     for pattern, convert in (("*.safetensors", False), ("*.bin", True)):
         found = [name for name in direct if fnmatch.fnmatch(name[len(prefix) :], pattern)]
         if found:
-            index = [name for name in direct if fnmatch.fnmatch(name[len(prefix) :], pattern + ".index.json")]
+            indexes = (
+                (pattern + ".index.json", pattern + ".index.*.json")
+                if variants
+                else (pattern + ".index.json",)
+            )
+            index = [name for name in direct if any(fnmatch.fnmatch(name[len(prefix) :], i) for i in indexes)]
             return sorted(found) + index, convert
     return [], False
 
 
 def _select_diffusion(names: list[str], *, device: str, read_json: Callable[[str], dict | None]) -> Selection:
+    """Every component the pipeline loads (see `serve.contract.pipelines`), each in one weight format."""
     index = read_json("model_index.json") or {}
-    components = [
-        name
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
-    ]
+    try:
+        family = pipelines.family_of(index)
+    except pipelines.PipelineRefused as refused:
+        raise UnsupportedModel(refused.reason, refused.fix) from None
+    missing = pipelines.missing_components(family, index)
+    if missing:
+        raise UnsupportedModel(
+            f"{family.pipeline} needs {', '.join(missing)}, which model_index.json does not name",
+            "bake serves complete pipelines; use the repo of the full pipeline",
+        )
     chosen = ["model_index.json"]
     convert = False
-    for component in components:
-        if component in UNUSED_DIFFUSION_COMPONENTS:
-            continue
-        files = [name for name in names if name.startswith(f"{component}/")]
-        configs = [
-            name
-            for name in files
-            if name.endswith(".json")
-            and "/" not in name[len(component) + 1 :]
-            and not name.endswith(".index.json")
-        ]
-        support = [name for name in files if _is_tokenizer_file(name)]
+    for component in pipelines.loaded_components(index):
+        prefix = f"{component}/"
+        files = [name for name in names if name.startswith(prefix) and "/" not in name[len(prefix) :]]
+        kind = pipelines.component_kind(index, component)
+        configs = [name for name in files if name.endswith(".json") and not _is_weights_index(name)]
+        if kind == "tokenizer":
+            configs += [name for name in files if name[len(prefix) :] in pipelines.VOCABULARY_FILES]
         weights, needs_conversion = _diffusion_weights(files, component, device=device)
-        if f"{component}/config.json" in configs and not weights:
+        if kind == "model" and not weights:
             raise UnsupportedModel(
-                f"the pipeline's {component} has a config.json but no weights in {component}/",
-                "add its diffusion_pytorch_model.safetensors (or model.safetensors)",
+                f"the pipeline's {component} has no PyTorch weights in the repository",
+                "bake serves safetensors or PyTorch .bin weights, saved with save_pretrained()",
             )
+        if not configs:
+            raise UnsupportedModel(
+                f"the pipeline's {component} has no configuration files in the repository",
+                "bake serves pipelines saved with save_pretrained(); is the repo complete?",
+            )
+        chosen += configs + weights
         convert = convert or needs_conversion
-        chosen += configs + support + weights
-    return Selection(files=tuple(dict.fromkeys(chosen)), convert_to_safetensors=convert)
+    packages = tuple(package.name for package in pipelines.packages(family, names, index))
+    return Selection(files=tuple(dict.fromkeys(chosen)), convert_to_safetensors=convert, packages=packages)
 
 
-def _is_tokenizer_file(name: str) -> bool:
-    return name.rsplit("/", 1)[-1] in (
-        "vocab.json",
-        "merges.txt",
-        "spiece.model",
-        "tokenizer.json",
-        "vocab.txt",
-    )
+def _is_weights_index(name: str) -> bool:
+    return ".safetensors.index." in name or ".bin.index." in name
 
 
 def _diffusion_weights(files: list[str], component: str, *, device: str) -> tuple[list[str], bool]:
-    """One weight format for a pipeline component; the fp16 variant on CUDA when the repo has it."""
-    weights, convert = _weights_in(files, component)
+    """One weight format and one variant for a pipeline component: the default weights, or the fp16 variant
+    on CUDA when the repo has it (or when it has nothing else). Other variants (`non_ema`, ...) never."""
+    weights, convert = _weights_in(files, component, variants=True)
     if not weights:
         return [], False
-    fp16 = [name for name in weights if ".fp16." in name]
-    full = [name for name in weights if ".fp16." not in name]
-    if device == "cuda" and fp16:
-        return fp16, convert
-    return (full or fp16), convert
+    by_variant: dict[str | None, list[str]] = {}
+    for name in weights:
+        by_variant.setdefault(pipelines.weights_variant(name), []).append(name)
+    if device == "cuda" and "fp16" in by_variant:
+        return by_variant["fp16"], convert
+    return by_variant.get(None) or by_variant.get("fp16", []), convert
 
 
 def parse_json_bytes(data: bytes) -> dict | None:

@@ -3,7 +3,7 @@
 Protocols (see `serve.protocols`): the Hugging Face Inference API (`/predict`, `POST /`), Replicate Cog's HTTP
 API (`/predictions`, `/health-check`), the Open Inference Protocol v2 of KServe and Triton (`/v2/...`) and the
 OpenAI images API (`/v1/...`). Operational routes (`/health`, `/ready`, `/info`, `/metrics`, the OpenAPI
-document) belong to none of them.
+document) belong to none of them, nor does the playground (`GET /` from a browser, see `serve.playground`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 PREDICT = "/predict"
 """POST: run the model (Hugging Face Inference API shapes)."""
 ROOT = "/"
-"""POST: the same as /predict (what `InferenceClient(model=URL)` posts to)."""
+"""POST: the same as /predict (what `InferenceClient(model=URL)` posts to). GET: the playground page for a
+browser (`Accept: text/html`), Cog's discovery document for anything else."""
 PREDICT_PATHS = (PREDICT, ROOT)
 
 # Replicate Cog
@@ -45,6 +46,14 @@ INFO = "/info"
 METRICS = "/metrics"
 OPENAPI = "/openapi.json"
 DOCS = "/docs"
+DOCS_ASSETS = "/docs/assets"
+"""GET: Swagger UI's scripts and styles for /docs, served by the runtime itself (no CDN)."""
+
+# The playground (people, in a browser)
+PLAYGROUND = ROOT
+"""GET with `Accept: text/html`: the playground page."""
+PLAYGROUND_ASSETS = "/playground"
+"""GET: the playground's scripts and styles (the same files in every image; no model data)."""
 
 HUGGINGFACE = "huggingface"
 COG = "cog"
@@ -55,6 +64,9 @@ _PREFIXES = ((COG, ("/predictions", COG_HEALTH)), (OIP, (OIP_SERVER,)), (OPENAI,
 
 OPEN_PATHS = frozenset({HEALTH, READY})
 """Routes that load balancers probe without credentials: never behind the API key."""
+OPEN_PREFIXES = (PLAYGROUND_ASSETS + "/",)
+"""Paths under these are never behind the API key either: static files with no model data in them. The
+playground page itself (`GET /` for a browser) is open too; the page asks for the key."""
 PROBE_PATHS = frozenset({HEALTH, READY, METRICS, COG_HEALTH, OIP_LIVE, OIP_READY})
 """Routes that load balancers and scrapers poll: they never count as activity for the idle timeout."""
 

@@ -11,6 +11,10 @@ Text-to-image takes JSON `{"inputs": "<prompt>", "parameters": {...}}` and answe
 - `text/event-stream`: one `progress` event per denoising step, one `image` event per image
   (`{"index", "image", "media_type", "seed"}`), then `done` (see `serve.streaming`).
 
+Answers that ran on the device say how they were batched (the playground shows it): `X-Batch-Size` (the
+requests in the batch), `X-Queue-Time-Ms` (this request's wait for the device) and `X-Inference-Time-Ms`
+(the batch's device time); a progress stream starts before its batch and carries none of them.
+
 Errors are `{"error": "<message>"}` with the status of the `RequestError`; this is also the error shape of
 the routes no protocol owns.
 """
@@ -28,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve import streaming
 from serve.accept import preferred_media_type
+from serve.batcher import BatchReport
 from serve.contract import routes
 from serve.contract.tasks import IMAGE_CLASSIFICATION, TEXT_TO_IMAGE
 from serve.errors import InvalidParameters, RequestError
@@ -75,9 +80,11 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         params = runtime.parameters(document)
         if task.name == TEXT_TO_IMAGE:
             return await _text_to_image(runtime, request, inputs, params, deadline)
-        return JSONResponse(
-            await until_disconnected(request, runtime.predict(inputs, params, deadline=deadline))
+        report = BatchReport()
+        result = await until_disconnected(
+            request, runtime.predict(inputs, params, deadline=deadline, report=report)
         )
+        return JSONResponse(result, headers=batch_headers(report))
 
     for path in routes.PREDICT_PATHS:
         app.add_api_route(
@@ -87,6 +94,15 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
             summary="Run the model on one input (Hugging Face Inference API)",
             operation_id="predict" if path == routes.PREDICT else "predict_root",
         )
+
+
+def batch_headers(report: BatchReport) -> dict[str, str]:
+    """How a request was batched, as response headers."""
+    return {
+        "X-Batch-Size": str(report.batch_size),
+        "X-Queue-Time-Ms": f"{report.queue_s * 1000:.1f}",
+        "X-Inference-Time-Ms": f"{report.inference_s * 1000:.1f}",
+    }
 
 
 def document(schema: dict[str, Any], task: str) -> None:
@@ -114,8 +130,13 @@ async def _text_to_image(
             lambda generated: runtime.offload(_image_events, generated),
         )
         return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
-    generated: Generated = await until_disconnected(request, runtime.run(prepared, deadline=deadline))
-    return await runtime.offload(_image_response, generated, media_type)
+    report = BatchReport()
+    generated: Generated = await until_disconnected(
+        request, runtime.run(prepared, deadline=deadline, report=report)
+    )
+    response = await runtime.offload(_image_response, generated, media_type)
+    response.headers.update(batch_headers(report))
+    return response
 
 
 def _image_response(generated: Generated, media_type: str) -> Response:
@@ -158,53 +179,38 @@ def _base64_png(image: Any) -> str:
 def _classification_request() -> dict[str, Any]:
     parameters = model_schema(TASKS[IMAGE_CLASSIFICATION].Parameters)
     binary = {"schema": {"type": "string", "format": "binary"}}
+    multipart = {"image": {"type": "string", "format": "binary"}, **parameters["properties"]}
     return {
         "required": True,
         "content": {
             "image/*": binary,
             "application/octet-stream": binary,
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **parameters["properties"],
-                    },
-                    "required": ["image"],
-                }
+                "schema": {"type": "object", "properties": multipart, "required": ["image"]}
             },
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "description": "base64 image bytes or a data: URL"},
-                        "parameters": parameters,
-                    },
-                }
-            },
+            **_json_envelope(
+                {"type": "string", "description": "base64 image bytes or a data: URL"}, parameters
+            ),
         },
     }
 
 
 def _text_to_image_request() -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "minLength": 1, "description": "The prompt"},
-                        "parameters": model_schema(TASKS[TEXT_TO_IMAGE].Parameters),
-                    },
-                }
-            }
-        },
+    prompt = {"type": "string", "minLength": 1, "description": "The prompt"}
+    parameters = model_schema(TASKS[TEXT_TO_IMAGE].Parameters)
+    return {"required": True, "content": _json_envelope(prompt, parameters)}
+
+
+def _json_envelope(inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """The `{"inputs", "parameters"}` JSON body of the Inference API."""
+    properties = {"inputs": inputs, "parameters": parameters}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["inputs"],
+        "properties": properties,
     }
+    return {JSON: {"schema": schema}}
 
 
 ERROR_SCHEMA = {
@@ -214,9 +220,15 @@ ERROR_SCHEMA = {
     "title": "Error",
 }
 _REQUESTS = {IMAGE_CLASSIFICATION: _classification_request, TEXT_TO_IMAGE: _text_to_image_request}
+_BATCH_HEADERS = {
+    "X-Batch-Size": {"description": "Requests in the batch that served it", "schema": {"type": "integer"}},
+    "X-Queue-Time-Ms": {"description": "Time it waited for the device", "schema": {"type": "number"}},
+    "X-Inference-Time-Ms": {"description": "Device time of its batch", "schema": {"type": "number"}},
+}
 _RESPONSES: dict[str, dict[str, Any]] = {
     IMAGE_CLASSIFICATION: {
         "description": "Labels and scores, best first",
+        "headers": _BATCH_HEADERS,
         "content": {
             JSON: {
                 "schema": {
@@ -233,7 +245,10 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     TEXT_TO_IMAGE: {
         "description": "The image (by Accept: PNG by default, JPEG, WebP), JSON with base64 images, or a "
         "progress stream (text/event-stream)",
-        "headers": {"X-Seed": {"description": "The seed of the image", "schema": {"type": "integer"}}},
+        "headers": {
+            "X-Seed": {"description": "The seed of the image", "schema": {"type": "integer"}},
+            **_BATCH_HEADERS,
+        },
         "content": {
             **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in ENCODINGS},
             JSON: {

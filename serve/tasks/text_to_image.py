@@ -1,5 +1,6 @@
-"""Text-to-image with a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, sd-turbo, ...), answering like the
-Hugging Face Inference API.
+"""Text-to-image with a diffusers pipeline of a family bake serves (`serve.contract.pipelines`: Stable
+Diffusion 1.x/2.x and Turbo, SDXL and Turbo, PixArt-alpha/Sigma, SD3, FLUX), answering like the Hugging Face
+Inference API.
 
 Inputs: the prompt, and the Hugging Face text-to-image parameters (`negative_prompt`, `num_inference_steps`,
 `guidance_scale`, `width`, `height`, `seed`, `num_images_per_prompt`), every one optional. The result: the
@@ -18,6 +19,14 @@ CPU in float32 the pipeline is made batch-invariant (`serve.batch_invariance`), 
 the same bytes as the image made alone; on CUDA the kernels pick their algorithms by batch size, and
 batched pixels may differ from lone ones by a rounding step.
 
+Families (`serve.contract.pipelines`; a pipeline of another family is refused at load, as at build): `load`
+reads what differs from the pipeline itself, its signature and the family's facts: the native size (the
+denoiser's sample size times the VAE's scale; FLUX's is fixed), the size multiple (16 for SD3 and FLUX), the
+longest prompt (a T5 encoder's `max_sequence_length` when shorter than its tokenizer's), the fewest steps
+(2 for PixArt-alpha with a scheduler that returns no denoised sample), whether a negative prompt is read
+(not by FLUX's distilled guidance) and how steps are reported (PixArt's older `callback`). A request leaves
+out the parameters it does not set, so the pipeline's own defaults apply (PixArt's negative prompt is "").
+
 Cancellation: after every denoising step the task reports progress on each request's channel and, once
 every request of the batch is cancelled (clients gone, deadlines passed), stops the batch there, before
 the remaining steps and the VAE decode.
@@ -26,11 +35,14 @@ the remaining steps and the VAE decode.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.util
 import inspect
 import re
 import secrets
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +53,7 @@ from pydantic import ConfigDict, Field
 
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
-from serve.contract.files import UNUSED_DIFFUSION_COMPONENTS
+from serve.contract import pipelines
 from serve.contract.tasks import TEXT_TO_IMAGE
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
 from serve.payload import StrictModel
@@ -52,7 +64,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 SIZE_MULTIPLE = 8
-"""Widths and heights must be multiples of this (the VAE's downsampling)."""
+"""Widths and heights must be multiples of this, or of more where the pipeline needs it (16 for SD3 and FLUX:
+the VAE's downsampling times the transformer's 2x2 patches)."""
 
 WARMUP_STEPS = 2
 """Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
@@ -86,9 +99,11 @@ class TextToImageParameters(StrictModel):
     guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Classifier-free guidance; above 1 turns guidance on. Default: the model's (see /info)."""
     width: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image width in pixels, a multiple of 8; default: the model's native size."""
+    """Image width in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's native
+    size."""
     height: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image height in pixels, a multiple of 8; default: the model's native size."""
+    """Image height in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's
+    native size."""
     seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] | None = None
     """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
     num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
@@ -155,6 +170,7 @@ class TextToImage(Task):
     def load(self) -> None:
         """Load the pipeline offline onto the device, without unused components; read its defaults."""
         self.pipe = self._from_pretrained().to(self.placement.device)
+        self._size_multiple = max(SIZE_MULTIPLE, self.pipe.vae_scale_factor * self._family.latent_multiple)
         self.pipe.set_progress_bar_config(disable=True)
         if self.settings.attention_slicing:
             self.pipe.enable_attention_slicing()
@@ -166,6 +182,7 @@ class TextToImage(Task):
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
         call = inspect.signature(self.pipe.__call__).parameters
+        self._legacy_callback = "callback_on_step_end" not in call
         self._default_width, self._default_height = _native_size(self.pipe)
         self._default_steps = self.settings.default_steps or min(
             _default(call, "num_inference_steps", 50), self.settings.max_steps
@@ -174,18 +191,28 @@ class TextToImage(Task):
         self._default_guidance = float(
             _default(call, "guidance_scale", 7.5) if guidance is None else guidance
         )
+        self._min_steps = 1 if _makes_images_in_one_step(self.pipe, self._family) else 2
+        if self._min_steps > min(self._default_steps, self.settings.max_steps):
+            raise ModelLoadError(
+                f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} makes no image in 1 "
+                "step: set BAKE_DEFAULT_STEPS and BAKE_MAX_STEPS to 2 or more"
+            )
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
-        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe)
+        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe, call)
         self._tokenizer_lock = threading.Lock()
         self._schedulers = _schedulers(self.pipe.scheduler)
         self._default_scheduler = type(self.pipe.scheduler).__name__
 
     def _from_pretrained(self) -> DiffusionPipeline:
-        """The pipeline from the model directory, in the compute dtype, its unused components left out."""
+        """The pipeline from the model directory, in the compute dtype, its unused components left out.
+
+        A pipeline bake does not serve, or one whose extra packages are missing, is refused before loading.
+        """
         from diffusers import AutoPipelineForText2Image
 
         index = self.source.read_json("model_index.json") or {}
-        options: dict[str, Any] = {name: None for name in UNUSED_DIFFUSION_COMPONENTS if name in index}
+        self._family = _served_family(index, self.source.path)
+        options: dict[str, Any] = {name: None for name in pipelines.UNUSED_COMPONENTS if name in index}
         if "requires_safety_checker" in index:
             options["requires_safety_checker"] = False
         self._variant = _weights_variant(self.source.path, self.placement.dtype)
@@ -196,7 +223,8 @@ class TextToImage(Task):
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelLoadError(f"cannot load a text-to-image pipeline from {path}: {error}") from error
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        call = inspect.signature(pipe.__call__).parameters
+        if "callback_on_step_end" not in call and "callback" not in call:
             raise ModelLoadError(f"{type(pipe).__name__} cannot report its denoising steps: not served")
         return pipe
 
@@ -238,19 +266,32 @@ class TextToImage(Task):
 
     def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
         settings = self.settings
+        if recipe.steps < self._min_steps:
+            raise InvalidParameters(
+                f"parameters.num_inference_steps: {type(self.pipe).__name__} with "
+                f"{type(self.pipe.scheduler).__name__} makes no image in {recipe.steps} step; ask for "
+                f"{self._min_steps} or more"
+            )
         if recipe.steps > settings.max_steps:
             raise InvalidParameters(
                 f"parameters.num_inference_steps: {recipe.steps} is over the limit of {settings.max_steps} "
                 "(BAKE_MAX_STEPS)"
             )
         for name, value in (("width", recipe.width), ("height", recipe.height)):
-            if value % SIZE_MULTIPLE:
-                raise InvalidParameters(f"parameters.{name}: {value} is not a multiple of {SIZE_MULTIPLE}")
+            if value % self._size_multiple:
+                raise InvalidParameters(
+                    f"parameters.{name}: {value} is not a multiple of {self._size_multiple}"
+                )
         area = recipe.width * recipe.height
         if area > settings.max_image_area:
             raise InvalidParameters(
                 f"parameters.width x height: {recipe.width}x{recipe.height} = {area} pixels is over the "
                 f"limit of {settings.max_image_area} (BAKE_MAX_IMAGE_AREA)"
+            )
+        if recipe.negative and not self._family.negative_prompt:
+            raise InvalidParameters(
+                f"parameters.negative_prompt: {self._family.pipeline} does not read a negative prompt (its "
+                "guidance is distilled into the model); leave it out"
             )
         if params.num_images_per_prompt > self._max_images:
             raise InvalidParameters(
@@ -283,26 +324,36 @@ class TextToImage(Task):
         rows = [(sample, image) for sample in samples for image in range(sample.images)]
         started = time.perf_counter()
 
-        def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def step(done: int, total: int) -> None:
             for sample in samples:
-                sample.channel.step(index + 1, pipe.num_timesteps)
+                sample.channel.step(done, total)
             if all(sample.channel.cancelled for sample in samples):
                 raise _Abandoned
-            return tensors
 
         self.pipe.scheduler = self._schedulers[recipe.scheduler]
+        arguments: dict[str, Any] = {
+            "prompt": [sample.prompt for sample, _ in rows],
+            "num_inference_steps": recipe.steps,
+            "guidance_scale": recipe.guidance_scale,
+            "width": recipe.width,
+            "height": recipe.height,
+            "generator": [torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
+            "output_type": "pil",
+        }
+        if recipe.negative:  # else the pipeline's own default: None, or "" (PixArt)
+            arguments["negative_prompt"] = [sample.negative_prompt for sample, _ in rows]
+        if self._legacy_callback:  # PixArt: callback(step, timestep, latents) after each step
+            arguments["callback"] = lambda index, _timestep, _latents: step(index + 1, recipe.steps)
+            arguments["callback_steps"] = 1
+        else:
+
+            def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                step(index + 1, pipe.num_timesteps)
+                return tensors
+
+            arguments["callback_on_step_end"] = on_step_end
         try:
-            images = self.pipe(
-                prompt=[sample.prompt for sample, _ in rows],
-                negative_prompt=[sample.negative_prompt for sample, _ in rows] if recipe.negative else None,
-                num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance_scale,
-                width=recipe.width,
-                height=recipe.height,
-                generator=[torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-            ).images
+            images = self.pipe(**arguments).images
         except _Abandoned:
             return [ClientDisconnected() for _ in samples]
         finished = time.perf_counter()
@@ -342,6 +393,7 @@ class TextToImage(Task):
             task=self.name,
             details={
                 "pipeline": type(pipe).__name__,
+                "family": self._family.name,
                 "components": {
                     name: type(component).__name__
                     for name, component in pipe.components.items()
@@ -357,9 +409,10 @@ class TextToImage(Task):
                     "guidance_scale": self._default_guidance,
                 },
                 "limits": {
+                    "min_steps": self._min_steps,
                     "max_steps": self.settings.max_steps,
                     "max_image_area": self.settings.max_image_area,
-                    "size_multiple": SIZE_MULTIPLE,
+                    "size_multiple": self._size_multiple,
                     "max_images_per_prompt": self._max_images,
                     "max_prompt_tokens": self._max_prompt_tokens,
                 },
@@ -392,15 +445,57 @@ def _default(parameters: Any, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
+def _served_family(index: dict[str, Any], path: Path) -> pipelines.Family:
+    """The family of the pipeline in `path` (model_index.json: `index`), once it is one bake serves and every
+    package it needs can be imported; else `ModelLoadError` with the reason."""
+    try:
+        family = pipelines.family_of(index)
+    except pipelines.PipelineRefused as refused:
+        raise ModelLoadError(f"cannot serve the pipeline in {path}: {refused}") from None
+    names = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
+    missing = [
+        package for package in pipelines.packages(family, names, index) if not _importable(package.module)
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{family.pipeline} in {path} needs "
+            + ", ".join(f"{package.name} ({package.why})" for package in missing)
+            + f": pip install {' '.join(package.name for package in missing)}"
+        )
+    return family
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
+
+def _makes_images_in_one_step(pipe: Any, family: pipelines.Family) -> bool:
+    """Whether the pipeline can make an image in one step: always, but where it then takes the denoised sample
+    from the scheduler's step output, which must hold more than the next sample (see `pipelines.Family`)."""
+    if not family.one_step_takes_denoised:
+        return True
+    try:
+        returned = typing.get_type_hints(type(pipe.scheduler).step).get("return")
+    except (NameError, TypeError):  # annotations it cannot resolve: assume the worst
+        return False
+    outputs = [kind for kind in typing.get_args(returned) or (returned,) if dataclasses.is_dataclass(kind)]
+    return bool(outputs) and len(dataclasses.fields(outputs[0])) > 1
+
+
 def _native_size(pipe: Any) -> tuple[int, int]:
     """(width, height) the pipeline makes when asked for no size: its sample size times the VAE's scale."""
-    size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    size = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return width * pipe.vae_scale_factor, height * pipe.vae_scale_factor
 
 
-def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
-    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens.
+def _longest_tokenizer(pipe: Any, call: Any) -> tuple[Any, int]:
+    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens: the
+    tokenizer's window, or the pipeline's `max_sequence_length` if shorter (T5 in PixArt-alpha: 120).
 
     A prompt longer than every text encoder's window would be cut silently, so it is refused instead.
     """
@@ -412,7 +507,9 @@ def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
     if not tokenizers:
         return None, 0
     longest = max(tokenizers, key=lambda tokenizer: tokenizer.model_max_length)
-    return copy.deepcopy(longest), int(longest.model_max_length)
+    return copy.deepcopy(longest), min(
+        int(longest.model_max_length), _default(call, "max_sequence_length", 2**31)
+    )
 
 
 def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
@@ -422,8 +519,8 @@ def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
     only with the variant. Where both exist, the variant is taken for half-precision compute only.
     """
     weights = [file for file in path.rglob("*") if file.suffix in (".safetensors", ".bin") and file.is_file()]
-    variant = {file.parent for file in weights if ".fp16." in file.name}
-    full = {file.parent for file in weights if ".fp16." not in file.name}
+    variant = {file.parent for file in weights if pipelines.weights_variant(file.name) == "fp16"}
+    full = {file.parent for file in weights if pipelines.weights_variant(file.name) is None}
     if variant - full or (variant and dtype == torch.float16):
         return "fp16"
     return None
