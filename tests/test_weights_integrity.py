@@ -4,7 +4,7 @@ The weights step of the build (`bake/image/fetch_weights.py`, run here as the bu
 HF_ENDPOINT set) downloads with huggingface_hub, which checks sizes only. bake passes it the sha256 it
 resolved from the Hub's LFS metadata: a file altered on the way (a mirror or a proxy serving other bytes of
 the same size) fails the step, and the altered copy is removed from the download cache, so the next build
-downloads it again. The docker build with an altered download is in tests/test_build_interrupted.py.
+downloads it again. (A whole docker build with an altered download is not tested yet: docs/reliability.md.)
 """
 
 from __future__ import annotations
