@@ -148,6 +148,13 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
             "pip could not install the runtime's Python packages",
             "check --pip-index-url/--pip-find-links, and --ca-cert behind a TLS-inspecting proxy",
         )
+    if "sha256 mismatch" in lowered:
+        line = next(line for line in text.splitlines() if "sha256 mismatch" in line.lower())
+        detail = line.split("sha256 mismatch:", 1)[-1].strip()
+        return BuildFailed(
+            f"a downloaded file does not match the Hub's sha256 ({detail})",
+            "check HF_ENDPOINT and any proxy between you and the Hub, then build again",
+        )
     if "certificate verify failed" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"

@@ -155,6 +155,8 @@ def render_dockerfile(
             f"{image.HF_HOME}/hub",
         ]
         weights_dir = image.HF_HOME
+    if model.local_dir is None:
+        fetch_args += [f"--sha256={file.path}={file.sha256}" for file in model.files if file.sha256]
     fetch_args += ["--manifest", image.MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
@@ -186,6 +188,12 @@ def render_dockerfile(
         "WEIGHTS_DIR": weights_dir,
         "HF_HOME": image.HF_HOME,
         "MANIFEST": image.MANIFEST,
+        "SBOM": image.SBOM,
+        "SBOM_ARGS": " ".join(
+            shlex.quote(arg)
+            for arg in ("--name", model.id, "--version", model.commit_sha, "--bake-version", __version__)
+        )
+        + f" --out {image.SBOM}",
         "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(port),
@@ -224,8 +232,10 @@ def is_loopback(url: str) -> bool:
 
 
 def _copy_sources(context: Path, torch_version: str) -> None:
-    """The weights script, the runtime pins (+ torch's, if asked) and the `serve` package (not imported)."""
+    """The weights and SBOM scripts, the runtime pins (+ torch's, if asked) and the `serve` package (not
+    imported)."""
     shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
+    shutil.copyfile(_IMAGE_FILES / "sbom.py", context / "sbom.py")
     constraints = (_IMAGE_FILES / "constraints.txt").read_text()
     if torch_version:
         constraints += f"torch=={torch_version}\n"

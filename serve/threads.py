@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,25 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 """How long a thread may hold the GIL while another waits (Python's default is 5 ms). The device thread
 releases the GIL in every torch op and must get it back quickly; 0.5 ms measured best for throughput
 and tail latency (2 cores, tiny ResNet: 152 req/s, p99 154 ms; 143 req/s, p99 179 ms at 5 ms)."""
+
+
+WORKER_NICENESS = 5
+"""How much lower the CPU preprocessing threads run than the event loop (Linux thread niceness)."""
+
+
+def lower_thread_priority(niceness: int = WORKER_NICENESS) -> None:
+    """Run the calling thread `niceness` steps below the rest of the process (a no-op where unsupported).
+
+    The event loop only parses requests and answers them, but it must do so at once: under overload the CPU
+    workers keep every core busy decoding images, and at equal priority the loop waits its turn behind them
+    for tens of milliseconds, even to refuse a request (503). Below it, they yield to it and use the rest.
+    """
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
+        )
+    except (AttributeError, OSError):
+        pass
 
 
 def configure_interpreter() -> None:

@@ -75,6 +75,14 @@ class ImageTransform(ABC):
     def example(self) -> Any:
         """A sample of the shape `prepare` produces for a 640x480 photo, for warming up."""
 
+    def working_pixels(self, width: int, height: int) -> int:
+        """The most pixels `prepare` holds for an image of this size (the image, or its resized copy).
+
+        A sliver of 1 x 100000 pixels is small, but resized to a shortest edge of 224 it would be 224 x 22.4
+        million: callers compare this with the pixel cap before preparing.
+        """
+        return width * height
+
 
 class FastImageTransform(ImageTransform):
     """Resize/crop with PIL on uint8 pixels; rescale and normalize on the device, per batch."""
@@ -110,6 +118,10 @@ class FastImageTransform(ImageTransform):
         self._multiplier = torch.tensor(multiplier, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._offset = torch.tensor(offset, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def working_pixels(self, width: int, height: int) -> int:
+        """The image's pixels, or its resized copy's when that is larger."""
+        return max(width * height, _resized_pixels(self._resize, width, height))
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Resize and crop `image` as the processor does; returns HWC uint8."""
@@ -166,6 +178,14 @@ class ProcessorImageTransform(ImageTransform):
         self._processor = processor
         self._placement = placement
         self.input_names = tuple(input_names)
+
+    def working_pixels(self, width: int, height: int) -> int:
+        """The image's pixels, or its copy resized by a shortest-edge processor's when that is larger."""
+        size = getattr(self._processor, "size", None)
+        edge = getattr(size, "shortest_edge", None)
+        if not edge or getattr(size, "longest_edge", None):
+            return width * height
+        return max(width * height, _resized_pixels(("shortest_edge", (edge, 0)), width, height))
 
     def prepare(self, image: Image.Image) -> dict[str, np.ndarray]:
         """The processor's outputs for one image that the model takes (one row each)."""
@@ -283,6 +303,15 @@ def _fast_transform_for(processor: object, placement: Placement) -> FastImageTra
 def grey_example() -> Image.Image:
     """A mid-grey RGB image of `EXAMPLE_INPUT_SIZE`."""
     return Image.new("RGB", EXAMPLE_INPUT_SIZE, (128, 128, 128))
+
+
+def _resized_pixels(resize: tuple[str, tuple[int, int]] | None, width: int, height: int) -> int:
+    if resize is None:
+        return 0
+    kind, target = resize
+    if kind == "shortest_edge":
+        target = _shortest_edge_size(height, width, target[0])
+    return target[0] * target[1]
 
 
 def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:

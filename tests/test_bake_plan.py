@@ -64,6 +64,7 @@ def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_
     assert stages(text) == [
         ("python:3.11-slim-bookworm", "base"),
         ("base", "deps"),
+        ("deps", "sbom"),
         ("base", "fetcher"),
         ("fetcher", "weights"),
         ("deps", "runtime"),

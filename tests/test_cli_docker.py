@@ -102,6 +102,9 @@ def test_quiet_json_build_says_what_was_built(project: Project, tag: str) -> Non
     assert document["image"] == tag and document["size_bytes"] == size and document["pushed"] is False
     assert document["labels"] == labels(tag) and document["labels"]["dev.bake.model"] == document["model"]
     assert document["weights_cached"] is True and document["task"] == "image-classification"
+    sbom = json.loads(Path(document["sbom"]).read_text())
+    assert Path(document["sbom"]).parent == project.path.resolve() / ".bake" / "sbom"
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["metadata"]["component"]["name"] == document["model"]
 
 
 def test_no_cache_runs_every_step_again(project: Project, tag: str) -> None:
@@ -168,6 +171,8 @@ def test_ctrl_c_while_waiting_says_the_container_keeps_starting(project: Project
         f"watch it with `bake logs -f {name}`, or stop it with `bake stop {name}`"
     )
     assert docker("inspect", name, "--format", "{{.State.Running}}").stdout.strip() == b"true"
+    listed = run_bake(["ps"], {}, project.path)
+    assert name in listed.stdout and f"http://127.0.0.1:{port}" in listed.stdout, "bake ps shows it"
 
 
 def test_docker_host_names_the_urls_and_json_lists_and_answers(project: Project, name: str) -> None:

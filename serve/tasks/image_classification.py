@@ -28,7 +28,7 @@ from transformers import AutoModelForImageClassification
 from serve.contract import packages
 from serve.contract.models import ModelType, image_classifier
 from serve.contract.tasks import IMAGE_CLASSIFICATION
-from serve.errors import InferenceFailed, ModelLoadError
+from serve.errors import InferenceFailed, ModelLoadError, PayloadTooLarge
 from serve.imaging import decode_image
 from serve.payload import StrictModel
 from serve.tasks.base import Prepared, Task, TaskInfo
@@ -171,9 +171,15 @@ class ImageClassification(Task):
 
     def prepare(self, inputs: bytes, params: ClassificationParameters) -> Prepared:
         """Decode and preprocess the image; the batch key is the shape of its inputs."""
-        image = decode_image(
-            inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size
-        )
+        limit = self.settings.max_image_pixels
+        image = decode_image(inputs, max_pixels=limit, min_size=self._min_decode_size)
+        working = self.transform.working_pixels(*image.size)
+        if working > limit:
+            raise PayloadTooLarge(
+                f"the image is {image.width}x{image.height}: resized for the model it would be {working} "
+                f"pixels, over the limit of {limit} (BAKE_MAX_IMAGE_PIXELS); crop it to a less extreme "
+                "aspect ratio"
+            )
         sample = self.transform.prepare(image)
         return Prepared(sample=sample, params=params, batch_key=self.transform.batch_key(sample))
 
