@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, ConvNextImageProcessorPil, PilBackend
 
+from serve.contract.compiled import Preprocessing
 from serve.device import Placement
 from serve.errors import ModelLoadError
 
@@ -80,6 +80,8 @@ class FastImageTransform(ImageTransform):
         self._crop = crop
         self._resample = resample
         self._placement = placement
+        self.preprocessing = Preprocessing(resize, crop, resample, scale, _floats(mean), _floats(std))
+        """The arguments but the placement: what a compiled model's manifest records to rebuild this."""
         self.output_size = crop or (resize[1] if resize and resize[0] == "exact" else None)
         if resize is not None:
             kind, (first, second) = resize
@@ -175,6 +177,8 @@ class ProcessorImageTransform(ImageTransform):
 
 def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransform:
     """Build the fastest exact transform for the image processor saved in `model_dir`."""
+    from transformers import AutoImageProcessor  # not at the top: the compiled path never imports it
+
     try:
         processor = AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
     except (
@@ -191,6 +195,8 @@ def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransfo
 
 def _fast_transform_for(processor: object, placement: Placement) -> FastImageTransform | None:
     """A `FastImageTransform` equivalent to `processor`, or None when its pipeline is non-standard."""
+    from transformers import ConvNextImageProcessorPil, PilBackend
+
     if not isinstance(processor, PilBackend) or getattr(processor, "do_pad", False):
         return None
     cls = type(processor)
@@ -229,6 +235,13 @@ def _fast_transform_for(processor: object, placement: Placement) -> FastImageTra
         std=p.image_std if p.do_normalize else None,
         placement=placement,
     )
+
+
+def _floats(values: float | Sequence[float] | None) -> tuple[float, ...] | None:
+    """Per-channel values (one value means the same for the three channels)."""
+    if values is None:
+        return None
+    return tuple(float(value) for value in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
 
 
 def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from transformers import AutoModelForImageClassification
 
+from serve.compiled import NotCompiled, load_compiled
 from serve.contract.tasks import IMAGE_CLASSIFICATION
 from serve.errors import ModelLoadError
 from serve.imaging import decode_image
@@ -18,6 +20,8 @@ from serve.payload import StrictModel
 from serve.tasks.base import Prepared, Task, TaskInfo
 from serve.tracing import eager_forward, traced_forward
 from serve.transforms import EXAMPLE_INPUT_SIZE, ImageTransform, build_image_transform
+
+logger = logging.getLogger("serve")
 
 
 class ClassificationParameters(StrictModel):
@@ -38,9 +42,17 @@ class ImageClassification(Task):
     model: torch.nn.Module
     transform: ImageTransform
     _traced = False
+    _compiled = False
+    _compile_note = ""
 
     def load(self) -> None:
-        """Load the weights onto the device in the compute dtype, and the matching image transform."""
+        """Serve the forward pass compiled at build time when the image holds one for this model and device
+        (torch alone, no transformers import); else load the weights onto the device in the compute dtype,
+        and the matching image transform."""
+        if self._load_compiled():
+            return
+        from transformers import AutoModelForImageClassification
+
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 str(self.source.path), dtype=self.placement.dtype
@@ -57,6 +69,28 @@ class ImageClassification(Task):
         self.transform = build_image_transform(self.source.path, self.placement)
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
 
+    def _load_compiled(self) -> bool:
+        """Use the compiled forward pass (`serve.compiled`) if it fits; else False, with the reason noted."""
+        try:
+            compiled = load_compiled(self.source, self.settings, self.placement, self.name)
+        except NotCompiled as reason:
+            self._compile_note = str(reason)
+            logger.info("loading with transformers: %s", reason)
+            return False
+        manifest = compiled.manifest
+        self._forward = compiled.forward
+        self._labels = list(manifest.labels)
+        self._default_function = _default_function(
+            SimpleNamespace(problem_type=manifest.problem_type, num_labels=len(manifest.labels))
+        )
+        self.transform = compiled.transform
+        self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
+        self._compiled = self._traced = True
+        self._compile_note = (
+            f"torchscript, compiled at build time (max score difference {manifest.parity:.1e})"
+        )
+        return True
+
     def optimize(self, batch_sizes: Sequence[int]) -> bool:
         """Swap in a traced forward pass when it matches the eager one at every batch size.
 
@@ -64,7 +98,7 @@ class ImageClassification(Task):
         layout and strides as requests), so a verified trace has also been warmed up at every batch size:
         returns True then.
         """
-        if not self.settings.torchscript:
+        if not self.settings.torchscript or self._compiled:
             return False
         generator = np.random.default_rng(0)
         rows = min(2, max(batch_sizes))
@@ -123,6 +157,8 @@ class ImageClassification(Task):
                 "function_to_apply": self._default_function,
                 "preprocessing": type(self.transform).__name__,
                 "torchscript": self._traced,
+                "load_path": "compiled" if self._compiled else "transformers",
+                "compiled": self._compile_note,
             },
         )
 
