@@ -453,6 +453,7 @@ def _report(built: BuiltImage) -> None:
         + ("file" if len(facts.weights) == 1 else "files")
         + (" (from the build cache)" if built.weights_cached else "")
     )
+    click.echo(f"forward   {built.compiled}")
     click.echo(f"\nnext:     bake launch {built.tag}")
 
 
