@@ -27,7 +27,8 @@ Semantics (the one place they are written down):
   runtime tells the task through each request's `serve.channel.Channel`, and a task whose work has steps
   stops the batch at the next step once all of its requests are cancelled.
 - One request never fails its batch-mates: on device out-of-memory the batch is split in halves and
-  retried; on any other error every member is retried alone, so only the culprit gets the error.
+  retried; on any other error every member is retried alone, so only the culprit gets the error (the
+  `RequestError` the run raised for it, e.g. the task's `InferenceFailed`, or an `InferenceFailed` naming it).
 - `close()` stops taking requests and dispatches everything still queued without waiting for timers.
 - A caller may pass a `BatchReport`: once its batch has run it says how many requests the batch held, how
   long this one waited for the device and how long the batch ran (response headers, for people watching).
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve.contract.batching import bucket_sizes
-from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded, RequestError
 
 RunBatch = Callable[[Sequence[Any], int], list[Any]]
 """`run(samples, batch_size)`: one forward pass over `samples` padded to `batch_size` rows."""
@@ -260,6 +261,8 @@ class Batcher:
                 half = len(entries) // 2
                 return self._run_isolated(entries[:half]) + self._run_isolated(entries[half:])
             if len(entries) == 1:
+                if isinstance(error, RequestError):  # the task's own answer, e.g. scores that are not numbers
+                    return [error]
                 return [InferenceFailed(f"inference failed: {type(error).__name__}: {error}")]
             return [outcome for entry in entries for outcome in self._run_isolated([entry])]
         if len(outputs) != len(samples):

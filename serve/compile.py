@@ -15,6 +15,8 @@ and the report says why: compiling never fails a build.
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import logging
 import sys
 import time
@@ -28,8 +30,10 @@ from PIL import Image
 
 from serve.contract.batching import bucket_sizes
 from serve.contract.compiled import ARCHIVE_FILE, MANIFEST_FILE, TORCHSCRIPT, Manifest, Report
+from serve.contract.errors import UnsupportedModel
+from serve.contract.models import image_classifier
 from serve.device import Placement
-from serve.tracing import eager_forward, traced_forward
+from serve.tracing import Inputs, TracedForward, eager_forward, traced_forward
 from serve.transforms import FastImageTransform, build_image_transform
 
 logger = logging.getLogger("serve")
@@ -56,16 +60,23 @@ def compile_classifier(
     from transformers import AutoModelForImageClassification
 
     started = time.monotonic()
+    try:
+        kind = image_classifier(json.loads((model_dir / "config.json").read_text()))
+    except (OSError, ValueError, UnsupportedModel) as error:
+        raise NotCompilable(f"not a model type bake serves: {error}") from error
+    if not kind.traceable:
+        raise NotCompilable(f"{kind.name} models cannot be traced: {kind.notes}")
     placement = Placement(torch.device("cpu"), torch.float32)
-    transform = build_image_transform(model_dir, placement)
-    if not isinstance(transform, FastImageTransform):
-        raise NotCompilable("the image processor is not on the fast path (its own code preprocesses)")
-    if transform.output_size is None:
-        raise NotCompilable("the model's input size depends on the image (no fixed crop or resize)")
     try:
         eager = AutoModelForImageClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError) as error:
         raise NotCompilable(f"transformers cannot load the model: {error}") from error
+    accepted = inspect.signature(eager.forward).parameters
+    transform = build_image_transform(model_dir, placement, accepts=accepted.__contains__)
+    if not isinstance(transform, FastImageTransform):
+        raise NotCompilable("the image processor is not on the fast path (its own code preprocesses)")
+    if transform.output_size is None:
+        raise NotCompilable("the model's input size depends on the image (no fixed crop or resize)")
     photos = [photo(width, height, seed) for seed, (width, height) in enumerate(PHOTO_SIZES)]
     rows = transform.collate([transform.prepare(image) for image in photos], len(photos))
     with _warnings_of(logger) as warnings:
@@ -73,8 +84,9 @@ def compile_classifier(
     if traced is None:
         raise NotCompilable(warnings[-1] if warnings else "the traced forward differs from the eager one")
     archive = out / ARCHIVE_FILE
-    torch.jit.save(traced, str(archive))
-    parity = score_difference(eager, torch.jit.load(str(archive), map_location="cpu"), rows, buckets)
+    torch.jit.save(traced.module, str(archive))
+    loaded = TracedForward(torch.jit.load(str(archive), map_location="cpu"), traced.names)
+    parity = score_difference(eager, loaded, rows, buckets)
     if parity > TOLERANCE:
         raise NotCompilable(f"the archive's scores differ from the eager model's by {parity:.1e}")
     config = eager.config
@@ -97,14 +109,15 @@ def compile_classifier(
 
 @torch.inference_mode()
 def score_difference(
-    eager: torch.nn.Module, compiled: torch.jit.ScriptModule, rows: torch.Tensor, buckets: Sequence[int]
+    eager: torch.nn.Module, compiled: TracedForward, rows: Inputs, buckets: Sequence[int]
 ) -> float:
     """The largest |difference| between `eager`'s and `compiled`'s scores (softmax and sigmoid of the
-    logits) on batches of every bucket size made of `rows` (row i of a batch is `rows[i % len(rows)]`)."""
+    logits) on batches of every bucket size made of `rows` (row i of a batch is row `i % rows` of each)."""
     forward = eager_forward(eager)
+    count = len(next(iter(rows.values())))
     worst = 0.0
     for size in buckets:
-        batch = rows[torch.arange(size) % len(rows)]
+        batch = {name: tensor[torch.arange(size) % count] for name, tensor in rows.items()}
         expected, actual = forward(batch).float(), compiled(batch).float()
         if actual.shape != expected.shape:
             return float("inf")

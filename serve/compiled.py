@@ -19,6 +19,7 @@ from serve.contract.compiled import Manifest, Report
 from serve.contract.settings import Settings
 from serve.device import Placement
 from serve.model_source import ModelSource
+from serve.tracing import TracedForward
 from serve.transforms import FastImageTransform
 
 
@@ -31,8 +32,8 @@ class CompiledClassifier:
     """A compiled image classifier, ready to serve."""
 
     manifest: Manifest
-    forward: torch.jit.ScriptModule
-    """pixel_values -> logits."""
+    forward: TracedForward
+    """The model's inputs -> logits."""
     transform: FastImageTransform
 
 
@@ -59,7 +60,7 @@ def load_compiled(
     except (OSError, RuntimeError) as error:
         raise NotCompiled(f"the compiled forward pass does not load: {error}") from error
     transform = FastImageTransform(**asdict(manifest.preprocessing), placement=placement)
-    return CompiledClassifier(manifest, forward.eval(), transform)
+    return CompiledClassifier(manifest, TracedForward(forward.eval(), transform.input_names), transform)
 
 
 def mismatch(

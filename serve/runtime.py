@@ -149,9 +149,9 @@ class Runtime:
                     task.run_batch([prepared.sample] * size, size)
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
-            probe = [samples[0].sample] * size
+            sample = samples[0].sample
             self.cpu_threads = choose_cpu_threads(
-                lambda: task.run_batch(probe, size), size, settings.cpu_threads
+                lambda n: task.run_batch([sample] * n, n), size, settings.cpu_threads
             )
         self.task = task
 

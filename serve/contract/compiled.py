@@ -40,6 +40,8 @@ COMPILER_FILES = (
     "serve/contract/errors.py",
     "serve/contract/compiled.py",
     "serve/contract/batching.py",
+    "serve/contract/models.py",
+    "serve/contract/packages.py",
 )
 """The source files (relative to the directory holding `serve/`) that `python -m serve.compile` imports:
 the compile stage's code, and with the weights and the packages its only inputs."""

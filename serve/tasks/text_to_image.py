@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import inspect
 import secrets
 import threading
@@ -52,7 +51,7 @@ from pydantic import ConfigDict, Field
 
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
-from serve.contract import pipelines
+from serve.contract import packages, pipelines
 from serve.contract.tasks import TEXT_TO_IMAGE
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
 from serve.payload import StrictModel
@@ -445,23 +444,10 @@ def _served_family(index: dict[str, Any], path: Path) -> pipelines.Family:
     except pipelines.PipelineRefused as refused:
         raise ModelLoadError(f"cannot serve the pipeline in {path}: {refused}") from None
     names = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
-    missing = [
-        package for package in pipelines.packages(family, names, index) if not _importable(package.module)
-    ]
+    missing = packages.missing(pipelines.packages(family, names, index))
     if missing:
-        raise ModelLoadError(
-            f"{family.pipeline} in {path} needs "
-            + ", ".join(f"{package.name} ({package.why})" for package in missing)
-            + f": pip install {' '.join(package.name for package in missing)}"
-        )
+        raise ModelLoadError(packages.missing_message(f"{family.pipeline} in {path}", missing))
     return family
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is missing
-        return False
 
 
 def _makes_images_in_one_step(pipe: Any, family: pipelines.Family) -> bool:
