@@ -458,6 +458,7 @@ def _report(built: BuiltImage, sbom: Path | None) -> None:
         + (" (from the build cache)" if built.weights_cached else "")
     )
     click.echo(f"sbom      {sbom if sbom else 'in the image, ' + SBOM_IN_IMAGE} (CycloneDX)")
+    click.echo(f"forward   {built.compiled}")
     click.echo(f"\nnext:     bake launch {built.tag}")
 
 

@@ -61,6 +61,8 @@ class BuildSpec:
     pip_extra_index_urls: tuple[str, ...]
     pip_find_links: Path | None
     torch_version: str
+    compile: bool
+    """Compile the forward pass in a build stage (where the model and device allow it)."""
     push: bool
 
     def __post_init__(self) -> None:
@@ -261,6 +263,7 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
             pip_extra_index_urls=build["pip_extra_index_url"],
             pip_find_links=Path(build["pip_find_links"]).expanduser() if build["pip_find_links"] else None,
             torch_version=build["torch_version"],
+            compile=build["compile"],
             push=build["push"],
         ),
         serve=ServeSettings(**serve),

@@ -157,6 +157,15 @@ _MODEL_AND_BUILD: tuple[Option, ...] = (
         "torch version for the image, e.g. 2.13.0; empty: the newest (or the base image's own torch).",
         env="BAKE_TORCH_VERSION",
     ),
+    Option(
+        "build",
+        "compile",
+        "bool",
+        True,
+        "Compile the forward pass at build time (TorchScript; CPU image classification), so the image "
+        "starts without transformers; --no-compile loads the model with transformers at start.",
+        env="BAKE_COMPILE",
+    ),
     Option("build", "push", "bool", False, "Push the image to its registry after building.", env="BAKE_PUSH"),
 )
 _SERVE: tuple[Option, ...] = tuple(

@@ -8,6 +8,7 @@ BuildKit mounts only while a step runs), the labels and the tag.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import ipaddress
@@ -28,9 +29,11 @@ from bake.errors import ConfigError
 from bake.hub import ResolvedModel
 from bake.labels import ImageFacts
 from serve.contract import image
+from serve.contract.compiled import COMPILER_FILES, MANIFEST_FILE, REPORT_FILE, Report
+from serve.contract.labels import COMPILED
 from serve.contract.names import model_name
 from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
-from serve.contract.tasks import TEXT_TO_IMAGE
+from serve.contract.tasks import IMAGE_CLASSIFICATION, TEXT_TO_IMAGE
 
 DEFAULT_BASE_IMAGES = {
     "cpu": "python:3.11-slim-bookworm",
@@ -47,6 +50,10 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
 _IMAGE_FILES = _PACKAGE_DIR / "image"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+COMPILE_REPORT_STAGE = "compile-report"
+"""The Dockerfile stage holding only the compile stage's report, which `bake build` exports and reads before
+it builds the image (the report decides the image's `labels.COMPILED`)."""
+_COMPILER_DIR = "/opt/bake/compiler"
 
 
 @dataclass
@@ -64,6 +71,13 @@ class BuildPlan:
     allow: list[str] = field(default_factory=list)
     platform: str | None = None
     push: bool = False
+    compiles: bool = False
+    """Whether the compile stage runs the compiler (its report then sets `labels.COMPILED`); when not, the
+    label already says why."""
+
+    def record_compile(self, report: Report) -> None:
+        """Label the image with the path the compile stage's `report` says it serves."""
+        self.labels[COMPILED] = report.label
 
 
 def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: Path) -> BuildPlan:
@@ -73,6 +87,7 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     context = workdir / "context"
     context.mkdir(parents=True)
     _copy_sources(context, build.torch_version)
+    skipped = compile_skipped(config, model)
     requirements = runtime_requirements(model.task, model.packages)
     (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
     runtime_env = {
@@ -104,7 +119,10 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
         base_image=base_image,
         platform=build.platform or None,
         push=build.push,
+        compiles=skipped is None,
     )
+    if skipped is not None:
+        plan.record_compile(Report.eager(skipped))
     _add_secrets(plan, config, env, workdir)
     if build.pip_find_links is not None:
         plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
@@ -122,9 +140,52 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
             port=config.serve.port,
             wheels=build.pip_find_links is not None,
             network_host=network_host,
+            compile_command=compile_command(model, config.serve.max_batch_size, skipped),
         )
     )
     return plan
+
+
+def compile_skipped(config: Config, model: ResolvedModel) -> str | None:
+    """Why this build does not compile the forward pass, or None when it tries (the compiler may still
+    refuse the model, and then says why)."""
+    if not config.build.compile:
+        return "compiling is turned off (--no-compile)"
+    if model.task != IMAGE_CLASSIFICATION:
+        return f"{model.task} models are not compiled"
+    if config.build.device != "cpu":
+        return "a CUDA image is compiled only by a build that sees a GPU, and this build does not"
+    if not config.serve.torchscript:
+        return "serve.torchscript is off"
+    return None
+
+
+def compile_command(model: ResolvedModel, max_batch_size: int, skipped: str | None) -> str:
+    """The compile stage's shell command: run the compiler (if it crashes, a report says so and no manifest
+    is left), or, when `skipped` says why not, only write the report."""
+    if skipped is not None:
+        return f"mkdir -p {image.COMPILED} && {_write_report(Report.eager(skipped))}"
+    if model.local_dir is not None:
+        model_dir, served, commit = image.LOCAL_MODEL, image.LOCAL_MODEL, ""
+    else:
+        repo_dir = f"{image.HF_HOME}/hub/models--{model.id.replace('/', '--')}"
+        model_dir, served, commit = f"{repo_dir}/snapshots/{model.commit_sha}", model.id, model.commit_sha
+    arguments = ["--model-dir", model_dir, "--model", served, "--commit", commit]
+    arguments += ["--max-batch-size", str(max_batch_size), "--out", image.COMPILED]
+    environment = {**OFFLINE_ENV, "PYTHONPATH": _COMPILER_DIR}
+    crashed = Report.eager("the compiler crashed: see the compile step's output")
+    return (
+        " ".join(f"{key}={value}" for key, value in environment.items())
+        + " /opt/bake/venv/bin/python -m serve.compile "
+        + " ".join(shlex.quote(arg) for arg in arguments)
+        + f" || {{ rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}; }}"
+    )
+
+
+def _write_report(report: Report) -> str:
+    """A shell command writing `report` where the compile stage's report goes."""
+    text = json.dumps(dataclasses.asdict(report))
+    return f"printf '%s\\n' {shlex.quote(text)} > {image.COMPILED}/{REPORT_FILE}"
 
 
 def render_dockerfile(
@@ -136,6 +197,7 @@ def render_dockerfile(
     port: int,
     wheels: bool,
     network_host: bool,
+    compile_command: str,
 ) -> str:
     """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
     files = [file.path for file in model.files]
@@ -198,6 +260,11 @@ def render_dockerfile(
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(port),
         "HEALTH_START_S": "30",
+        "COMPILED": image.COMPILED,
+        "COMPILER_DIR": _COMPILER_DIR,
+        "COMPILE_REPORT": f"{image.COMPILED}/{REPORT_FILE}",
+        "COMPILE_COMMAND": compile_command,
+        "COMPILE_REPORT_STAGE": COMPILE_REPORT_STAGE,
     }
     return Template(TEMPLATE.read_text()).substitute(values)
 
@@ -243,7 +310,12 @@ def _copy_sources(context: Path, torch_version: str) -> None:
     spec = importlib.util.find_spec("serve")
     if spec is None or spec.origin is None:
         raise ConfigError("the serve package is not installed next to bake", "reinstall bake")
-    shutil.copytree(Path(spec.origin).parent, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    package = Path(spec.origin).parent
+    shutil.copytree(package, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in COMPILER_FILES:  # the compile stage's only code: other changes do not compile again
+        target = context / "compiler" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package.parent / name, target)
 
 
 def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path) -> None:

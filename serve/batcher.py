@@ -49,18 +49,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.contract.batching import bucket_sizes
 from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded, RequestError
 
 logger = logging.getLogger("serve")
 
 RunBatch = Callable[[Sequence[Any], int], list[Any]]
 """`run(samples, batch_size)`: one forward pass over `samples` padded to `batch_size` rows."""
-
-
-def bucket_sizes(max_batch_size: int) -> list[int]:
-    """The batch sizes the device runs: powers of two below `max_batch_size`, then `max_batch_size`."""
-    sizes = [1 << i for i in range(max_batch_size.bit_length()) if (1 << i) < max_batch_size]
-    return [*sizes, max_batch_size]
 
 
 @dataclass

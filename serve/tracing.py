@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,18 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.names, tensors, strict=True)), return_dict=False)[0]
 
 
+@dataclass(frozen=True)
+class TracedForward:
+    """A frozen TorchScript module taking the model's inputs positionally, called with them by name."""
+
+    module: torch.jit.ScriptModule
+    names: tuple[str, ...]
+    """The inputs' names, in the module's argument order."""
+
+    def __call__(self, inputs: Inputs) -> torch.Tensor:
+        return self.module(*(inputs[name] for name in self.names))
+
+
 def eager_forward(model: torch.nn.Module) -> Forward:
     """The model's own forward pass, returning its first output (the logits)."""
 
@@ -49,7 +62,7 @@ def eager_forward(model: torch.nn.Module) -> Forward:
 @torch.inference_mode()
 def traced_forward(
     model: torch.nn.Module, distinct: Inputs, batch_sizes: Sequence[int], *, rtol: float, atol: float
-) -> Forward | None:
+) -> TracedForward | None:
     """A frozen TorchScript forward equivalent to `model` at every one of `batch_sizes`, or None if it is not.
 
     `distinct` holds a few different inputs (rows). A checked batch of size n is made of rows
@@ -98,11 +111,7 @@ def traced_forward(
                 difference,
             )
             return None
-
-    def forward(inputs: Inputs) -> torch.Tensor:
-        return traced(*(inputs[name] for name in names))
-
-    return forward
+    return TracedForward(traced, names)
 
 
 def _last_line(error: Exception) -> str:

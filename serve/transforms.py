@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, ConvNextImageProcessorPil, PilBackend
 
+from serve.contract.compiled import Preprocessing
 from serve.device import Placement
 from serve.errors import ModelLoadError
 
@@ -102,6 +102,8 @@ class FastImageTransform(ImageTransform):
         self._crop = crop
         self._resample = resample
         self._placement = placement
+        self.preprocessing = Preprocessing(resize, crop, resample, scale, _floats(mean), _floats(std))
+        """The arguments but the placement: what a compiled model's manifest records to rebuild this."""
         self.output_size = crop or (resize[1] if resize and resize[0] == "exact" else None)
         if resize is not None:
             kind, (first, second) = resize
@@ -230,6 +232,8 @@ def build_image_transform(
 
 def _load_processor(model_dir: Path) -> Any:
     """The model's image processor: its PIL version, else (a torchvision-only processor) its default one."""
+    from transformers import AutoImageProcessor  # not at the top: the compiled path never imports it
+
     try:
         return AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # any, for malformed configs
@@ -260,6 +264,8 @@ def _accepted_outputs(processor: Any, accepts: Callable[[str], bool], model_dir:
 
 def _fast_transform_for(processor: object, placement: Placement) -> FastImageTransform | None:
     """A `FastImageTransform` equivalent to `processor`, or None when its pipeline is non-standard."""
+    from transformers import ConvNextImageProcessorPil, PilBackend
+
     if not isinstance(processor, PilBackend) or getattr(processor, "do_pad", False):
         return None
     cls = type(processor)
@@ -312,6 +318,13 @@ def _resized_pixels(resize: tuple[str, tuple[int, int]] | None, width: int, heig
     if kind == "shortest_edge":
         target = _shortest_edge_size(height, width, target[0])
     return target[0] * target[1]
+
+
+def _floats(values: float | Sequence[float] | None) -> tuple[float, ...] | None:
+    """Per-channel values (one value means the same for the three channels)."""
+    if values is None:
+        return None
+    return tuple(float(value) for value in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
 
 
 def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:

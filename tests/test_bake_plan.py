@@ -67,11 +67,16 @@ def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_
         ("deps", "sbom"),
         ("base", "fetcher"),
         ("fetcher", "weights"),
+        ("deps", "compile"),
+        ("scratch", "compile-report"),
         ("deps", "runtime"),
     ]
     runtime = text.split("AS runtime", 1)[1]
     assert (
-        runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+        runtime.index("--from=weights")
+        < runtime.index("--from=compile")
+        < runtime.index("COPY --link serve")
+        < runtime.index("ENV BAKE_MODEL")
     )
 
 

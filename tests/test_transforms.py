@@ -434,7 +434,7 @@ def test_build_falls_back_for_a_custom_class(monkeypatch: pytest.MonkeyPatch, tm
         loads.append((path, kwargs))
         return processor
 
-    monkeypatch.setattr("serve.transforms.AutoImageProcessor.from_pretrained", from_pretrained)
+    monkeypatch.setattr("transformers.AutoImageProcessor.from_pretrained", from_pretrained)
     transform = build_image_transform(tmp_path, CPU)
     assert loads == [(str(tmp_path), {"backend": "pil"})]
     assert isinstance(transform, ProcessorImageTransform)

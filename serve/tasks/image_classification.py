@@ -17,14 +17,15 @@ import inspect
 import logging
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from transformers import AutoModelForImageClassification
 
+from serve.compiled import NotCompiled, load_compiled
 from serve.contract import packages
 from serve.contract.models import ModelType, image_classifier
 from serve.contract.tasks import IMAGE_CLASSIFICATION
@@ -73,11 +74,18 @@ class ImageClassification(Task):
     kind: ModelType
     _traced = False
     _eager_reason: str | None = None
+    _compiled = False
+    _compile_note = ""
 
     def load(self) -> None:
-        """Check the model type against the registry, load the weights onto the device in the compute dtype,
-        and the matching image transform."""
+        """Check the model type against the registry; serve the forward pass compiled at build time when the
+        image holds one for this model and device (torch alone, no transformers import); else load the
+        weights onto the device in the compute dtype, and the matching image transform."""
         self.kind = _model_type(self.source.read_json("config.json") or {})
+        if self._load_compiled():
+            return
+        from transformers import AutoModelForImageClassification
+
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 str(self.source.path), dtype=self.placement.dtype
@@ -97,6 +105,26 @@ class ImageClassification(Task):
         )
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
 
+    def _load_compiled(self) -> bool:
+        """Use the compiled forward pass (`serve.compiled`) if it fits; else False, with the reason noted."""
+        try:
+            compiled = load_compiled(self.source, self.settings, self.placement, self.name)
+        except NotCompiled as reason:
+            self._compile_note = str(reason)
+            logger.info("loading with transformers: %s", reason)
+            return False
+        manifest = compiled.manifest
+        self._forward = compiled.forward
+        self._labels = list(manifest.labels)
+        self._default_function = _default_function(
+            SimpleNamespace(problem_type=manifest.problem_type, num_labels=len(manifest.labels))
+        )
+        self.transform = compiled.transform
+        self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
+        self._compiled = self._traced = True
+        self._compile_note = f"torchscript, compiled at build time (score difference {manifest.parity:.1e})"
+        return True
+
     @torch.inference_mode()
     def optimize(self, batch_sizes: Sequence[int]) -> bool:
         """Check the scores at warm-up, choose the traced or the eager forward pass, and warm it up.
@@ -105,8 +133,11 @@ class ImageClassification(Task):
         shapes, layout and strides as requests). One forward pass on the first is timed and must give finite
         scores (else `ModelLoadError`). The traced forward replaces the eager one when it matches it at every
         batch size (its checked runs are its warm-up); otherwise the eager forward is warmed up at the batch
-        sizes whose expected cost fits `WARMUP_BUDGET_S`. Returns True: no separate warm-up is needed.
+        sizes whose expected cost fits `WARMUP_BUDGET_S`. Returns True: no separate warm-up is needed. A
+        forward pass compiled at build time was checked there: the runtime only warms it up (returns False).
         """
+        if self._compiled:
+            return False
         rows = self._check_rows()
         per_sample = self._time_one(rows[0])
         if _tracing_cost(per_sample, rows, batch_sizes) > WARMUP_BUDGET_S and per_sample < RETIME_BELOW_S:
@@ -229,6 +260,8 @@ class ImageClassification(Task):
                 "inputs": list(self.transform.input_names),
                 "torchscript": self._traced,
                 "eager_reason": self._eager_reason,
+                "load_path": "compiled" if self._compiled else "transformers",
+                "compiled": self._compile_note,
             },
         )
 
