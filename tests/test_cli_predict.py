@@ -23,10 +23,11 @@ from tests.fixtures.terminal import run_in_terminal
 pytestmark = pytest.mark.slow
 
 API_KEY = "cli-test-key"
-STEPS = 12
-SIDE = 64
-"""12 steps of the tiny pipeline at 64 x 64 take a few seconds on this machine's shared CPUs: long enough
-for the progress bar (shown for waits longer than a second) to be drawn at several steps."""
+STEPS = 30
+SIDE = 256
+"""30 steps of the tiny pipeline at 256 x 256 take several seconds even on an idle machine (12 at 64 x 64
+took under a second there, and the bar never showed): long enough for the progress bar (shown for waits longer
+than a second) to be drawn at several steps."""
 
 
 @pytest.fixture(scope="module")
