@@ -18,14 +18,21 @@ from bake.docker import docker_client, ensure_engine
 from bake.env import Environment
 from bake.errors import BuildFailed, GatedModel
 from bake.hub import ResolvedModel, resolve_model
+from bake.installer import HTTP_RETRIES
 from bake.labels import ImageFacts
-from bake.plan import BuildPlan, plan_build
+from bake.package_sources import TORCH_CPU_INDEX, ca_bundle, check_reachable, configured_sources
+from bake.plan import BuildPlan, needs_cpu_torch, plan_build
 
 _STEP = re.compile(r"^#(\d+) \[(\S+) ")
 _CACHED = re.compile(r"^#(\d+) CACHED")
 _TAIL_LINES = 400
 # The last line of a Python traceback inside a step, e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
+# The runtime check's verdict (bake/image/check_runtime.py), e.g. "#21 3.1 bake-check[torch-build]: torch ...".
+_CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
+# uv's reason for an unsatisfiable install, e.g. "#12 1.2   ╰─▶ Because torch==9.9+cpu was not found ...".
+_UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
+_REMOTE_SCHEMES = ("ssh://", "tcp://", "http://", "https://")
 
 
 @dataclass
@@ -73,8 +80,14 @@ def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
             f"accept its terms at {env.hf_endpoint}/{model.id}, then set HF_TOKEN",
         )
     _announce(model, config, output)
+    sources, warnings = check_reachable(
+        configured_sources(config.build, cpu_torch=needs_cpu_torch(config, model)),
+        ca_cert=ca_bundle(config.build),
+        remote_engine=env.variables.get("DOCKER_HOST", "").startswith(_REMOTE_SCHEMES),
+    )
+    output.writelines(f"bake: warning: {warning}\n" for warning in warnings)
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
-        plan = plan_build(config, model, env, Path(tmp))
+        plan = plan_build(config, model, env, Path(tmp), sources)
         log = run_build(plan, client, output)
     size = None if plan.push else client.image.inspect(plan.tag).size
     return BuiltImage(
@@ -125,14 +138,28 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         )
     if "gatedrepoerror" in lowered or "cannot access gated repo" in lowered:
         return BuildFailed("the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access")
-    if "could not find a version" in lowered or "no matching distribution" in lowered:
-        return BuildFailed(
-            "pip could not install the runtime's Python packages",
-            "check --pip-index-url/--pip-find-links, and --ca-cert behind a TLS-inspecting proxy",
-        )
-    if "certificate verify failed" in lowered:
+    if check := _CHECK.findall(text):
+        kind, message = check[-1]
+        return BuildFailed(message.strip(), _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above"))
+    if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
+        )
+    if "> [tools " in text and "build-tools.txt" in text:
+        return BuildFailed(
+            "the installer uv could not be installed from the package index",
+            "put uv (bake/image/build-tools.txt) on your index or in --pip-find-links, or pass --installer pip",
+        )
+    if "no solution found" in lowered or "could not find a version" in lowered or "no matching distribution" in lowered:
+        reasons = [next(part for part in match if part) for match in _UNSATISFIABLE.findall(text)]
+        return BuildFailed(
+            "the image's Python packages could not be installed" + (f": {reasons[-1]}" if reasons else ""),
+            "check --pip-index-url, --pip-extra-index-url, --pip-find-links and --torch-index-url",
+        )
+    if "failed to fetch" in lowered or "read timed out" in lowered or "max retries exceeded" in lowered:
+        return BuildFailed(
+            f"a package index stopped answering during the build (given up after {HTTP_RETRIES} retries)",
+            "check the index and your network, or pass --pip-index-url with a mirror that answers",
         )
     exceptions = [match.group(1) for match in _EXCEPTION.finditer(text)]
     if exceptions:
@@ -140,6 +167,16 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     errors = [line for line in text.splitlines() if "error" in line.lower()]
     return BuildFailed(f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
                        "see the build output above")
+
+
+_CHECK_FIXES = {
+    ("torch-build", "cpu"): f"pass --torch-index-url with an index of PyTorch's CPU wheels (a mirror of "
+                            f"{TORCH_CPU_INDEX}), or --pip-find-links with a folder holding the CPU torch wheel",
+    ("torch-build", "cuda"): "pass --base-image with a CUDA torch, or --torch-version to install one from the index",
+    ("torch-version", "cpu"): "pass --torch-version with a version your torch index has, or --torch-index-url",
+    ("torch-version", "cuda"): "pass --torch-version with a version your package index has",
+}
+"""The fix for each kind of failed runtime check (bake/image/check_runtime.py), per device."""
 
 
 def _announce(model: ResolvedModel, config: Config, output: TextIO) -> None:

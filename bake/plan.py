@@ -1,9 +1,10 @@
 """Turning a configuration and a resolved model into a concrete BuildKit build: the plan.
 
-The plan is a build context directory (the rendered Dockerfile, the runtime's requirements and pins,
-the weights-stage script and a copy of the `serve` package), the named build contexts (a local model,
-a wheel directory), the secrets (HF token, CA bundle, pip configuration: files outside the context that
-BuildKit mounts only while a step runs), the labels and the tag.
+The plan is a build context directory (the rendered Dockerfile, the runtime's requirements and pins, the
+package sources without credentials, the scripts of the image's build steps and a copy of the `serve`
+package), the named build contexts (a local model, a wheel directory), the secrets (HF token, CA bundle, the
+installer's index arguments: files outside the context that BuildKit mounts only while a step runs), the
+labels and the tag.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from bake.config import Config
 from bake.env import Environment
 from bake.errors import ConfigError
 from bake.hub import ResolvedModel
+from bake.installer import PACKAGE_INDEX_SECRET, TORCH_INDEX_SECRET, Install, Installer
 from bake.labels import ImageFacts
+from bake.package_sources import WHEELS_MOUNT, PackageSources, ca_bundle, configured_sources
 
 DEFAULT_BASE_IMAGES = {
     "cpu": "python:3.11-slim-bookworm",
@@ -35,13 +38,13 @@ DEFAULT_BASE_IMAGES = {
 """Base images when --base-image is not given: a slim Python for the CPU (bake installs a CPU torch), and
 PyTorch's CUDA runtime image for CUDA (its torch is reused by the virtualenv)."""
 
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-"""Searched for torch in CPU images unless a package index is configured, so the image gets the CPU
-wheel (~200 MB) instead of PyPI's default CUDA build (several GB)."""
-
 _PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
 _IMAGE_FILES = _PACKAGE_DIR / "image"
+_IMAGE_SCRIPTS = ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_runtime.py")
+_IMAGE_LISTS = ("build-tools.txt", "excludes.txt", "constraints.txt")
+_VENV = "/opt/bake/venv"
+_FETCH_VENV = "/opt/bake/fetch"
 _HUB_CACHE = "/opt/bake/hf"
 _LOCAL_MODEL = "/opt/bake/model"
 _MANIFEST = "/opt/bake/manifest.json"
@@ -65,14 +68,26 @@ class BuildPlan:
     push: bool = False
 
 
-def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: Path) -> BuildPlan:
-    """Write the build context and secrets for `model` into `workdir` and describe the build."""
+def plan_build(
+    config: Config, model: ResolvedModel, env: Environment, workdir: Path, sources: PackageSources | None = None
+) -> BuildPlan:
+    """Write the build context and secrets for `model` into `workdir` and describe the build.
+
+    `sources`: where the packages come from, as checked by `package_sources.check_reachable` (default: as
+    configured, unchecked).
+    """
     build = config.build
     base_image = build.base_image or DEFAULT_BASE_IMAGES[build.device]
+    if sources is None:
+        sources = configured_sources(build, cpu_torch=needs_cpu_torch(config, model))
     context = workdir / "context"
     context.mkdir(parents=True)
-    _copy_sources(context, build.torch_version)
-    (context / "requirements.txt").write_text("\n".join(runtime_requirements(model.task)) + "\n")
+    _copy_sources(context)
+    (context / "requirements.txt").write_text("\n".join(image_requirements(config, model, sources)) + "\n")
+    (context / "package-sources.txt").write_text(
+        "# Where the deps stage's packages come from (no credentials): a change here rebuilds the stage.\n"
+        + sources.describe()
+    )
     serve_env = config.serve.environment()
     runtime_env = {
         "BAKE_MODEL": _LOCAL_MODEL if model.local_dir else model.id,
@@ -107,7 +122,7 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     )
     if build.push and not build.tag:
         raise ConfigError("--push needs to know where to push", "pass --tag REGISTRY/NAME:TAG")
-    _add_secrets(plan, config, env, workdir)
+    _add_secrets(plan, config, env, workdir, sources)
     if build.pip_find_links is not None:
         if not build.pip_find_links.is_dir():
             raise ConfigError(f"--pip-find-links {build.pip_find_links} is not a directory")
@@ -115,33 +130,43 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     if model.local_dir is not None:
         plan.build_contexts["model"] = str(model.local_dir)
     network_host = model.local_dir is None and is_loopback(env.hf_endpoint)
-    if network_host:
+    install_network_host = any(is_loopback(url) for url in sources.urls)
+    if network_host or install_network_host:
         plan.allow.append("network.host")
     plan.dockerfile.write_text(
         render_dockerfile(
+            config=config,
             model=model,
             base_image=base_image,
             env=env,
             runtime_env=runtime_env,
-            port=config.serve.port,
-            wheels=build.pip_find_links is not None,
+            sources=sources,
             network_host=network_host,
+            install_network_host=install_network_host,
         )
     )
     return plan
 
 
+def needs_cpu_torch(config: Config, model: ResolvedModel) -> bool:
+    """Whether the build installs a CPU torch: for a CPU image, and to convert .bin weights (on any device)."""
+    return config.build.device == "cpu" or model.convert_to_safetensors
+
+
 def render_dockerfile(
     *,
+    config: Config,
     model: ResolvedModel,
     base_image: str,
     env: Environment,
     runtime_env: dict[str, str],
-    port: int,
-    wheels: bool,
+    sources: PackageSources,
     network_host: bool,
+    install_network_host: bool,
 ) -> str:
     """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
+    build = config.build
+    installer = Installer(build.installer)
     files = [file.path for file in model.files]
     if model.local_dir is not None:
         fetch_args = ["local", "--source", "/model", "--out", _LOCAL_MODEL]
@@ -156,28 +181,75 @@ def render_dockerfile(
     fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
-    fetch_packages = ["huggingface_hub", "safetensors"] + (["torch", "numpy"] if model.convert_to_safetensors else [])
+    convert = model.convert_to_safetensors
+    fetch = Install(
+        venv=_FETCH_VENV,
+        requirements=("huggingface_hub", "safetensors", *((sources.torch_requirement, "numpy") if convert else ())),
+        constraints="/opt/bake/constraints.txt",
+        torch_requirement=sources.torch_requirement if convert else None,
+    )
+    deps = Install(
+        venv=_VENV,
+        requirements=("-r", "/opt/bake/requirements.txt"),
+        constraints="/opt/bake/constraints.txt",
+        torch_requirement=sources.torch_requirement if build.device == "cpu" else None,
+        excludes="/opt/bake/excludes.txt" if build.installer == "uv" else None,
+        with_pip=build.keep_build_tools,
+        reuse_base_torch=build.device == "cuda" and not build.torch_version,
+    )
+    check_args = ["--device", build.device, "--task", model.task]
+    if pinned := _torch_pin(config, sources):
+        check_args += ["--torch-version", pinned]
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
         "COMMIT": model.commit_sha,
         "BASE_IMAGE": base_image,
-        "WHEELS_MOUNT": "\\\n    --mount=type=bind,from=wheels,target=/wheels " if wheels else "",
+        "INSTALL_NETWORK": "--network=host " if install_network_host else "",
+        "INSTALLER_CACHE": installer.cache_mount,
+        "INSTALL_TOOLS": installer.tools(),
+        "INSTALL_DEPS": installer.install(deps),
+        "INSTALL_FETCHER": installer.install(fetch),
+        "SLIM_STEP": (
+            "# --keep-build-tools: the virtualenv ships as installed" if build.keep_build_tools
+            else f"RUN python3 /opt/bake/slim_venv.py {_VENV}"
+        ),
+        "CHECK_ARGS": " ".join(shlex.quote(arg) for arg in check_args),
+        "WHEELS_MOUNT": (
+            f"\\\n    --mount=type=bind,from=wheels,target={WHEELS_MOUNT} " if sources.find_links else ""
+        ),
         "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
         "TRUST_CA": (
             'if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert '
             'REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&'
         ),
-        "FETCH_PACKAGES": " ".join(fetch_packages) + " -c /opt/bake/constraints.txt",
         "WEIGHTS_NETWORK": "--network=host " if network_host else "",
         "FETCH_ENV": " ".join(f"{key}={shlex.quote(value)}" for key, value in fetch_env.items()),
         "FETCH_ARGS": " ".join(shlex.quote(arg) for arg in fetch_args),
         "WEIGHTS_DIR": weights_dir,
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
-        "PORT": str(port),
+        "PORT": str(config.serve.port),
         "HEALTH_START_S": "30",
     }
     return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def image_requirements(config: Config, model: ResolvedModel, sources: PackageSources) -> list[str]:
+    """The deps stage's requirements: the runtime's, with torch pinned (CPU: the CPU build of the sources)."""
+    pin = _torch_pin(config, sources)
+    return [f"torch=={pin}" if pin and _name(requirement) == "torch" else requirement
+            for requirement in runtime_requirements(model.task)]
+
+
+def _torch_pin(config: Config, sources: PackageSources) -> str:
+    """The torch version the image must hold (2.13.0+cpu), or "" for a CUDA image that reuses the base's."""
+    if config.build.device == "cpu" and sources.torch_requirement:
+        return sources.torch_requirement.split("==", 1)[1]
+    return config.build.torch_version
+
+
+def _name(requirement: str) -> str:
+    return Requirement(requirement).name.lower()
 
 
 def runtime_requirements(task: str) -> list[str]:
@@ -208,39 +280,25 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def _copy_sources(context: Path, torch_version: str) -> None:
-    """The weights script, the runtime pins (+ torch's, if asked) and the `serve` package (not imported)."""
-    shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
-    constraints = (_IMAGE_FILES / "constraints.txt").read_text()
-    if torch_version:
-        constraints += f"torch=={torch_version}\n"
-    (context / "constraints.txt").write_text(constraints)
+def _copy_sources(context: Path) -> None:
+    """The build steps' scripts, the runtime pins and lists, and the `serve` package (not imported)."""
+    for name in _IMAGE_SCRIPTS + _IMAGE_LISTS:
+        shutil.copyfile(_IMAGE_FILES / name, context / name)
     spec = importlib.util.find_spec("serve")
     if spec is None or spec.origin is None:
         raise ConfigError("the serve package is not installed next to bake", "reinstall bake")
     shutil.copytree(Path(spec.origin).parent, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path) -> None:
+def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path, sources: PackageSources) -> None:
     """Secret files BuildKit mounts at /run/secrets/<id> for the steps that ask for them."""
-    build = config.build
-    pip_conf = ["[global]"]
-    if build.pip_index_url:
-        pip_conf.append(f"index-url = {build.pip_index_url}")
-    extra = list(build.pip_extra_index_urls)
-    if build.device == "cpu" and not build.pip_index_url:
-        extra.append(TORCH_CPU_INDEX)
-    if extra:
-        pip_conf.append("extra-index-url = " + " ".join(extra))
-    if build.pip_find_links is not None:
-        pip_conf.append("find-links = /wheels")
-    _secret(plan, workdir, "pip_conf", "\n".join(pip_conf) + "\n")
+    _secret(plan, workdir, PACKAGE_INDEX_SECRET, " ".join(sources.package_args()) + "\n")
+    _secret(plan, workdir, TORCH_INDEX_SECRET, " ".join(sources.torch_args()) + "\n")
     if env.hf_token:
         _secret(plan, workdir, "hf_token", env.hf_token)
-    if build.ca_cert is not None:
-        if not build.ca_cert.is_file():
-            raise ConfigError(f"--ca-cert {build.ca_cert} is not a file", "pass a PEM bundle")
-        plan.secrets.append(f"id=ca_cert,src={build.ca_cert.resolve()}")
+    ca_cert = ca_bundle(config.build)
+    if ca_cert is not None:
+        plan.secrets.append(f"id=ca_cert,src={ca_cert.resolve()}")
 
 
 def _secret(plan: BuildPlan, workdir: Path, name: str, content: str) -> None:
