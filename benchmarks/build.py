@@ -180,7 +180,7 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_TOKEN": "",
-        "PYTHONPATH": str(serve_copy),
+        "PYTHONPATH": f"{serve_copy}{os.pathsep}{REPO_ROOT}",  # the changed `serve`, and this checkout's bake
     }
     return project, env
 
