@@ -263,9 +263,9 @@ def test_the_server_starts_from_compiled_bytecode(built: Built) -> None:
            "--env", "PYTHONVERBOSE=1", built.tag)
     try:
         predict_inside(name, PHOTO)
-        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+        logs = subprocess.run(["docker", "logs", name], check=True, capture_output=True, text=True).stderr
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
     site = "/opt/bake/venv/lib/python3.11/site-packages/"
     compiled = re.findall(rf"^# code object from '{site}(\S+\.pyc)'$", logs, re.MULTILINE)
     from_source = re.findall(rf"^# code object from {site}(\S+\.py)$", logs, re.MULTILINE)

@@ -17,8 +17,8 @@ import pytest
 
 IMAGE_SCRIPTS = Path(__file__).resolve().parents[1] / "bake" / "image"
 sys.path.insert(0, str(IMAGE_SCRIPTS))
-from elf_symbols import strip_symbols  # noqa: E402
-from slim_venv import slim  # noqa: E402
+from elf_symbols import strip_symbols
+from slim_venv import slim
 
 SITE_PACKAGES = Path(importlib.util.find_spec("regex").origin).parents[1]  # type: ignore[arg-type,union-attr]
 
@@ -45,8 +45,14 @@ def copy_package(name: str, target: Path) -> Path:
 
 
 def run_python(code: str, path: Path) -> str:
-    result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(path)}, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env={"PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -89,15 +95,29 @@ def make_venv(root: Path) -> tuple[Path, Path]:
     venv = root / "venv"
     site = venv / "lib" / "python3.11" / "site-packages"
     files = {
-        "torch/__init__.py": "", "torch/test/cpp/data.bin": "x" * 100, "torch/include/ATen/ATen.h": "h",
-        "torch/share/cmake/Torch/TorchConfig.cmake": "c", "torch/bin/torch_shm_manager": "keep",
-        "torch/bin/test_api": "t" * 50, "torch/bin/protoc": "p", "torch/lib/libjitbackend_test.so": "t",
-        "torch/lib/libaoti_custom_ops.so": "t", "torch/lib/libc10.so": "keep", "torch/_C/__init__.pyi": "stub",
-        "torch/testing/__init__.py": "keep", "numpy/__init__.py": "", "numpy/_core/__init__.py": "",
-        "numpy/_core/tests/test_x.py": "t", "numpy/_core/__pycache__/x.cpython-311.pyc": "old",
-        "pip/__init__.py": "", "pip-25.0.dist-info/METADATA": "m", "setuptools/__init__.py": "",
-        "setuptools-80.0.dist-info/RECORD": "setuptools/__init__.py,,\n", "_distutils_hack/__init__.py": "",
-        "distutils-precedence.pth": "import _distutils_hack", "pkg_resources/__init__.py": "",
+        "torch/__init__.py": "",
+        "torch/test/cpp/data.bin": "x" * 100,
+        "torch/include/ATen/ATen.h": "h",
+        "torch/share/cmake/Torch/TorchConfig.cmake": "c",
+        "torch/bin/torch_shm_manager": "keep",
+        "torch/bin/test_api": "t" * 50,
+        "torch/bin/protoc": "p",
+        "torch/lib/libjitbackend_test.so": "t",
+        "torch/lib/libaoti_custom_ops.so": "t",
+        "torch/lib/libc10.so": "keep",
+        "torch/_C/__init__.pyi": "stub",
+        "torch/testing/__init__.py": "keep",
+        "numpy/__init__.py": "",
+        "numpy/_core/__init__.py": "",
+        "numpy/_core/tests/test_x.py": "t",
+        "numpy/_core/__pycache__/x.cpython-311.pyc": "old",
+        "pip/__init__.py": "",
+        "pip-25.0.dist-info/METADATA": "m",
+        "setuptools/__init__.py": "",
+        "setuptools-80.0.dist-info/RECORD": "setuptools/__init__.py,,\n",
+        "_distutils_hack/__init__.py": "",
+        "distutils-precedence.pth": "import _distutils_hack",
+        "pkg_resources/__init__.py": "",
         "tests/conftest.py": "a top-level tests folder is nobody's package: kept",
         "sympy-1.0.dist-info/licenses/tests/LICENSE": "kept",
     }
@@ -119,15 +139,34 @@ def test_slimming_removes_what_serving_never_touches_and_keeps_the_rest(tmp_path
     copy_package("regex", site)
     freed = slim(venv, site)
     left = {str(path.relative_to(site)) for path in site.rglob("*") if path.is_file()}
-    for gone in ("torch/test/cpp/data.bin", "torch/include/ATen/ATen.h", "torch/share/cmake/Torch/TorchConfig.cmake",
-                 "torch/bin/test_api", "torch/bin/protoc", "torch/lib/libjitbackend_test.so",
-                 "torch/lib/libaoti_custom_ops.so", "torch/_C/__init__.pyi", "numpy/_core/tests/test_x.py",
-                 "numpy/_core/__pycache__/x.cpython-311.pyc", "pip/__init__.py", "pip-25.0.dist-info/METADATA",
-                 "setuptools/__init__.py", "_distutils_hack/__init__.py", "distutils-precedence.pth",
-                 "pkg_resources/__init__.py"):
+    for gone in (
+        "torch/test/cpp/data.bin",
+        "torch/include/ATen/ATen.h",
+        "torch/share/cmake/Torch/TorchConfig.cmake",
+        "torch/bin/test_api",
+        "torch/bin/protoc",
+        "torch/lib/libjitbackend_test.so",
+        "torch/lib/libaoti_custom_ops.so",
+        "torch/_C/__init__.pyi",
+        "numpy/_core/tests/test_x.py",
+        "numpy/_core/__pycache__/x.cpython-311.pyc",
+        "pip/__init__.py",
+        "pip-25.0.dist-info/METADATA",
+        "setuptools/__init__.py",
+        "_distutils_hack/__init__.py",
+        "distutils-precedence.pth",
+        "pkg_resources/__init__.py",
+    ):
         assert gone not in left, gone
-    for kept in ("torch/__init__.py", "torch/bin/torch_shm_manager", "torch/lib/libc10.so", "torch/testing/__init__.py",
-                 "numpy/_core/__init__.py", "tests/conftest.py", "sympy-1.0.dist-info/licenses/tests/LICENSE"):
+    for kept in (
+        "torch/__init__.py",
+        "torch/bin/torch_shm_manager",
+        "torch/lib/libc10.so",
+        "torch/testing/__init__.py",
+        "numpy/_core/__init__.py",
+        "tests/conftest.py",
+        "sympy-1.0.dist-info/licenses/tests/LICENSE",
+    ):
         assert kept in left, kept
     assert sorted(path.name for path in (venv / "bin").iterdir()) == ["python3"]
     assert (tmp_path / "outside").is_file()

@@ -41,7 +41,9 @@ def build_spec(tmp_path: Path, **flags: object) -> BuildSpec:
 
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[PackageIndex]:
-    with PackageIndex([make_wheel(tmp_path / "wheels", "tiny_pkg", "1.0", {"tiny_pkg.py": "x = 1\n"})]) as server:
+    with PackageIndex(
+        [make_wheel(tmp_path / "wheels", "tiny_pkg", "1.0", {"tiny_pkg.py": "x = 1\n"})]
+    ) as server:
         yield server
 
 
@@ -62,7 +64,7 @@ def silent_url() -> Iterator[str]:
 @pytest.fixture
 def failing_url() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -110,20 +112,26 @@ def test_only_http_indexes_are_probed() -> None:
     assert probe("file:///srv/wheels/simple", ca_cert=None) is None
 
 
-def test_an_unreachable_extra_index_is_left_out_with_a_warning(tmp_path: Path, index: PackageIndex,
-                                                               closed_url: str) -> None:
+def test_an_unreachable_extra_index_is_left_out_with_a_warning(
+    tmp_path: Path, index: PackageIndex, closed_url: str
+) -> None:
     spec = build_spec(tmp_path, pip_index_url=index.url, pip_extra_index_url=(closed_url, index.url + "/"))
-    sources, warnings = check_reachable(configured_sources(spec, cpu_torch=False), ca_cert=None, remote_engine=False)
+    sources, warnings = check_reachable(
+        configured_sources(spec, cpu_torch=False), ca_cert=None, remote_engine=False
+    )
     assert sources.extra_index_urls == (index.url + "/",)
     assert len(warnings) == 1 and closed_url in warnings[0] and "left out" in warnings[0]
 
 
-def test_an_unreachable_package_index_stops_the_build_with_the_flag_that_fixes_it(tmp_path: Path,
-                                                                                  closed_url: str) -> None:
+def test_an_unreachable_package_index_stops_the_build_with_the_flag_that_fixes_it(
+    tmp_path: Path, closed_url: str
+) -> None:
     spec = build_spec(tmp_path, pip_index_url=closed_url)
     with pytest.raises(BuildFailed) as failed:
         check_reachable(configured_sources(spec, cpu_torch=False), ca_cert=None, remote_engine=False)
-    assert str(failed.value).startswith(f"the package index {closed_url} cannot be reached (connection failed")
+    assert str(failed.value).startswith(
+        f"the package index {closed_url} cannot be reached (connection failed"
+    )
     assert "pass --pip-index-url with a mirror you can reach, or --pip-find-links" in str(failed.value)
 
 
@@ -139,32 +147,44 @@ def test_with_a_wheel_folder_an_unreachable_index_is_skipped(tmp_path: Path, clo
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     spec = build_spec(tmp_path, pip_index_url=closed_url, pip_find_links=str(wheels))
-    sources, warnings = check_reachable(configured_sources(spec, cpu_torch=False), ca_cert=None, remote_engine=False)
+    sources, warnings = check_reachable(
+        configured_sources(spec, cpu_torch=False), ca_cert=None, remote_engine=False
+    )
     assert sources.package_args() == ["--no-index", "--find-links", "/wheels"]
-    assert warnings == [f"the package index {closed_url} cannot be reached (connection failed: "
-                        + warnings[0].split("(connection failed: ", 1)[1]]
+    assert warnings == [
+        f"the package index {closed_url} cannot be reached (connection failed: "
+        + warnings[0].split("(connection failed: ", 1)[1]
+    ]
     assert "installing from the --pip-find-links folder alone" in warnings[0]
 
 
-def test_an_unreachable_torch_index_without_a_local_wheel_stops_the_build(tmp_path: Path, index: PackageIndex,
-                                                                          closed_url: str) -> None:
+def test_an_unreachable_torch_index_without_a_local_wheel_stops_the_build(
+    tmp_path: Path, index: PackageIndex, closed_url: str
+) -> None:
     spec = build_spec(tmp_path, pip_index_url=index.url, torch_index_url=closed_url)
     with pytest.raises(BuildFailed) as failed:
         check_reachable(configured_sources(spec, cpu_torch=True), ca_cert=None, remote_engine=False)
     message = str(failed.value)
     assert message.startswith(f"PyTorch's CPU wheel index {closed_url} cannot be reached")
     assert "never takes torch from the package index" in message
-    assert f"pass --torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with a folder holding " \
-           f"torch-{CPU_TORCH_VERSION}+cpu-*.whl" in message
+    assert (
+        f"pass --torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with a folder holding "
+        f"torch-{CPU_TORCH_VERSION}+cpu-*.whl" in message
+    )
 
 
-def test_a_local_cpu_torch_wheel_is_preferred_and_no_torch_index_is_asked(tmp_path: Path, index: PackageIndex,
-                                                                          closed_url: str) -> None:
+def test_a_local_cpu_torch_wheel_is_preferred_and_no_torch_index_is_asked(
+    tmp_path: Path, index: PackageIndex, closed_url: str
+) -> None:
     wheels = tmp_path / "local"
     wheels.mkdir()
     (wheels / f"torch-{CPU_TORCH_VERSION}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
-    spec = build_spec(tmp_path, pip_index_url=index.url, torch_index_url=closed_url, pip_find_links=str(wheels))
-    sources, warnings = check_reachable(configured_sources(spec, cpu_torch=True), ca_cert=None, remote_engine=False)
+    spec = build_spec(
+        tmp_path, pip_index_url=index.url, torch_index_url=closed_url, pip_find_links=str(wheels)
+    )
+    sources, warnings = check_reachable(
+        configured_sources(spec, cpu_torch=True), ca_cert=None, remote_engine=False
+    )
     assert warnings == []
     assert sources.torch_requirement == f"torch=={CPU_TORCH_VERSION}+cpu"
     assert sources.torch_args() == ["--no-index", "--find-links", "/wheels"]
@@ -192,11 +212,17 @@ def test_credentials_never_reach_messages_or_the_description(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("device", "torch_version", "convert", "pin"),
-    [("cpu", "", False, f"torch=={CPU_TORCH_VERSION}+cpu"), ("cpu", "2.12.0", False, "torch==2.12.0+cpu"),
-     ("cpu", "2.12.0+cpu", False, "torch==2.12.0+cpu"), ("cuda", "2.9.1", True, f"torch=={CPU_TORCH_VERSION}+cpu"),
-     ("cuda", "", False, None)],
+    [
+        ("cpu", "", False, f"torch=={CPU_TORCH_VERSION}+cpu"),
+        ("cpu", "2.12.0", False, "torch==2.12.0+cpu"),
+        ("cpu", "2.12.0+cpu", False, "torch==2.12.0+cpu"),
+        ("cuda", "2.9.1", True, f"torch=={CPU_TORCH_VERSION}+cpu"),
+        ("cuda", "", False, None),
+    ],
 )
-def test_the_cpu_torch_pin(tmp_path: Path, device: str, torch_version: str, convert: bool, pin: str | None) -> None:
+def test_the_cpu_torch_pin(
+    tmp_path: Path, device: str, torch_version: str, convert: bool, pin: str | None
+) -> None:
     spec = build_spec(tmp_path, device=device, torch_version=torch_version)
     sources = configured_sources(spec, cpu_torch=device == "cpu" or convert)
     assert sources.torch_requirement == pin

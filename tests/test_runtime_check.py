@@ -22,8 +22,14 @@ def check(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedPro
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def failure_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -41,7 +47,9 @@ def test_this_machines_torch_passes_for_a_cpu_image_and_every_serving_module_imp
 
 
 def test_another_version_fails_with_one_line() -> None:
-    line = failure_line(check("--device", "cpu", "--task", "image-classification", "--torch-version", "2.12.1+cpu"))
+    line = failure_line(
+        check("--device", "cpu", "--task", "image-classification", "--torch-version", "2.12.1+cpu")
+    )
     assert line == "bake-check[torch-version]: torch 2.13.0+cpu is installed, not the asked 2.12.1+cpu"
 
 
@@ -55,10 +63,14 @@ def test_nvidia_libraries_in_a_cpu_image_fail(tmp_path: Path) -> None:
         info = tmp_path / f"{name}.dist-info"
         info.mkdir()
         project, version = name.rsplit("-", 1)
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project.replace('_', '-')}\nVersion: {version}\n")
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {project.replace('_', '-')}\nVersion: {version}\n"
+        )
     line = failure_line(check("--device", "cpu", "--task", "image-classification", pythonpath=tmp_path))
-    assert line == ("bake-check[torch-build]: this CPU image holds 2 nvidia-* packages (nvidia-cublas-cu12, "
-                    "nvidia-cudnn-cu12) next to torch 2.13.0+cpu")
+    assert line == (
+        "bake-check[torch-build]: this CPU image holds 2 nvidia-* packages (nvidia-cublas-cu12, "
+        "nvidia-cudnn-cu12) next to torch 2.13.0+cpu"
+    )
 
 
 @pytest.mark.parametrize("task", ["image-classification", "text-to-image"])
