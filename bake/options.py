@@ -63,22 +63,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("build", "tag", "str", "", "Image reference to tag; empty: bake/<model name>:<short sha>.", env="BAKE_TAG"),
     Option("build", "platform", "str", "", "Target platform, e.g. linux/amd64; empty: the engine's.",
            env="BAKE_PLATFORM"),
-    Option("build", "ca_cert", "str", "", "PEM bundle trusted by the pip and download steps (not kept in the image).",
-           env="BAKE_CA_CERT"),
+    Option("build", "ca_cert", "str", "", "PEM bundle trusted by the install and download steps (not kept "
+           "in the image).", env="BAKE_CA_CERT"),
     Option("build", "pip_index_url", "str", "", "Python package index for the image's packages (a mirror).",
            env="BAKE_PIP_INDEX_URL"),
     Option("build", "pip_extra_index_url", "list", [], "Extra package indexes, searched after the main one.",
            env="BAKE_PIP_EXTRA_INDEX_URL"),
     Option("build", "pip_find_links", "str", "", "Local directory of wheels, mounted into the dependency stage only.",
            env="BAKE_PIP_FIND_LINKS"),
-    Option("build", "torch_version", "str", "", "torch version for the image, e.g. 2.13.0; empty: the tested one "
-           "(CPU) or the base image's own torch (CUDA).", env="BAKE_TORCH_VERSION"),
-    Option("build", "torch_index_url", "str", "", "Index of PyTorch's CPU wheels (a mirror of download.pytorch.org/"
-           "whl/cpu) for a CPU image's torch; a torch wheel in --pip-find-links wins.", env="BAKE_TORCH_INDEX_URL"),
+    Option("build", "torch_version", "str", "", "torch version for the image, e.g. 2.13.0; empty: the "
+           "tested one (CPU) or the base image's own torch (CUDA).", env="BAKE_TORCH_VERSION"),
+    Option("build", "torch_index_url", "str", "", "Index of PyTorch's CPU wheels (a mirror of "
+           "download.pytorch.org/whl/cpu) for a CPU image's torch; a torch wheel in --pip-find-links wins.",
+           env="BAKE_TORCH_INDEX_URL"),
     Option("build", "installer", "str", "uv", "Installer of the image's packages: uv, or pip for an index "
            "without uv.", choices=("uv", "pip"), env="BAKE_INSTALLER"),
-    Option("build", "keep_build_tools", "bool", False, "Keep pip, setuptools, torch's headers and tests in the "
-           "image (not slimmed).", env="BAKE_KEEP_BUILD_TOOLS"),
+    Option("build", "keep_build_tools", "bool", False, "Keep pip, setuptools, torch's headers and tests "
+           "in the image (not slimmed).", env="BAKE_KEEP_BUILD_TOOLS"),
     Option("build", "push", "bool", False, "Push the image to its registry after building.", env="BAKE_PUSH"),
     # [serve]
     Option("serve", "dtype", "str", "auto", "Compute dtype: auto (float16 on CUDA, float32 on CPU), float32, "

@@ -8,11 +8,11 @@ virtualenv (no installer, no build tools, no tests, no symbol tables) whose byte
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import uuid
@@ -27,6 +27,7 @@ from transformers import pipeline
 from tests.fixtures import images
 from tests.fixtures.docker import (
     build_settings_toml,
+    bytecode_at_start,
     docker,
     ensure_base_image,
     labels,
@@ -258,17 +259,9 @@ def test_the_image_ships_a_slim_virtualenv(built: Built) -> None:
 
 
 def test_the_server_starts_from_compiled_bytecode(built: Built) -> None:
-    name = f"bake-e2e-verbose-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp",
-           "--env", "PYTHONVERBOSE=1", built.tag)
-    try:
-        predict_inside(name, PHOTO)
-        logs = subprocess.run(["docker", "logs", name], check=True, capture_output=True, text=True).stderr
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
-    site = "/opt/bake/venv/lib/python3.11/site-packages/"
-    compiled = re.findall(rf"^# code object from '{site}(\S+\.pyc)'$", logs, re.MULTILINE)
-    from_source = re.findall(rf"^# code object from {site}(\S+\.py)$", logs, re.MULTILINE)
+    compiled, from_source = bytecode_at_start(
+        built.tag, {"path": "/predict", "data": base64.b64encode(PHOTO).decode()}
+    )
     assert len(compiled) > 2000, len(compiled)
     model_specific = [path for path in from_source if path.startswith("transformers/models/resnet/")]
     assert len(from_source) - len(model_specific) <= 10, from_source

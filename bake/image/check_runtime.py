@@ -50,6 +50,7 @@ SERVING_MODULES = (
     "transformers",
     "transformers:AutoConfig",
     "transformers:AutoProcessor",
+    "transformers.models.convnext.image_processing_pil_convnext",
 )
 """Modules every server imports at start: "module" or "module:name" (a lazily imported name of it)."""
 TASK_NAMES = {
@@ -57,9 +58,19 @@ TASK_NAMES = {
         "transformers:AutoModelForImageClassification",
         "transformers:AutoImageProcessor",
         "transformers.image_processing_backends",
-        "transformers.models.convnext.image_processing_pil_convnext",
     ),
-    "text-to-image": ("diffusers", "diffusers:DiffusionPipeline", "diffusers:StableDiffusionPipeline"),
+    "text-to-image": (
+        "diffusers",
+        "diffusers:DiffusionPipeline",
+        "diffusers:StableDiffusionPipeline",
+        "diffusers.pipelines.auto_pipeline",
+        "diffusers.guiders",
+        "diffusers:DPMSolverSinglestepScheduler",
+        "diffusers:EDMEulerScheduler",
+        "diffusers:KDPM2AncestralDiscreteScheduler",
+        "diffusers:KDPM2DiscreteScheduler",
+        "diffusers:DEISMultistepScheduler",
+    ),
 }
 """Per task, what the server imports besides."""
 
