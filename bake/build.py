@@ -28,9 +28,9 @@ _CACHED = re.compile(r"^#(\d+) CACHED")
 _TAIL_LINES = 400
 # The last line of a Python traceback inside a step, e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
-# The runtime check's verdict (bake/image/check_runtime.py), e.g. "#21 3.1 bake-check[torch-build]: torch ...".
+# The runtime check's verdict (bake/image/check_runtime.py): "#21 3.1 bake-check[torch-build]: torch ...".
 _CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
-# uv's reason for an unsatisfiable install, e.g. "#12 1.2   ╰─▶ Because torch==9.9+cpu was not found ...".
+# The resolver's reason for an unsatisfiable install: uv's "╰─▶ Because ..." or pip's "ERROR: Could not ...".
 _UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
 _REMOTE_SCHEMES = ("ssh://", "tcp://", "http://", "https://")
 
@@ -140,7 +140,8 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         return BuildFailed("the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access")
     if check := _CHECK.findall(text):
         kind, message = check[-1]
-        return BuildFailed(message.strip(), _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above"))
+        fix = _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above")
+        return BuildFailed(message.strip(), fix)
     if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
@@ -148,10 +149,11 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if "> [tools " in text and "build-tools.txt" in text:
         return BuildFailed(
             "the installer uv could not be installed from the package index",
-            "put uv (bake/image/build-tools.txt) on your index or in --pip-find-links, or pass --installer pip",
+            "put uv (bake/image/build-tools.txt) on your index or in --pip-find-links, "
+            "or pass --installer pip",
         )
-    if "no solution found" in lowered or "could not find a version" in lowered or "no matching distribution" in lowered:
-        reasons = [next(part for part in match if part) for match in _UNSATISFIABLE.findall(text)]
+    if any(words in lowered for words in ("no solution found", "could not find a version", "no matching")):
+        reasons = [next(part for part in match if part).rstrip(".") for match in _UNSATISFIABLE.findall(text)]
         return BuildFailed(
             "the image's Python packages could not be installed" + (f": {reasons[-1]}" if reasons else ""),
             "check --pip-index-url, --pip-extra-index-url, --pip-find-links and --torch-index-url",
@@ -170,10 +172,12 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
 
 
 _CHECK_FIXES = {
-    ("torch-build", "cpu"): f"pass --torch-index-url with an index of PyTorch's CPU wheels (a mirror of "
-                            f"{TORCH_CPU_INDEX}), or --pip-find-links with a folder holding the CPU torch wheel",
-    ("torch-build", "cuda"): "pass --base-image with a CUDA torch, or --torch-version to install one from the index",
-    ("torch-version", "cpu"): "pass --torch-version with a version your torch index has, or --torch-index-url",
+    ("torch-build", "cpu"): (
+        f"pass --torch-index-url with an index of PyTorch's CPU wheels (a mirror of {TORCH_CPU_INDEX}), "
+        "or --pip-find-links with a folder holding the CPU torch wheel"
+    ),
+    ("torch-build", "cuda"): "pass --base-image with a CUDA torch, or --torch-version to install one",
+    ("torch-version", "cpu"): "pass --torch-version with a version your torch index has",
     ("torch-version", "cuda"): "pass --torch-version with a version your package index has",
 }
 """The fix for each kind of failed runtime check (bake/image/check_runtime.py), per device."""

@@ -187,6 +187,36 @@ def test_an_index_that_stops_answering_fails_within_the_capped_retries(project: 
     assert elapsed < 240, f"{elapsed:.0f} s"
 
 
+def test_a_torch_version_the_index_lacks_fails_with_the_resolvers_reason(project: Project) -> None:
+    _, result = project.build("--torch-index-url", project.torch_index.url, "--torch-version", "2.12.0")
+    line = one_line_error(
+        result,
+        "the image's Python packages could not be installed: Because there is no version of torch==2.12.0+cpu",
+        "check --pip-index-url",
+    )
+    assert "unsatisfiable: check" in line
+
+
+def test_an_index_without_uv_asks_for_it_or_for_the_pip_installer(project: Project) -> None:
+    base = f"bake-e2e-slim/base:{uuid.uuid4().hex[:8]}"  # a base no build has used: the tools step must run
+    docker(
+        "build",
+        "--quiet",
+        "--tag",
+        base,
+        "-",
+        input=f"FROM {BASE_IMAGE}\nRUN echo {base} > /etc/x\n".encode(),
+    )
+    _tags.append(base)
+    with PackageIndex([]) as empty:
+        _, result = project.build(
+            "--torch-index-url", project.torch_index.url, "--base-image", base, index_url=empty.url
+        )
+    one_line_error(
+        result, "the installer uv could not be installed from the package index", "--installer pip"
+    )
+
+
 def test_keep_build_tools_keeps_pip_and_torchs_headers(project: Project) -> None:
     tag, result = project.build("--torch-index-url", project.torch_index.url, "--keep-build-tools")
     assert result.returncode == 0, result.stderr[-3000:]
