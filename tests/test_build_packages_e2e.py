@@ -217,6 +217,45 @@ def test_an_index_without_uv_asks_for_it_or_for_the_pip_installer(project: Proje
     )
 
 
+def test_a_cuda_image_reuses_the_base_images_torch_and_checks_its_build(project: Project) -> None:
+    # A base image whose python has its own torch, as PyTorch's CUDA images do; this one is the CPU build, so
+    # the check must refuse it for a CUDA image (and the installer must not fetch PyPI's torch instead).
+    base = f"bake-e2e-slim/torch-base:{uuid.uuid4().hex[:8]}"
+    wheel = next(LOCAL_WHEELS.glob(f"torch-{TORCH_VERSION}+cpu-*.whl"))
+    dockerfile = (
+        f"FROM {BASE_IMAGE}\nRUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca "
+        f"PIP_CERT=/run/secrets/ca python3 -m pip install --break-system-packages --no-cache-dir /wheels/{wheel.name}\n"
+    )
+    subprocess.run(
+        [
+            "docker",
+            "buildx",
+            "build",
+            "--load",
+            "--tag",
+            base,
+            "--build-context",
+            f"wheels={LOCAL_WHEELS}",
+            "--secret",
+            f"id=ca,src={HOST_CA_BUNDLE}",
+            "-",
+        ],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    _tags.append(base)
+    docker("run", "--rm", "--entrypoint", "python3", base, "-c", "import torch")
+    _, result = project.build("--device", "cuda", "--base-image", base)
+    one_line_error(
+        result,
+        f"torch {TORCH_VERSION}+cpu in this CUDA image is a CPU build",
+        "pass --base-image with a CUDA torch",
+    )
+    assert " + torch==" not in result.stderr, "the base image's torch is reused, not installed again"
+
+
 def test_keep_build_tools_keeps_pip_and_torchs_headers(project: Project) -> None:
     tag, result = project.build("--torch-index-url", project.torch_index.url, "--keep-build-tools")
     assert result.returncode == 0, result.stderr[-3000:]
