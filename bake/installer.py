@@ -45,7 +45,7 @@ class Install:
     torch_requirement: str | None = None
     """A CPU torch pin installed first, alone, from the torch sources (None: no CPU torch)."""
     excludes: str | None = None
-    """A file of packages to leave out of the resolution (uv only)."""
+    """A file of packages to leave out of the resolution (uv only: pip installs them)."""
     with_pip: bool = False
     """Keep pip (and setuptools) in the virtualenv."""
     reuse_base_torch: bool = False

@@ -193,7 +193,7 @@ def render_dockerfile(
         requirements=("-r", "/opt/bake/requirements.txt"),
         constraints="/opt/bake/constraints.txt",
         torch_requirement=sources.torch_requirement if build.device == "cpu" else None,
-        excludes="/opt/bake/excludes.txt" if build.installer == "uv" else None,
+        excludes="/opt/bake/excludes.txt",
         with_pip=build.keep_build_tools,
         reuse_base_torch=build.device == "cuda" and not build.torch_version,
     )

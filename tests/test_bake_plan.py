@@ -238,6 +238,7 @@ def test_the_pip_installer_uses_the_virtualenvs_own_pip(tmp_path: Path) -> None:
     deps = stage(text, "deps")
     assert "/opt/bake/tools/bin/uv" not in text and "build-tools.txt" not in stage(text, "tools").split("RUN", 1)[1]
     assert "/opt/bake/venv/bin/pip install $(cat /run/secrets/package_index) --no-compile -r" in deps
+    assert "--excludes" not in deps and "excludes.txt" not in deps.split("RUN", 1)[1]
     assert "--mount=type=cache,target=/root/.cache/pip" in deps
     kept = plan(tmp_path / "kept", installer="pip", keep_build_tools=True).dockerfile.read_text()
     assert "--no-compile" not in stage(kept, "deps"), "kept as pip leaves it: every module compiled"
