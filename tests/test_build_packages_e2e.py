@@ -9,6 +9,7 @@ machine's torch 2.13.0+cpu wheel, or a wheel that claims to be one and is a CUDA
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -133,7 +134,13 @@ def test_the_deps_stage_is_rebuilt_when_the_package_index_changes_and_only_then(
     closed = f"http://127.0.0.1:{free_port()}/simple"
     _, same = project.build("--torch-index-url", project.torch_index.url, "--pip-extra-index-url", closed)
     assert same.returncode == 0, same.stderr[-3000:]
-    assert deps_cached(same), "the same sources (the unreachable extra index left out again) reuse the layer"
+    assert deps_cached(same), (
+        "the same sources (the unreachable extra index left out again) must reuse the "
+        + (
+            "layer:\n"
+            + "\n".join(line for line in same.stderr.splitlines() if re.match(r"#\d+ (\[|CACHED)", line))
+        )
+    )
     _, changed = project.build(
         "--torch-index-url", project.torch_index.url, index_url="https://pypi.org/simple/"
     )

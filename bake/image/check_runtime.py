@@ -35,6 +35,7 @@ SERVING_MODULES = (
     "fastapi.openapi.utils",
     "fastapi.exceptions",
     "fastapi.telemetry._runtime",
+    "fastapi_offline",
     "starlette.responses",
     "starlette.requests",
     "uvicorn",
