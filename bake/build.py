@@ -4,57 +4,32 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from bake.config import Config
-from bake.docker import docker_client, ensure_engine
+from bake.build_display import BuildDisplay
+from bake.buildkit_log import BuildLog
+from bake.config import Config, check_build
+from bake.docker import docker_client, docker_errors, ensure_engine
 from bake.env import Environment
 from bake.errors import BuildFailed, GatedModel
 from bake.hub import ResolvedModel, resolve_model
 from bake.installer import HTTP_RETRIES
 from bake.labels import ImageFacts
-from bake.package_sources import TORCH_CPU_INDEX, ca_bundle, check_reachable, configured_sources
+from bake.package_sources import TORCH_CPU_INDEX, check_reachable, configured_sources, is_remote_engine
 from bake.plan import BuildPlan, needs_cpu_torch, plan_build
 
-_STEP = re.compile(r"^#(\d+) \[(\S+) ")
-_CACHED = re.compile(r"^#(\d+) CACHED")
-_TAIL_LINES = 400
-# The last line of a Python traceback inside a step, e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
+# The last line of a Python traceback inside a step,
+# e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
 # The runtime check's verdict (bake/image/check_runtime.py): "#21 3.1 bake-check[torch-build]: torch ...".
 _CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
 # The resolver's reason for an unsatisfiable install: uv's "╰─▶ Because ..." or pip's "ERROR: Could not ...".
 _UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
-_REMOTE_SCHEMES = ("ssh://", "tcp://", "http://", "https://")
-
-
-@dataclass
-class BuildLog:
-    """What the build's progress output said: which stages ran and which came from the cache."""
-
-    stage_of_step: dict[str, str] = field(default_factory=dict)
-    cached_steps: set[str] = field(default_factory=set)
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
-
-    def feed(self, line: str) -> None:
-        """Record one line of `--progress plain` output."""
-        self.tail.append(line)
-        if match := _STEP.match(line):
-            self.stage_of_step.setdefault(match.group(1), match.group(2))
-        elif match := _CACHED.match(line):
-            self.cached_steps.add(match.group(1))
-
-    def stage_cached(self, stage: str) -> bool:
-        """Whether every step of `stage` came from the cache (False if the stage never showed up)."""
-        steps = [step for step, name in self.stage_of_step.items() if name == stage]
-        return bool(steps) and all(step in self.cached_steps for step in steps)
 
 
 @dataclass(frozen=True)
@@ -64,13 +39,33 @@ class BuiltImage:
     tag: str
     size_bytes: int | None
     facts: ImageFacts
+    labels: dict[str, str]
     pushed: bool
     weights_cached: bool
     """Whether the weights stage came entirely from the build cache (nothing was fetched)."""
 
+    def as_dict(self) -> dict[str, object]:
+        """What `bake build --json` prints."""
+        facts = self.facts
+        return {
+            "image": self.tag,
+            "size_bytes": self.size_bytes,
+            "pushed": self.pushed,
+            "model": facts.model,
+            "revision": facts.revision,
+            "commit_sha": facts.commit_sha,
+            "task": facts.task,
+            "device": facts.device,
+            "weights_bytes": facts.weights_bytes,
+            "weights_cached": self.weights_cached,
+            "labels": self.labels,
+        }
 
-def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
-    """Build (and with --push, push) the image for `config`; progress goes to `output`."""
+
+def build(config: Config, env: Environment, *, display: BuildDisplay, cache: bool = True) -> BuiltImage:
+    """Build (and with --push, push) the image for `config`, showing progress on `display`; `cache=False`
+    runs every step again (`--no-cache`)."""
+    check_build(config)
     client = docker_client()
     ensure_engine(client, buildx=True)
     model = resolve_model(config.model, env, device=config.build.device)
@@ -79,48 +74,67 @@ def build(config: Config, env: Environment, *, output: TextIO) -> BuiltImage:
             f"{model.id} is gated: downloading it needs a token",
             f"accept its terms at {env.hf_endpoint}/{model.id}, then set HF_TOKEN",
         )
-    _announce(model, config, output)
+    display.note(_announcement(model, config))
     sources, warnings = check_reachable(
         configured_sources(config.build, cpu_torch=needs_cpu_torch(config, model)),
-        ca_cert=ca_bundle(config.build),
-        remote_engine=env.variables.get("DOCKER_HOST", "").startswith(_REMOTE_SCHEMES),
+        ca_cert=config.build.ca_cert,
+        remote_engine=is_remote_engine(env.docker_host),
     )
-    output.writelines(f"bake: warning: {warning}\n" for warning in warnings)
+    for warning in warnings:
+        display.warning(warning)
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
         plan = plan_build(config, model, env, Path(tmp), sources)
-        log = run_build(plan, client, output)
-    size = None if plan.push else client.image.inspect(plan.tag).size
+        log = run_build(plan, client, display, cache=cache)
+    size, labels = None, dict(plan.labels)
+    if not plan.push:
+        with docker_errors(f"inspect the image it built, {plan.tag}", "check `docker image ls`"):
+            inspected = client.image.inspect(plan.tag)
+        size, labels = inspected.size, dict(inspected.config.labels or labels)
     return BuiltImage(
-        tag=plan.tag, size_bytes=size, facts=plan.facts, pushed=plan.push, weights_cached=log.stage_cached("weights")
+        tag=plan.tag,
+        size_bytes=size,
+        facts=plan.facts,
+        labels=labels,
+        pushed=plan.push,
+        weights_cached=log.stage_cached("weights"),
     )
 
 
-def run_build(plan: BuildPlan, client: DockerClient, output: TextIO) -> BuildLog:
-    """Run `docker buildx build` for `plan`, streaming its progress; raise `BuildFailed` with the cause."""
+def run_build(
+    plan: BuildPlan, client: DockerClient, display: BuildDisplay, *, cache: bool = True
+) -> BuildLog:
+    """Run `docker buildx build` for `plan`, streaming its plain log to `display`; raise `BuildFailed` with
+    the cause."""
     log = BuildLog()
     try:
-        lines: Iterable[str] = client.buildx.build(
-            plan.context,
-            file=plan.dockerfile,
-            tags=[plan.tag],
-            labels=plan.labels,
-            build_contexts=plan.build_contexts,
-            secrets=plan.secrets,
-            allow=plan.allow,
-            platforms=[plan.platform] if plan.platform else None,
-            load=not plan.push,
-            push=plan.push,
-            provenance=False,
-            progress="plain",
-            stream_logs=True,
-        )
-        for line in lines:
-            log.feed(line.rstrip("\n"))
-            output.write(line if line.endswith("\n") else line + "\n")
-            output.flush()
+        with display:
+            for line in _build_lines(plan, client, cache=cache):
+                display.feed(log, line.rstrip("\n"))
     except DockerException as error:
+        display.failed(log)
         raise diagnose(plan, "\n".join(log.tail) + "\n" + (error.stderr or "")) from None
     return log
+
+
+def _build_lines(plan: BuildPlan, client: DockerClient, *, cache: bool) -> Iterable[str]:
+    """BuildKit's plain progress log of the build of `plan`, line by line."""
+    lines: Iterable[str] = client.buildx.build(
+        plan.context,
+        file=plan.dockerfile,
+        tags=[plan.tag],
+        labels=plan.labels,
+        build_contexts=plan.build_contexts,
+        secrets=plan.secrets,
+        allow=plan.allow,
+        platforms=[plan.platform] if plan.platform else None,
+        load=not plan.push,
+        push=plan.push,
+        provenance=False,
+        cache=cache,
+        progress="plain",
+        stream_logs=True,
+    )
+    return lines
 
 
 def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
@@ -129,15 +143,19 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if "no space left on device" in lowered:
         return BuildFailed(
             "the disk filled up during the build",
-            "free space (docker builder prune, docker image prune) or point Docker's data-root at a bigger disk",
+            "free space (docker builder prune, docker image prune) "
+            "or point Docker's data-root at a bigger disk",
         )
     if "failed to resolve source metadata" in lowered or "pull access denied" in lowered:
         return BuildFailed(
             f"the base image {plan.base_image} cannot be pulled",
-            "check its name, `docker login` to its registry, or pass --base-image with an image the engine has",
+            "check its name, `docker login` to its registry, "
+            "or pass --base-image with an image the engine has",
         )
     if "gatedrepoerror" in lowered or "cannot access gated repo" in lowered:
-        return BuildFailed("the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access")
+        return BuildFailed(
+            "the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access"
+        )
     if check := _CHECK.findall(text):
         kind, message = check[-1]
         fix = _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above")
@@ -167,8 +185,10 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if exceptions:
         return BuildFailed(f"a build step failed with {exceptions[-1].strip()}", "see the build output above")
     errors = [line for line in text.splitlines() if "error" in line.lower()]
-    return BuildFailed(f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
-                       "see the build output above")
+    return BuildFailed(
+        f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
+        "see the build output above",
+    )
 
 
 _CHECK_FIXES = {
@@ -183,12 +203,12 @@ _CHECK_FIXES = {
 """The fix for each kind of failed runtime check (bake/image/check_runtime.py), per device."""
 
 
-def _announce(model: ResolvedModel, config: Config, output: TextIO) -> None:
+def _announcement(model: ResolvedModel, config: Config) -> str:
     mib = model.weights_bytes / 2**20
-    output.write(
-        f"bake: {model.id} @ {model.commit_sha[:12]} ({model.revision}) for {model.task} on {config.build.device}; "
+    return (
+        f"bake: {model.id} @ {model.commit_sha[:12]} ({model.revision}) "
+        f"for {model.task} on {config.build.device}; "
         f"{len(model.files)} files, {mib:.1f} MiB"
         + (", .bin weights converted to safetensors" if model.convert_to_safetensors else "")
-        + "\n"
+        + (f"; extra packages: {', '.join(model.packages)}" if model.packages else "")
     )
-    output.flush()

@@ -1,5 +1,10 @@
 """Merging flags > environment > bake.toml > defaults into one immutable configuration, once.
 
+Every value and every combination is checked here, before any command does any work (as LitServe's server
+checks its arguments in its constructor): the dataclasses' `__post_init__` checks what each part says on its
+own, `check_build` what a build needs of the machine (files that must exist). Errors are `ConfigError` or
+the contract's `SettingsError` (both exit 2), naming the flag, variable or key at fault.
+
 Relative paths in bake.toml are relative to the file; relative paths from flags and the environment are
 relative to the working directory.
 """
@@ -15,12 +20,16 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from bake.env import Environment
-from bake.errors import ConfigError
+from bake.errors import ConfigError, ModelNotFound
+from bake.launch.names import check_name
 from bake.options import OPTIONS, Option, options_for
+from serve.contract.errors import SettingsError, require
+from serve.contract.settings import ServeSettings, parse_flag
 
 CONFIG_FILE = "bake.toml"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+ServeSpec = ServeSettings
+"""The runtime's settings baked into the image: the contract's own type, read back from an image's labels
+by `bake.labels.ImageFacts` with the same parser."""
 
 
 @dataclass(frozen=True)
@@ -56,29 +65,13 @@ class BuildSpec:
     keep_build_tools: bool
     push: bool
 
-
-@dataclass(frozen=True)
-class ServeSpec:
-    """The runtime's settings baked into the image as environment variables."""
-
-    dtype: str
-    max_batch_size: int
-    max_wait_ms: float
-    max_queue: int
-    timeout_s: float
-    idle_timeout_s: float
-    drain_timeout_s: float
-    port: int
-    jpeg_draft: bool
-
-    def environment(self) -> dict[str, str]:
-        """The runtime's environment variables for these settings (names from `bake.options`)."""
-        values = {}
-        for option in options_for("serve"):
-            value = getattr(self, option.key)
-            assert option.env is not None
-            values[option.env] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-        return values
+    def __post_init__(self) -> None:
+        require(
+            ConfigError,
+            self.tag != "" or not self.push,
+            "--push needs to know where to push",
+            "pass --tag REGISTRY/NAME:TAG",
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +86,22 @@ class LaunchSpec:
     ready_timeout_s: float
     fly_region: str
     fly_api_url: str
+
+    def __post_init__(self) -> None:
+        require(
+            ConfigError,
+            0 < self.host_port < 65536,
+            f"--host-port {self.host_port} is not a TCP port",
+            "use a port between 1 and 65535",
+        )
+        require(
+            ConfigError,
+            len(self.fly_region) == 3 and self.fly_region.isalpha() and self.fly_region.islower(),
+            f"invalid Fly region {self.fly_region!r}",
+            "use a three-letter region code such as iad, ams or sin",
+        )
+        if self.name:
+            check_name(self.name, self.target)
 
 
 @dataclass(frozen=True)
@@ -118,20 +127,24 @@ def load_config(flags: Mapping[str, Any], env: Environment, config_file: Path | 
     table = _read_toml(path) if path.is_file() else {}
     base_dir = path.resolve().parent if path.is_file() else Path.cwd()
     values: dict[str, dict[str, Any]] = {}
-    for option in OPTIONS:
-        value, origin = _pick(option, flags, env, table)
-        value = _convert(option, value, origin)
-        if origin == "file" and value and option.name in _PATHS_IN_FILE:
-            value = _relative_to(base_dir, value, must_be_dir=option.name == "model.id")
-        values.setdefault(option.section, {})[option.key] = value
-    return _build(values, path if path.is_file() else None)
+    try:
+        for option in OPTIONS:
+            value, origin = _pick(option, flags, env, table)
+            value = _convert(option, value, origin)
+            if origin == "file" and value and option.name in _PATHS_IN_FILE:
+                value = _relative_to(base_dir, value, must_be_dir=option.name == "model.id")
+            values.setdefault(option.section, {})[option.key] = value
+        return _build(values, path if path.is_file() else None)
+    except SettingsError as error:  # the runtime's own checks of a [serve] value: a bad setting all the same
+        raise ConfigError(error.message, error.fix) from None
 
 
 _PATHS_IN_FILE = {"build.ca_cert", "build.pip_find_links", "model.id"}
 
 
 def _relative_to(base_dir: Path, value: str, *, must_be_dir: bool) -> str:
-    """A bake.toml path made absolute against the file's directory (a model id only if that is a directory)."""
+    """A bake.toml path made absolute against the file's directory (a model id only if that is a
+    directory)."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return value
@@ -155,11 +168,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         keys = {option.key for option in options_for(section)}
         for key in content:
             if key not in keys:
-                raise ConfigError(f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}")
+                raise ConfigError(
+                    f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}"
+                )
     return document
 
 
-def _pick(option: Option, flags: Mapping[str, Any], env: Environment, table: Mapping[str, Any]) -> tuple[Any, str]:
+def _pick(
+    option: Option, flags: Mapping[str, Any], env: Environment, table: Mapping[str, Any]
+) -> tuple[Any, str]:
     flag = flags.get(option.dest)
     if flag is not None and flag != () and flag != []:
         return flag, "flag"
@@ -173,12 +190,16 @@ def _pick(option: Option, flags: Mapping[str, Any], env: Environment, table: Map
 
 def _convert(option: Option, value: Any, origin: str) -> Any:
     where = {"flag": option.cli_flag, "env": option.env, "file": option.name, "default": option.name}[origin]
+    if option.spec is not None:
+        return option.spec.parse(value, where) if isinstance(value, str) else option.spec.check(value, where)
     try:
         converted = _as_kind(option, value, from_text=origin == "env")
     except (TypeError, ValueError):
         raise ConfigError(f"{where}={value!r} is not a valid {option.kind}", option.help) from None
     if option.choices and converted not in option.choices:
-        raise ConfigError(f"{where}={converted!r} is not one of: {', '.join(c or '(empty)' for c in option.choices)}")
+        raise ConfigError(
+            f"{where}={converted!r} is not one of: {', '.join(c or '(empty)' for c in option.choices)}"
+        )
     if option.kind in ("int", "float") and converted < 0:
         raise ConfigError(f"{where}={converted} must not be negative")
     return converted
@@ -189,8 +210,8 @@ def _as_kind(option: Option, value: Any, *, from_text: bool) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
+        if isinstance(value, str):
+            return parse_flag(value, option.name)
         raise ValueError(value)
     if kind == "int":
         if isinstance(value, bool) or (isinstance(value, float) and not from_text):
@@ -213,10 +234,6 @@ def _as_kind(option: Option, value: Any, *, from_text: bool) -> Any:
 
 def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
     model, build, serve, launch = (values[name] for name in ("model", "build", "serve", "launch"))
-    if serve["max_batch_size"] < 1:
-        raise ConfigError(f"serve.max_batch_size={serve['max_batch_size']} must be at least 1")
-    if not 0 < serve["port"] < 65536 or not 0 < launch["host_port"] < 65536:
-        raise ConfigError("ports must be between 1 and 65535")
     return Config(
         model=ModelSpec(id=model["id"], revision=model["revision"] or "main", task=model["task"] or None),
         build=BuildSpec(
@@ -234,7 +251,30 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
             keep_build_tools=build["keep_build_tools"],
             push=build["push"],
         ),
-        serve=ServeSpec(**serve),
+        serve=ServeSettings(**serve),
         launch=LaunchSpec(**launch),
         file=file,
+    )
+
+
+def check_build(config: Config) -> None:
+    """What `bake build` needs beyond valid settings: a model, and the files the settings name."""
+    build = config.build
+    require(
+        ModelNotFound,
+        config.model.id != "",
+        "no model given",
+        "pass --model ORG/NAME (or a directory), or set model.id in bake.toml",
+    )
+    require(
+        ConfigError,
+        build.ca_cert is None or build.ca_cert.is_file(),
+        f"--ca-cert {build.ca_cert} is not a file",
+        "pass a PEM bundle",
+    )
+    require(
+        ConfigError,
+        build.pip_find_links is None or build.pip_find_links.is_dir(),
+        f"--pip-find-links {build.pip_find_links} is not a directory",
+        "pass a directory of wheels",
     )

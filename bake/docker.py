@@ -1,20 +1,24 @@
-"""Reaching a Docker engine (local or remote) through python-on-whales, with clear errors when it is missing."""
+"""Reaching a Docker engine (local or remote) through python-on-whales, with clear errors when it is
+missing, and `docker_errors` to turn what the engine refuses into one line that says what bake was doing."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from bake.errors import DockerUnavailable
+from bake.errors import DockerFailed, DockerUnavailable
 
 
 def docker_client(host: str = "") -> DockerClient:
     """A client for the engine at `host` (ssh://, tcp://, unix://; empty: the local default)."""
     if shutil.which("docker") is None:
         raise DockerUnavailable(
-            "the docker command-line client is not installed", "install Docker (Debian: apt-get install docker.io)"
+            "the docker command-line client is not installed",
+            "install Docker (Debian: apt-get install docker.io)",
         )
     return DockerClient(host=host or None)
 
@@ -26,7 +30,7 @@ def ensure_engine(client: DockerClient, *, buildx: bool = False) -> None:
         # the error in the output instead: an empty server version says the same.
         reason = "" if client.system.info().server_version else "docker info reports no server"
     except DockerException as error:
-        reason = _first_line(error)
+        reason = last_line(error)
     if reason:
         where = client.client_config.host or "the local socket"
         raise DockerUnavailable(
@@ -42,7 +46,22 @@ def ensure_engine(client: DockerClient, *, buildx: bool = False) -> None:
             ) from None
 
 
-def _first_line(error: DockerException) -> str:
+@contextmanager
+def docker_errors(action: str, fix: str) -> Iterator[None]:
+    """Raise a Docker SDK error from the block as `DockerFailed("docker could not <action>: <why>", fix)`."""
+    try:
+        yield
+    except DockerException as error:
+        raise DockerFailed(f"docker could not {action}: {last_line(error)}", fix) from None
+
+
+_DAEMON_SAYS = "Error response from daemon:"
+
+
+def last_line(error: DockerException) -> str:
+    """The docker CLI's own explanation of `error`: the engine's last answer if it gave one (the CLI's own
+    summary often follows it, e.g. "failed to start containers: NAME"), else the last line on stderr."""
     text = (error.stderr or str(error)).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no answer"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    answers = [line.removeprefix(_DAEMON_SAYS).strip() for line in lines if line.startswith(_DAEMON_SAYS)]
+    return (answers or lines or ["no answer"])[-1]

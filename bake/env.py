@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import get_token
 
+from serve.contract.settings import API_KEY_ENV
+
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
 
@@ -25,6 +27,8 @@ class Environment:
     """FLY_API_TOKEN, for `bake launch --target fly`."""
     api_key: str | None = field(default=None, repr=False)
     """BAKE_API_KEY: sent as a bearer key by `bake predict` (and given to containers `bake launch` starts)."""
+    docker_host: str = ""
+    """DOCKER_HOST: the engine the docker CLI talks to by default (empty: the local socket)."""
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
@@ -38,5 +42,6 @@ def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
         hf_token=token or None,
         hf_endpoint=(variables.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/"),
         fly_api_token=variables.get("FLY_API_TOKEN") or None,
-        api_key=variables.get("BAKE_API_KEY") or None,
+        api_key=variables.get(API_KEY_ENV) or None,
+        docker_host=variables.get("DOCKER_HOST", "").strip(),
     )

@@ -1,27 +1,40 @@
-"""Exception types of the bake CLI. Every one carries the fix, and prints as one line."""
+"""Exception types of the bake CLI. Every one carries the fix and prints as one line, in the one format of
+`serve.contract.errors.UserError`, whose exit-code rule they follow (2: a setting or flag, 130: interrupted,
+1: anything else). Errors of the libraries bake drives (the Docker SDK, httpx, the file system) are turned
+into these where they happen, so the message can say what bake was doing and what to do about it.
+"""
 
 from __future__ import annotations
 
+from serve.contract.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, UnsupportedModel, UserError
 
-class BakeError(Exception):
+__all__ = [
+    "AccessDenied",
+    "BakeError",
+    "BenchFailed",
+    "BuildFailed",
+    "ConfigError",
+    "DockerFailed",
+    "DockerUnavailable",
+    "GatedModel",
+    "HubUnreachable",
+    "Interrupted",
+    "LaunchFailed",
+    "ModelNotFound",
+    "PredictFailed",
+    "RevisionNotFound",
+    "UnsupportedModel",
+]
+
+
+class BakeError(UserError):
     """An error the user can act on: `message` says what is wrong, `fix` what to do about it."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-    def __str__(self) -> str:
-        text = f"{self.message}: {self.fix}" if self.fix else self.message
-        return " ".join(text.split())  # always one line, whatever a library's message held
 
 
 class ConfigError(BakeError):
-    """A flag, environment variable or bake.toml key has an unusable value."""
+    """A flag, environment variable or bake.toml key has an unusable value, or two of them do not fit."""
 
-    exit_code = 2
+    exit_code = USAGE_EXIT_CODE
 
 
 class ModelNotFound(BakeError):
@@ -40,10 +53,6 @@ class AccessDenied(BakeError):
     """The Hub refused the token (invalid, expired, or without access to the model)."""
 
 
-class UnsupportedModel(BakeError):
-    """bake cannot serve this model for the requested (or detected) task."""
-
-
 class HubUnreachable(BakeError):
     """The Hugging Face Hub (or the HF_ENDPOINT mirror) cannot be reached."""
 
@@ -52,9 +61,27 @@ class DockerUnavailable(BakeError):
     """No Docker engine answers, or it lacks buildx."""
 
 
+class DockerFailed(BakeError):
+    """The Docker engine answers but refused or failed an operation on a container or an image."""
+
+
 class BuildFailed(BakeError):
     """The image build failed; the message says at which step and why."""
 
 
 class LaunchFailed(BakeError):
     """The container could not be started or did not become ready."""
+
+
+class PredictFailed(BakeError):
+    """`bake predict` got no answer from the server, or an error."""
+
+
+class Interrupted(BakeError):
+    """Ctrl-C stopped a wait; the message says what was left behind."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+
+
+class BenchFailed(BakeError):
+    """`bake bench` cannot measure: no server answers, it is not ready, or it refuses the requests."""

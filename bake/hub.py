@@ -7,7 +7,6 @@ are fetched inside the image build. Hub errors become one-line `BakeError`s with
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from bake.errors import (
     RevisionNotFound,
     UnsupportedModel,
 )
-from bake.files import TASKS, Selection, detect_task, parse_json_bytes, select_files
+from serve.contract.files import Selection, detect_task, parse_json_bytes, select_files
+from serve.contract.tasks import TASKS
 
 _SKIPPED_DIRS = {".git", ".cache", "__pycache__"}
 _HASH_CHUNK = 1 << 20
@@ -63,23 +63,17 @@ class ResolvedModel:
     convert_to_safetensors: bool
     local_dir: Path | None
     gated: bool = False
+    packages: tuple[str, ...] = ()
+    """Extra runtime packages the model needs beyond the task's (PyPI names, pinned by the constraints)."""
 
     @property
     def weights_bytes(self) -> int:
         """Total size of the files to bake."""
         return sum(file.size for file in self.files)
 
-    @property
-    def short_name(self) -> str:
-        """The model's name without its namespace, lower-case (for tags and container names)."""
-        name = self.local_dir.name if self.local_dir else self.id.rsplit("/", 1)[-1]
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower()).strip("-.") or "model"
-
 
 def resolve_model(spec: ModelSpec, env: Environment, *, device: str) -> ResolvedModel:
     """Pin `spec` to a commit and choose its files; raises a `BakeError` subclass with the fix."""
-    if not spec.id:
-        raise ModelNotFound("no model given", "pass --model ORG/NAME (or a directory), or set model.id in bake.toml")
     if spec.local_dir is not None:
         return _resolve_local(spec, spec.local_dir, device=device)
     if spec.id.startswith((".", "/", "~")) or spec.id.count("/") > 1:
@@ -101,7 +95,8 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
     task = _task(spec, names, read_json)
     selection = select_files(names, task, device=device, read_json=read_json)
     files = tuple(
-        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name)) for name in selection.files
+        ModelFile(name, (directory / name).stat().st_size, _sha256(directory / name))
+        for name in selection.files
     )
     digest = hashlib.sha256("".join(f"{file.path}\0{file.sha256}\n" for file in files).encode()).hexdigest()
     return ResolvedModel(
@@ -112,6 +107,7 @@ def _resolve_local(spec: ModelSpec, directory: Path, *, device: str) -> Resolved
         files=files,
         convert_to_safetensors=selection.convert_to_safetensors,
         local_dir=directory.resolve(),
+        packages=selection.packages,
     )
 
 
@@ -139,7 +135,11 @@ def _resolve_hub_files(
             return None
         with _hub_errors(spec, env):
             path = hf_hub_download(
-                spec.id, name, revision=sha, endpoint=env.hf_endpoint, token=env.hf_token or False,
+                spec.id,
+                name,
+                revision=sha,
+                endpoint=env.hf_endpoint,
+                token=env.hf_token or False,
                 cache_dir=metadata_cache,
             )
         return parse_json_bytes(Path(path).read_bytes())
@@ -160,6 +160,7 @@ def _resolve_hub_files(
         convert_to_safetensors=selection.convert_to_safetensors,
         local_dir=None,
         gated=bool(info.gated),
+        packages=selection.packages,
     )
 
 
@@ -206,7 +207,8 @@ class _hub_errors:
             raise _gated(spec, env) from None
         if isinstance(error, RevisionNotFoundError):
             raise RevisionNotFound(
-                f"{spec.id} has no revision {spec.revision!r}", "pass --revision with an existing branch, tag or commit"
+                f"{spec.id} has no revision {spec.revision!r}",
+                "pass --revision with an existing branch, tag or commit",
             ) from None
         if isinstance(error, RepositoryNotFoundError):
             hint = "check the id" if env.hf_token else "check the id, or set HF_TOKEN if the model is private"
@@ -215,7 +217,8 @@ class _hub_errors:
             status = error.response.status_code if error.response is not None else None
             if status in (401, 403):
                 raise AccessDenied(
-                    f"{env.hf_endpoint} refused access to {spec.id} with the token in HF_TOKEN (HTTP {status})",
+                    f"{env.hf_endpoint} refused access to {spec.id} "
+                    f"with the token in HF_TOKEN (HTTP {status})",
                     "set HF_TOKEN to a valid token of an account with access to the model",
                 ) from None
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -229,8 +232,10 @@ class _hub_errors:
 
 def _is_transport_error(error: BaseException) -> bool:
     """huggingface_hub 2.x speaks httpx2; its transport errors are not httpx's."""
-    return any(cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
-               for cls in type(error).__mro__)
+    return any(
+        cls.__name__ in ("ConnectError", "TimeoutException", "NetworkError", "ProxyError")
+        for cls in type(error).__mro__
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -239,8 +244,3 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def describe(model: ResolvedModel) -> str:
-    """One JSON line describing the files to bake (used in labels and logs)."""
-    return json.dumps({file.path: file.sha256 for file in model.files}, sort_keys=True)

@@ -26,7 +26,7 @@ _SECTION_HELP = {
 def render_config(values: dict[str, object] | None = None) -> str:
     """The text of a commented bake.toml; `values` ("section.key" -> value) are written uncommented."""
     values = values or {}
-    lines = [_HEADER]
+    lines = [_HEADER.rstrip("\n")]
     section = None
     for option in OPTIONS:
         if option.section != section:
@@ -44,7 +44,12 @@ def write_config(path: Path, values: dict[str, object] | None = None, *, force: 
     """Write `render_config(values)` to `path`, refusing to overwrite unless `force`."""
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists", "edit it, or pass --force to overwrite it")
-    path.write_text(render_config(values), encoding="utf-8")
+    try:
+        path.write_text(render_config(values), encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {path} ({error.strerror})", "pass --path with a writable place"
+        ) from None
 
 
 def _origin(option: Option) -> str:
@@ -57,4 +62,6 @@ def _origin(option: Option) -> str:
 
 
 def _toml_value(value: object) -> str:
+    if value is None:
+        return '""'  # an optional setting left unset: the empty string reads as "not set"
     return tomlkit.item(list(value) if isinstance(value, tuple) else value).as_string()

@@ -1,8 +1,8 @@
 """The shell commands that install the image's Python packages, with uv (the default) or pip.
 
-uv installs the same pinned set several times faster than pip. It lives in the build's `tools` stage, put there
-by the base image's own pip from the configured package index (bake/image/build-tools.txt pins it), and never
-reaches the image. pip, the virtualenv's own, is the fallback for an index that does not carry uv
+uv installs the same pinned set several times faster than pip. It lives in the build's `tools` stage, put
+there by the base image's own pip from the configured package index (bake/image/build-tools.txt pins it), and
+never reaches the image. pip, the virtualenv's own, is the fallback for an index that does not carry uv
 (--installer pip); it cannot leave out the packages of bake/image/excludes.txt.
 
 Both take their index arguments (`--index-url`, `--extra-index-url`, `--find-links`, `--no-index`: the two

@@ -1,4 +1,9 @@
-"""The image's labels: what `bake build` records and `bake launch` reads back, so nothing is said twice."""
+"""The image's labels: what `bake build` records and `bake launch` reads back, so nothing is said twice.
+
+The label keys are the image contract's (`serve.contract.labels`). The serve settings are read back once,
+with the runtime's own parser, into the typed `ServeSettings` every launch target uses; labels that an older
+bake did not write take their defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-PREFIX = "dev.bake."
-MODEL = PREFIX + "model"
-REVISION = PREFIX + "revision"
-COMMIT = PREFIX + "commit-sha"
-TASK = PREFIX + "task"
-DEVICE = PREFIX + "device"
-PORT = PREFIX + "port"
-WEIGHTS = PREFIX + "weights"
-WEIGHTS_BYTES = PREFIX + "weights-bytes"
-SERVE = PREFIX + "serve"
-VERSION = PREFIX + "version"
+from serve.contract.labels import (
+    COMMIT,
+    DEVICE,
+    MODEL,
+    PORT,
+    REVISION,
+    SERVE,
+    TASK,
+    VERSION,
+    WEIGHTS,
+    WEIGHTS_BYTES,
+)
+from serve.contract.settings import ServeSettings
 
 
 @dataclass(frozen=True)
@@ -30,20 +37,26 @@ class ImageFacts:
     commit_sha: str
     task: str
     device: str
-    port: int
     weights: Mapping[str, str]
     """Weight file -> sha256, as published by the Hub (LFS) or hashed from the local directory. Converted
     .bin weights are listed as downloaded; /opt/bake/manifest.json in the image hashes every baked file."""
     weights_bytes: int
-    serve: Mapping[str, str]
-    """The runtime's environment variables baked into the image (BAKE_MAX_BATCH_SIZE, ...)."""
+    serve: ServeSettings
+    """The runtime's settings baked into the image."""
     bake_version: str
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on inside the container."""
+        return self.serve.port
 
     def to_labels(self, *, base_image: str, source: str | None) -> dict[str, str]:
         """OCI and bake labels for the image."""
         labels = {
             "org.opencontainers.image.title": f"{self.model} ({self.task})",
-            "org.opencontainers.image.description": f"{self.model} served by bake: {self.task} on {self.device}",
+            "org.opencontainers.image.description": (
+                f"{self.model} served by bake: {self.task} on {self.device}"
+            ),
             "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "org.opencontainers.image.revision": self.commit_sha,
             "org.opencontainers.image.version": self.revision,
@@ -57,7 +70,7 @@ class ImageFacts:
             PORT: str(self.port),
             WEIGHTS: json.dumps(dict(self.weights), sort_keys=True),
             WEIGHTS_BYTES: str(self.weights_bytes),
-            SERVE: json.dumps(dict(self.serve), sort_keys=True),
+            SERVE: json.dumps(self.serve.environment(), sort_keys=True),
             VERSION: self.bake_version,
         }
         if source:
@@ -66,18 +79,18 @@ class ImageFacts:
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> ImageFacts:
-        """Read the facts back; raises KeyError/ValueError when the image was not built by bake."""
+        """Read the facts back. Raises KeyError when a label every bake wrote is missing (not a bake image),
+        ValueError (or the contract's SettingsError) when one is unreadable."""
         return cls(
             model=labels[MODEL],
-            revision=labels[REVISION],
-            commit_sha=labels[COMMIT],
+            revision=labels.get(REVISION, "main"),
+            commit_sha=labels.get(COMMIT, ""),
             task=labels[TASK],
-            device=labels[DEVICE],
-            port=int(labels[PORT]),
-            weights=_json(labels[WEIGHTS]),
-            weights_bytes=int(labels[WEIGHTS_BYTES]),
-            serve=_json(labels[SERVE]),
-            bake_version=labels[VERSION],
+            device=labels.get(DEVICE, "cpu"),
+            weights=_json(labels.get(WEIGHTS, "{}")),
+            weights_bytes=int(labels.get(WEIGHTS_BYTES, "0")),
+            serve=ServeSettings.from_environment(_json(labels.get(SERVE, "{}"))),
+            bake_version=labels.get(VERSION, "unknown"),
         )
 
 
@@ -86,7 +99,7 @@ def is_bake_image(labels: Mapping[str, str] | None) -> bool:
     return bool(labels) and MODEL in labels  # type: ignore[operator]
 
 
-def _json(text: str) -> Any:
+def _json(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")

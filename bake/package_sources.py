@@ -8,9 +8,9 @@ weights stage's conversion of .bin files uses the same CPU torch, whatever the i
 
 Before a build, `check_reachable` probes every configured index once (one HEAD, a few seconds at most): an
 extra index that does not answer is left out with a warning; the package index, if a wheel folder is given,
-too (the build then installs from the folder alone); otherwise the build stops at once with the flag that fixes
-it, instead of spending minutes in the installer's retries. With a remote Docker engine the probe is only a
-hint (the engine may see other networks), so it warns and changes nothing.
+too (the build then installs from the folder alone); otherwise the build stops at once with the flag that
+fixes it, instead of spending minutes in the installer's retries. With a remote Docker engine the probe is
+only a hint (the engine may see other networks), so it warns and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from bake.config import BuildSpec
-from bake.errors import BuildFailed, ConfigError
+from bake.errors import BuildFailed
 
 PYPI = "https://pypi.org/simple"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -33,11 +33,12 @@ CPU_TORCH_VERSION = "2.13.0"
 WHEELS_MOUNT = "/wheels"
 """Where the --pip-find-links folder is mounted in the install steps."""
 PROBE_TIMEOUT_S = 5.0
+_REMOTE_ENGINE_SCHEMES = ("ssh://", "tcp://", "http://", "https://")
 
 
 @dataclass(frozen=True)
 class PackageSources:
-    """The indexes and folders the install steps read (URLs may hold credentials: never put them in a layer)."""
+    """The indexes and folders the install steps read (URLs may hold credentials: never in a layer)."""
 
     index_url: str | None
     """The package index; None: none, the wheel folder alone."""
@@ -70,7 +71,7 @@ class PackageSources:
         return args + (["--find-links", WHEELS_MOUNT] if self.find_links else [])
 
     def describe(self) -> str:
-        """The sources without credentials, one per line: a file of the deps stage, so a change rebuilds it."""
+        """The sources without credentials, one per line: a deps stage file, so a change rebuilds it."""
         lines = ["packages: " + " ".join(redact(arg) for arg in self.package_args())]
         if self.torch_requirement:
             lines.append(f"{self.torch_requirement}: " + " ".join(redact(arg) for arg in self.torch_args()))
@@ -97,11 +98,9 @@ def configured_sources(build: BuildSpec, *, cpu_torch: bool) -> PackageSources:
     )
 
 
-def ca_bundle(build: BuildSpec) -> Path | None:
-    """The --ca-cert file, if one is set; raise ConfigError if it is not a file."""
-    if build.ca_cert is not None and not build.ca_cert.is_file():
-        raise ConfigError(f"--ca-cert {build.ca_cert} is not a file", "pass a PEM bundle")
-    return build.ca_cert
+def is_remote_engine(docker_host: str) -> bool:
+    """Whether DOCKER_HOST names an engine on another machine (it may reach networks this one does not)."""
+    return docker_host.startswith(_REMOTE_ENGINE_SCHEMES)
 
 
 def check_reachable(
@@ -147,8 +146,8 @@ def check_reachable(
     if sources.torch_requirement and sources.torch_index_url and (reason := probe(sources.torch_index_url)):
         wheel = sources.torch_requirement.replace("==", "-")
         raise BuildFailed(
-            f"PyTorch's CPU wheel index {redact(sources.torch_index_url)} cannot be reached ({reason}), and a CPU "
-            f"image never takes torch from the package index (its torch is a CUDA build)",
+            f"PyTorch's CPU wheel index {redact(sources.torch_index_url)} cannot be reached ({reason}), "
+            "and a CPU image never takes torch from the package index (its torch is a CUDA build)",
             _index_fix(
                 reason,
                 f"--torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with "

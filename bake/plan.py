@@ -29,7 +29,11 @@ from bake.errors import ConfigError
 from bake.hub import ResolvedModel
 from bake.installer import PACKAGE_INDEX_SECRET, TORCH_INDEX_SECRET, Install, Installer
 from bake.labels import ImageFacts
-from bake.package_sources import WHEELS_MOUNT, PackageSources, ca_bundle, configured_sources
+from bake.package_sources import WHEELS_MOUNT, PackageSources, configured_sources
+from serve.contract import image, pipelines
+from serve.contract.names import model_name
+from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
+from serve.contract.tasks import TEXT_TO_IMAGE
 
 DEFAULT_BASE_IMAGES = {
     "cpu": "python:3.11-slim-bookworm",
@@ -45,9 +49,6 @@ _IMAGE_SCRIPTS = ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_r
 _IMAGE_LISTS = ("build-tools.txt", "excludes.txt", "constraints.txt")
 _VENV = "/opt/bake/venv"
 _FETCH_VENV = "/opt/bake/fetch"
-_HUB_CACHE = "/opt/bake/hf"
-_LOCAL_MODEL = "/opt/bake/model"
-_MANIFEST = "/opt/bake/manifest.json"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
@@ -69,7 +70,11 @@ class BuildPlan:
 
 
 def plan_build(
-    config: Config, model: ResolvedModel, env: Environment, workdir: Path, sources: PackageSources | None = None
+    config: Config,
+    model: ResolvedModel,
+    env: Environment,
+    workdir: Path,
+    sources: PackageSources | None = None,
 ) -> BuildPlan:
     """Write the build context and secrets for `model` into `workdir` and describe the build.
 
@@ -88,13 +93,12 @@ def plan_build(
         "# Where the deps stage's packages come from (no credentials): a change here rebuilds the stage.\n"
         + sources.describe()
     )
-    serve_env = config.serve.environment()
     runtime_env = {
-        "BAKE_MODEL": _LOCAL_MODEL if model.local_dir else model.id,
-        "BAKE_REVISION": model.revision,
-        "BAKE_TASK": model.task,
-        "BAKE_DEVICE": build.device,
-        **serve_env,
+        MODEL_ENV: image.LOCAL_MODEL if model.local_dir else model.id,
+        env_name("revision"): model.revision,
+        env_name("task"): model.task,
+        env_name("device"): build.device,
+        **config.serve.environment(),
     }
     facts = ImageFacts(
         model=model.id,
@@ -102,10 +106,9 @@ def plan_build(
         commit_sha=model.commit_sha,
         task=model.task,
         device=build.device,
-        port=config.serve.port,
         weights={file.path: file.sha256 for file in model.files if file.sha256},
         weights_bytes=model.weights_bytes,
-        serve=serve_env,
+        serve=config.serve,
         bake_version=__version__,
     )
     plan = BuildPlan(
@@ -120,12 +123,8 @@ def plan_build(
         platform=build.platform or None,
         push=build.push,
     )
-    if build.push and not build.tag:
-        raise ConfigError("--push needs to know where to push", "pass --tag REGISTRY/NAME:TAG")
     _add_secrets(plan, config, env, workdir, sources)
     if build.pip_find_links is not None:
-        if not build.pip_find_links.is_dir():
-            raise ConfigError(f"--pip-find-links {build.pip_find_links} is not a directory")
         plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
     if model.local_dir is not None:
         plan.build_contexts["model"] = str(model.local_dir)
@@ -149,7 +148,7 @@ def plan_build(
 
 
 def needs_cpu_torch(config: Config, model: ResolvedModel) -> bool:
-    """Whether the build installs a CPU torch: for a CPU image, and to convert .bin weights (on any device)."""
+    """Whether the build installs a CPU torch: for a CPU image, and to convert .bin weights (any device)."""
     return config.build.device == "cpu" or model.convert_to_safetensors
 
 
@@ -169,22 +168,39 @@ def render_dockerfile(
     installer = Installer(build.installer)
     files = [file.path for file in model.files]
     if model.local_dir is not None:
-        fetch_args = ["local", "--source", "/model", "--out", _LOCAL_MODEL]
-        weights_dir = _LOCAL_MODEL
+        fetch_args = ["local", "--source", "/model", "--out", image.LOCAL_MODEL]
+        weights_dir = image.LOCAL_MODEL
     else:
-        fetch_args = ["hub", "--repo", model.id, "--revision", model.revision, "--commit", model.commit_sha,
-                      "--out", f"{_HUB_CACHE}/hub"]
-        weights_dir = _HUB_CACHE
-    fetch_args += ["--manifest", _MANIFEST, "--files", *files]
+        fetch_args = [
+            "hub",
+            "--repo",
+            model.id,
+            "--revision",
+            model.revision,
+            "--commit",
+            model.commit_sha,
+            "--out",
+            f"{image.HF_HOME}/hub",
+        ]
+        weights_dir = image.HF_HOME
+    fetch_args += ["--manifest", image.MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
-    fetch_env = {"HF_ENDPOINT": env.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    fetch_env = {
+        "HF_ENDPOINT": env.hf_endpoint,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
     convert = model.convert_to_safetensors
     fetch = Install(
         venv=_FETCH_VENV,
-        requirements=("huggingface_hub", "safetensors", *((sources.torch_requirement, "numpy") if convert else ())),
+        requirements=(
+            "huggingface_hub",
+            "safetensors",
+            *((sources.torch_requirement, "numpy") if convert else ()),
+        ),
         constraints="/opt/bake/constraints.txt",
         torch_requirement=sources.torch_requirement if convert else None,
     )
@@ -200,6 +216,8 @@ def render_dockerfile(
     check_args = ["--device", build.device, "--task", model.task]
     if pinned := _torch_pin(config, sources):
         check_args += ["--torch-version", pinned]
+    for name in model.packages:
+        check_args += ["--import", pipelines.EXTRA_PACKAGES[name].module]
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
@@ -211,7 +229,8 @@ def render_dockerfile(
         "INSTALL_DEPS": installer.install(deps),
         "INSTALL_FETCHER": installer.install(fetch),
         "SLIM_STEP": (
-            "# --keep-build-tools: the virtualenv ships as installed" if build.keep_build_tools
+            "# --keep-build-tools: the virtualenv ships as installed"
+            if build.keep_build_tools
             else f"RUN python3 /opt/bake/slim_venv.py {_VENV}"
         ),
         "CHECK_ARGS": " ".join(shlex.quote(arg) for arg in check_args),
@@ -220,13 +239,16 @@ def render_dockerfile(
         ),
         "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
         "TRUST_CA": (
-            'if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert '
-            'REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&'
+            "if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert "
+            "REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&"
         ),
         "WEIGHTS_NETWORK": "--network=host " if network_host else "",
         "FETCH_ENV": " ".join(f"{key}={shlex.quote(value)}" for key, value in fetch_env.items()),
         "FETCH_ARGS": " ".join(shlex.quote(arg) for arg in fetch_args),
         "WEIGHTS_DIR": weights_dir,
+        "HF_HOME": image.HF_HOME,
+        "MANIFEST": image.MANIFEST,
+        "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(config.serve.port),
         "HEALTH_START_S": "30",
@@ -235,10 +257,13 @@ def render_dockerfile(
 
 
 def image_requirements(config: Config, model: ResolvedModel, sources: PackageSources) -> list[str]:
-    """The deps stage's requirements: the runtime's, with torch pinned (CPU: the CPU build of the sources)."""
+    """The deps stage's requirements: the runtime's and the model's extra packages, with torch pinned (CPU:
+    the CPU build of the sources)."""
     pin = _torch_pin(config, sources)
-    return [f"torch=={pin}" if pin and _name(requirement) == "torch" else requirement
-            for requirement in runtime_requirements(model.task)]
+    return [
+        f"torch=={pin}" if pin and _name(requirement) == "torch" else requirement
+        for requirement in runtime_requirements(model.task, model.packages)
+    ]
 
 
 def _torch_pin(config: Config, sources: PackageSources) -> str:
@@ -252,21 +277,22 @@ def _name(requirement: str) -> str:
     return Requirement(requirement).name.lower()
 
 
-def runtime_requirements(task: str) -> list[str]:
-    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`)."""
-    extras = {"serve"} | ({"diffusion"} if task == "text-to-image" else set())
+def runtime_requirements(task: str, packages: tuple[str, ...] = ()) -> list[str]:
+    """The runtime's requirements for `task`: this distribution's `serve` extra (+ `diffusion`), and the extra
+    `packages` the model needs (pinned, like the rest, by the image's constraints)."""
+    extras = {"serve"} | ({"diffusion"} if task == TEXT_TO_IMAGE else set())
     requirements = []
     for raw in importlib.metadata.requires("bake") or []:
         requirement = Requirement(raw)
         if requirement.marker is not None and any(requirement.marker.evaluate({"extra": e}) for e in extras):
             requirement.marker = None
             requirements.append(str(requirement))
-    return requirements
+    return requirements + list(packages)
 
 
 def default_tag(model: ResolvedModel) -> str:
     """bake/<model name>:<first 12 of the commit sha>."""
-    return f"bake/{model.short_name}:{model.commit_sha[:12]}"
+    return f"bake/{model_name(model.id)}:{model.commit_sha[:12]}"
 
 
 def is_loopback(url: str) -> bool:
@@ -290,15 +316,16 @@ def _copy_sources(context: Path) -> None:
     shutil.copytree(Path(spec.origin).parent, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path, sources: PackageSources) -> None:
+def _add_secrets(
+    plan: BuildPlan, config: Config, env: Environment, workdir: Path, sources: PackageSources
+) -> None:
     """Secret files BuildKit mounts at /run/secrets/<id> for the steps that ask for them."""
     _secret(plan, workdir, PACKAGE_INDEX_SECRET, " ".join(sources.package_args()) + "\n")
     _secret(plan, workdir, TORCH_INDEX_SECRET, " ".join(sources.torch_args()) + "\n")
     if env.hf_token:
         _secret(plan, workdir, "hf_token", env.hf_token)
-    ca_cert = ca_bundle(config.build)
-    if ca_cert is not None:
-        plan.secrets.append(f"id=ca_cert,src={ca_cert.resolve()}")
+    if config.build.ca_cert is not None:
+        plan.secrets.append(f"id=ca_cert,src={config.build.ca_cert.resolve()}")
 
 
 def _secret(plan: BuildPlan, workdir: Path, name: str, content: str) -> None:

@@ -1,28 +1,30 @@
-"""`bake build`: the pip path against the uv path (cold), image size by part, rebuild, `docker run` to first prediction.
+"""`bake build`: the pip path against the uv path (cold), image size by part, rebuild, `docker run` to first
+prediction.
 
 One run, for one model published on a local Hub (tests.fixtures.hub) under fresh repo ids:
-  1. two cold builds, side by side: "pip" (`--installer pip --keep-build-tools`: pip installs, nothing is slimmed,
-     every module compiled: the image bake built before the slim work) and "uv" (bake's default: uv installs, the
-     virtualenv is slimmed and holds the bytecode of what serving imports). Each runs the real `bake build` CLI on
-     a base image no build has used yet (bake-base:bookworm plus one tiny layer), so no BuildKit layer of any
-     stage can come from the cache, with its own repo id, so the weights are downloaded, and with
-     PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 in that base's environment, so neither installer has a download cache.
-     The deps step's own time and the installer's summary lines are read from BuildKit's progress output.
+  1. two cold builds, side by side: "pip" (`--installer pip --keep-build-tools`: pip installs, nothing is
+     slimmed, every module compiled: the image bake built before the slim work) and "uv" (bake's default: uv
+     installs, the virtualenv is slimmed and holds the bytecode of what serving imports). Each runs the real
+     `bake build` CLI on a base image no build has used yet (bake-base:bookworm plus one tiny layer), so no
+     BuildKit layer of any stage can come from the cache, with its own repo id, so the weights are downloaded,
+     and with PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 in that base's environment, so neither installer has a download
+     cache. The deps step's own time and the installer's summary lines are read from BuildKit's progress
+     output.
   2. rebuild after a code-only change (uv path): the `serve` package bake copies into the image is found with
      `importlib.util.find_spec("serve")`, so every build runs with PYTHONPATH on a temporary copy of `serve`
-     (then this checkout, for bake); a comment line is added to one of its modules between the uv build and the
-     rebuild. The stages that came from the cache are read from BuildKit's progress output.
+     (then this checkout, for bake); a comment line is added to one of its modules between the uv build and
+     the rebuild. The stages that came from the cache are read from BuildKit's progress output.
   3. both images' size split into base / venv / weights / bake (code + config), from `docker history`, and the
-     largest packages of each virtualenv; every layer of the uv image's `docker save` is scanned for a file with
-     the bytes of a weights file: exactly one copy is the target.
+     largest packages of each virtualenv; every layer of the uv image's `docker save` is scanned for a file
+     with the bytes of a weights file: exactly one copy is the target.
   4. `docker run` to the first 200 from POST /predict (a 640x480 JPEG, sent from inside the container,
      which runs with --network none), for both images, against a floor: in the uv image and with the same
      network, the image's python imports torch and transformers, loads the baked weights with
      AutoModelForImageClassification.from_pretrained (offline) and runs one forward pass; timed from
      `docker run` to its exit. Rounds rotate the three; the median is reported.
 Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
-Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache the
-cold builds write is left to BuildKit's garbage collection.
+Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache
+the cold builds write is left to BuildKit's garbage collection (or `docker builder prune`).
 
 Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
                                   [--out benchmarks/results/build.json]
@@ -78,7 +80,9 @@ _READY_IN = re.compile(r"ready in ([\d.]+) s")
 FIRST_PREDICTION = """
 import sys, time, urllib.request
 data, deadline = sys.stdin.buffer.read(), time.monotonic() + 600
-request = urllib.request.Request("http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}})
+request = urllib.request.Request(
+    "http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}}
+)
 while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
@@ -133,7 +137,8 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Startup:
-    """Seconds from `docker run` to the first prediction (per image) and to the end of the floor, per round."""
+    """Seconds from `docker run` to the first prediction (per image) and to the end of the floor, per
+    round."""
 
     first_prediction_s: dict[str, list[float]]
     floor_s: list[float]
@@ -202,7 +207,8 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
 
 
 def change_code(bench: Bench) -> str:
-    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the line."""
+    """A code-only change: one comment line more in a module of the temporary `serve` copy; return the
+    line."""
     line = f"# bake-bench {bench.run_id}: a code-only change"
     with (bench.root / "src" / "serve" / CHANGED_MODULE).open("a") as module:
         module.write(line + "\n")
@@ -218,7 +224,8 @@ def change_is_baked(tag: str, line: str) -> bool:
 
 
 def bake_build(bench: Bench, project: Path, env: dict[str, str], path: str, kind: str) -> BuildRun:
-    """Run `bake build` for the model of build path `path` into `bench.tag(kind)`; time it and read its progress."""
+    """Run `bake build` for the model of build path `path` into `bench.tag(kind)`; time it and read its
+    progress."""
     args = [
         "build",
         "--model",
@@ -266,7 +273,8 @@ def steps_seconds(log: BuildLog, lines: list[str], stage: str) -> float:
 
 
 def installer_lines(log: BuildLog, lines: list[str]) -> list[str]:
-    """uv's summary lines in the deps stage's output, or, for pip, how many wheels it downloaded or had cached."""
+    """uv's summary lines in the deps stage's output, or, for pip, how many wheels it downloaded or had
+    cached."""
     deps_steps = {step for step, name in log.stage_of_step.items() if name == "deps"}
     output = [
         step.group(2).strip()
@@ -286,7 +294,8 @@ def installer_lines(log: BuildLog, lines: list[str]) -> list[str]:
 
 
 def image_facts(tag: str, base_image: str, model_dir: Path, *, scan: bool) -> ImageFacts:
-    """`tag`'s size by part (MiB), its largest packages, and (with `scan`) every copy of a weights file in its layers."""
+    """`tag`'s size by part (MiB), its largest packages, and (with `scan`) every copy of a weights file in its
+    layers."""
     weights = {path.stat().st_size: sha256_of(path.open("rb")) for path in model_dir.glob("*.safetensors")}
     total = int(docker("image", "inspect", tag, "--format", "{{.Size}}").stdout)
     return ImageFacts(
@@ -360,7 +369,8 @@ def layer_split(tag: str, base_image: str) -> dict[str, int]:
 
 
 def weight_copies(tag: str, weights: dict[int, str]) -> Iterator[str]:
-    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then sha256)."""
+    """Scan every layer of `docker save tag` for files with the bytes of a weights file (size, then
+    sha256)."""
     smallest = min(weights)
     with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE) as save:
         assert save.stdout is not None
@@ -425,7 +435,8 @@ def time_floor(tag: str, name: str) -> float:
 
 
 def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup:
-    """Rotate the pip image's server, the uv image's server and the floor (in the uv image), `rounds` times each."""
+    """Rotate the pip image's server, the uv image's server and the floor (in the uv image), `rounds` times
+    each."""
     jpeg = images.photo(640, 480)
     startup = Startup({path: [] for path in PATHS}, [], {path: [] for path in PATHS})
     runs = [*PATHS, "floor"]
@@ -496,16 +507,17 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"  serving container settings: {' '.join(report['server_env'])}")
     for path, run in builds.items():
         print(
-            f"  cold build, {path:3s} path              {run['seconds']:8.1f} s   deps step {run['deps_step_s']:5.1f} s, "
-            f"venv stage {run['venv_steps_s']:5.1f} s; {'; '.join(run['installer_lines'])}"
+            f"  cold build, {path:3s} path              {run['seconds']:8.1f} s   "
+            f"deps step {run['deps_step_s']:5.1f} s, venv stage {run['venv_steps_s']:5.1f} s; "
+            + "; ".join(run["installer_lines"])
         )
     print(
-        f"    uv / pip                      {summary['cold_uv_vs_pip']:8.2f}     (target <= {COLD_BUILD_TARGET}: "
-        f"{met[summary['cold_build_target_met']]})"
+        f"    uv / pip                      {summary['cold_uv_vs_pip']:8.2f}     "
+        f"(target <= {COLD_BUILD_TARGET}: {met[summary['cold_build_target_met']]})"
     )
     print(
-        f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   (target <= {REBUILD_TARGET_S:g} s, weights "
-        f"from the cache: {met[summary['rebuild_target_met']]})"
+        f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   "
+        f"(target <= {REBUILD_TARGET_S:g} s, weights from the cache: {met[summary['rebuild_target_met']]})"
     )
     for name, run in (*builds.items(), ("rebuild", rebuild)):
         stages = ", ".join(f"{stage} {count}" for stage, count in run["stages_cached"].items())
@@ -518,14 +530,17 @@ def print_table(report: dict[str, Any]) -> None:
             + ", ".join(f"{name} {mib:.0f}" for name, mib in image["packages_mib"].items())
         )
     print(
-        f"    uv image <= {SIZE_TARGET_MIB:g} MiB: {met[summary['size_target_met']]}; copies of the weights in its "
-        f"layers: {len(facts['uv']['weights_copies'])} -> second copy: {yes_no[summary['second_copy_of_weights']]}"
+        f"    uv image <= {SIZE_TARGET_MIB:g} MiB: {met[summary['size_target_met']]}; "
+        f"copies of the weights in its layers: {len(facts['uv']['weights_copies'])} "
+        f"-> second copy: {yes_no[summary['second_copy_of_weights']]}"
     )
     for path, seconds in startup["first_prediction_s"].items():
         ready = summary["server_ready_in_s"][path]
+        rounds = ", ".join(f"{s:.2f}" for s in seconds)
+        first = summary["run_to_first_prediction_s"][path]
         print(
-            f"  docker run -> first prediction, {path:3s} {summary['run_to_first_prediction_s'][path]:6.2f} s   "
-            f"({summary['startup_vs_floor'][path]:.2f}x the floor; rounds: {', '.join(f'{s:.2f}' for s in seconds)};"
+            f"  docker run -> first prediction, {path:3s} {first:6.2f} s   "
+            f"({summary['startup_vs_floor'][path]:.2f}x the floor; rounds: {rounds};"
             f' "ready in" {"?" if ready is None else f"{ready:.1f}"} s)'
         )
     print(
@@ -534,13 +549,14 @@ def print_table(report: dict[str, Any]) -> None:
         + ")"
     )
     print(
-        f"  uv startup / floor              {summary['startup_vs_floor']['uv']:8.2f}     (target <= {STARTUP_TARGET}: "
-        f"{met[summary['startup_target_met']]})"
+        f"  uv startup / floor              {summary['startup_vs_floor']['uv']:8.2f}     "
+        f"(target <= {STARTUP_TARGET}: {met[summary['startup_target_met']]})"
     )
 
 
 def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str, Any]:
-    """Both cold builds, the rebuild, the image facts and the startup rounds; the report as a JSON-able dict."""
+    """Both cold builds, the rebuild, the image facts and the startup rounds; the report as a JSON-able
+    dict."""
     for path in PATHS:
         fresh_base_image(ensure_base_image(), bench.base_image(path))
     model_dir = publish_model(bench)
@@ -575,7 +591,8 @@ def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str,
 
 
 def clean_up(bench: Bench) -> None:
-    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage collector)."""
+    """Remove the benchmark's containers and images (the build cache is left to BuildKit's garbage
+    collector)."""
     names = docker(
         "ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}"
     ).stdout.split()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import LoadResult, run_load, wrk_available
+from bake.bench.loadgen import LoadResult, Target, run_load, wrk_available
 from benchmarks.report import machine, write_report
 from tests.fixtures import images
 from tests.fixtures.models import make_image_classifier
@@ -78,7 +78,9 @@ def make_model(regime: Regime, root: Path) -> Path:
         labels = {{i: f"class {{i}}" for i in range(1000)}}
         config = ResNetConfig(num_labels=1000, id2label=labels, label2id={{v: k for k, v in labels.items()}})
         ResNetForImageClassification(config).save_pretrained({str(folder)!r})
-        ConvNextImageProcessorPil(size={{"shortest_edge": 224}}, crop_pct=0.875).save_pretrained({str(folder)!r})
+        ConvNextImageProcessorPil(size={{"shortest_edge": 224}}, crop_pct=0.875).save_pretrained(
+            {str(folder)!r}
+        )
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
@@ -127,8 +129,12 @@ def servers(regime: Regime, model_dir: Path) -> list[ServerUnderTest]:
     }
     return [
         ServerUnderTest("bake", [python, "-m", "serve"], bake_env, "/ready"),
-        ServerUnderTest("bake (JPEG draft)", [python, "-m", "serve"], {**bake_env, "BAKE_JPEG_DRAFT": "1"}, "/ready"),
-        ServerUnderTest("naive FastAPI", [python, "-m", "benchmarks.competitors.naive_server", str(model_dir), "{port}"]),
+        ServerUnderTest(
+            "bake (JPEG draft)", [python, "-m", "serve"], {**bake_env, "BAKE_JPEG_DRAFT": "1"}, "/ready"
+        ),
+        ServerUnderTest(
+            "naive FastAPI", [python, "-m", "benchmarks.competitors.naive_server", str(model_dir), "{port}"]
+        ),
         ServerUnderTest(
             "LitServe",
             [
@@ -157,11 +163,14 @@ def measure(server: ServerUnderTest, body: bytes, *, clients: int, seconds: floa
     try:
         wait_until_ready(url, 300, path=server.ready_path)
         time.sleep(1.0)  # let LitServe's worker finish its own setup after /health answers
-        answer = httpx.post(url + "/predict", content=body, headers={"Content-Type": "application/json"}, timeout=120)
+        answer = httpx.post(
+            url + "/predict", content=body, headers={"Content-Type": "application/json"}, timeout=120
+        )
         answer.raise_for_status()
         assert isinstance(answer.json(), list) and "label" in answer.json()[0], answer.text
-        run_load(url + "/predict", body, "application/json", connections=clients, seconds=min(5.0, seconds))
-        return run_load(url + "/predict", body, "application/json", connections=clients, seconds=seconds)
+        target = Target(url + "/predict", body, {"Content-Type": "application/json"})
+        run_load(target, connections=clients, seconds=min(5.0, seconds))
+        return run_load(target, connections=clients, seconds=seconds)
     finally:
         stop_group(process)
 
@@ -189,7 +198,9 @@ def median_result(results: list[LoadResult]) -> LoadResult:
     return ordered[len(ordered) // 2]
 
 
-def run_regime(regime: Regime, image: tuple[int, int], args: argparse.Namespace, root: Path) -> dict[str, object]:
+def run_regime(
+    regime: Regime, image: tuple[int, int], args: argparse.Namespace, root: Path
+) -> dict[str, object]:
     """Everything measured for one regime and photo size, as a JSON-able dict."""
     root.mkdir(parents=True, exist_ok=True)
     model_dir = make_model(regime, root)
@@ -202,10 +213,16 @@ def run_regime(regime: Regime, image: tuple[int, int], args: argparse.Namespace,
     for round_index in range(args.rounds):
         shift = round_index % len(contenders)
         for server in contenders[shift:] + contenders[:shift]:
-            result = measure(server, body, clients=args.clients, seconds=args.seconds, log=root / "servers.log")
+            result = measure(
+                server, body, clients=args.clients, seconds=args.seconds, log=root / "servers.log"
+            )
             rounds[server.name].append(result)
-            print(f"  [{regime.name} {width}x{height} round {round_index + 1}] {server.name:18s} {result.throughput:8.1f} req/s "
-                  f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  failures {result.failures}", flush=True)
+            print(
+                f"  [{regime.name} {width}x{height} round {round_index + 1}] "
+                f"{server.name:18s} {result.throughput:8.1f} req/s "
+                f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  failures {result.failures}",
+                flush=True,
+            )
     medians = {name: median_result(results) for name, results in rounds.items()}
     limit = max(raw["eager"][regime.max_batch_size], raw["traced"][regime.max_batch_size])
     best_other = max((medians["naive FastAPI"], medians["LitServe"]), key=lambda result: result.throughput)
@@ -227,23 +244,31 @@ def run_regime(regime: Regime, image: tuple[int, int], args: argparse.Namespace,
 def print_table(result: dict[str, object]) -> None:
     """The regime's results as a text table."""
     raw = result["raw_forward_images_per_s"]
-    print(f"\n== {result['regime']}, {result['image']} JPEG (max batch {result['max_batch_size']}, "
-          f"wait {result['max_wait_ms']} ms) ==")
+    print(
+        f"\n== {result['regime']}, {result['image']} JPEG (max batch {result['max_batch_size']}, "
+        f"wait {result['max_wait_ms']} ms) =="
+    )
     print("raw forward, images/s by batch size:")
     for name, sizes in raw.items():  # type: ignore[union-attr]
         print(f"  {name:7s} " + "  ".join(f"b{size}: {value:8.1f}" for size, value in sizes.items()))
     print(f"  {'server':20s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'failures':>9s}")
     for name, server in result["servers"].items():  # type: ignore[union-attr]
-        print(f"  {name:20s} {server['throughput']:9.1f} {server['p50_ms']:9.1f} {server['p99_ms']:9.1f} "
-              f"{server['failures']:9d}")
+        print(
+            f"  {name:20s} {server['throughput']:9.1f} {server['p50_ms']:9.1f} {server['p99_ms']:9.1f} "
+            f"{server['failures']:9d}"
+        )
     print(f"  bake / raw forward limit:       {result['bake_vs_raw_forward']:.2f}")
-    print(f"  bake / best of naive, LitServe: {result['bake_vs_best_competitor']:.2f}x throughput, "
-          f"{result['bake_p99_vs_best_competitor']:.2f}x p99")
+    print(
+        f"  bake / best of naive, LitServe: {result['bake_vs_best_competitor']:.2f}x throughput, "
+        f"{result['bake_p99_vs_best_competitor']:.2f}x p99"
+    )
 
 
 def main() -> int:
     """Run the benchmark; print tables; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--regimes", default="tiny@640x480,tiny@1600x1200,resnet50@640x480")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)

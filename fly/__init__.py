@@ -1,6 +1,8 @@
 """Fly.io for bake: fly.toml generation (round-trip safe) and deploys through flyctl or the Machines API.
 
-A library bake calls; it never imports `bake` or `serve`. Everything starts from a `FlyServiceSpec`:
+A library bake calls; it never imports `bake`, and of `serve` only the torch-free image contract
+(`serve.contract`: routes, the offline variables, the error format). Everything starts from a
+`FlyServiceSpec`:
 
     spec = FlyServiceSpec(app="resnet", image="bake/resnet-50:3f2a", max_batch_size=8, max_queue=256,
                           warmup_seconds=12.0, drain_seconds=30.0, weights_bytes=102_000_000)

@@ -166,6 +166,9 @@ def _roll_out(api: FlyMachines, spec: FlyServiceSpec, image: str, poll_interval_
         started = [api.create_machine(spec.app, config, region=spec.primary_region)]
     timeout_s = check_grace_period_s(spec) + HEALTH_MARGIN_S
     for machine in started:
+        logger.info(
+            "waiting up to %.0f s for Machine %s to start and pass its /ready check", timeout_s, machine["id"]
+        )
         api.wait_for_state(
             spec.app, machine["id"], "started", version=machine.get("instance_id"), timeout_s=timeout_s
         )

@@ -1,4 +1,5 @@
-"""The exceptions `fly` raises. Each one reads as a single line: what went wrong, then how to fix it.
+"""The exceptions `fly` raises. Each one reads as a single line: what went wrong, then how to fix it, in
+the one format of `serve.contract.errors.UserError` (which bake's errors share).
 
     FlyError                  base; `message` and `fix` are also kept as attributes
     ├── FlyConfigError        the spec or an existing fly.toml cannot describe a valid Fly app
@@ -11,14 +12,11 @@ No message ever contains the API token.
 
 from __future__ import annotations
 
+from serve.contract.errors import UserError
 
-class FlyError(Exception):
+
+class FlyError(UserError):
     """Something stopped a Fly deploy; `str(error)` is one line with the cause and the fix."""
-
-    def __init__(self, message: str, fix: str | None = None) -> None:
-        self.message = _one_line(message)
-        self.fix = _one_line(fix) if fix else None
-        super().__init__(f"{self.message}. Fix: {self.fix}" if self.fix else self.message)
 
 
 class FlyConfigError(FlyError):
@@ -42,7 +40,3 @@ class FlyApiError(FlyError):
         self.status = status
         self.api_message = api_message
         super().__init__(f"Fly Machines API {method} {path} answered {status}: {api_message}", fix)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

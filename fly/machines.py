@@ -25,7 +25,6 @@ from fly.spec import (
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     KILL_SIGNAL,
-    READY_PATH,
     FlyServiceSpec,
     check_grace_period_s,
     check_no_gpu,
@@ -35,6 +34,7 @@ from fly.spec import (
     runtime_env,
     vm_size,
 )
+from serve.contract.routes import READY
 
 DEFAULT_API_URL = "https://api.machines.dev/v1"
 PROCESS_GROUP = "app"
@@ -77,7 +77,7 @@ def machine_config(spec: FlyServiceSpec, image: str | None = None) -> dict[str, 
                         "protocol": "http",
                         "port": spec.internal_port,
                         "method": "GET",
-                        "path": READY_PATH,
+                        "path": READY,
                         "grace_period": duration(check_grace_period_s(spec)),
                         "interval": CHECK_INTERVAL,
                         "timeout": CHECK_TIMEOUT,

@@ -25,12 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fly.errors import FlyConfigError, FlyGpuUnsupported
-
-OFFLINE_ENV: Mapping[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-"""Always in the Machine's environment: the image must never reach for the Hub at run time."""
+from serve.contract.errors import require
+from serve.contract.settings import BUILD_DEVICES, OFFLINE_ENV
 
 AUTO_STOP_CHOICES = ("off", "stop", "suspend")
-DEVICES = ("cpu", "cuda")
 CPU_KINDS = ("shared", "performance")
 CPU_COUNTS: Mapping[str, tuple[int, ...]] = {"shared": (1, 2, 4, 8), "performance": (1, 2, 4, 8, 16)}
 """The CPU counts of Fly's presets (`shared-cpu-1x` ... `performance-16x`), as fly.schema.json lists them."""
@@ -52,7 +50,6 @@ KILL_MARGIN_S = 5
 KILL_TIMEOUT_MAX_S = 300
 GRACE_FACTOR = 1.5
 GRACE_MARGIN_S = 10
-READY_PATH = "/ready"
 CHECK_INTERVAL = "15s"
 CHECK_TIMEOUT = "5s"
 
@@ -63,7 +60,8 @@ GPU_TARGETS_FIX = (
     "`bake launch --target kubernetes`; or rebuild with `--device cpu` to deploy on Fly"
 )
 
-_APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+"""Fly app names (the app answers at https://<name>.fly.dev)."""
 _REGION = re.compile(r"^[a-z]{3}$")
 
 
@@ -107,73 +105,107 @@ class FlyServiceSpec:
     memory_mb: int | None = None
 
     def __post_init__(self) -> None:
-        _require(
-            _APP_NAME.match(self.app) is not None,
+        require(
+            FlyConfigError,
+            APP_NAME.match(self.app) is not None,
             f"invalid Fly app name {self.app!r}",
             "use 1-63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
         )
-        _require(bool(self.image.strip()), "the image reference is empty", "pass the image bake built")
-        _require(
+        require(
+            FlyConfigError,
+            bool(self.image.strip()),
+            "the image reference is empty",
+            "pass the image bake built",
+        )
+        require(
+            FlyConfigError,
             _REGION.match(self.primary_region) is not None,
             f"invalid Fly region {self.primary_region!r}",
             "use a three-letter region code such as iad, ams or sin (fly platform regions)",
         )
-        _require(
-            bool(self.org.strip()), "the Fly organization slug is empty", "use 'personal' or your org's slug"
+        require(
+            FlyConfigError,
+            bool(self.org.strip()),
+            "the Fly organization slug is empty",
+            "use 'personal' or your org's slug",
         )
-        _require(
+        require(
+            FlyConfigError,
             1 <= self.internal_port <= 65535,
             f"internal_port {self.internal_port} is not a TCP port",
             "use a port between 1 and 65535",
         )
-        _require(self.max_batch_size >= 1, f"max_batch_size is {self.max_batch_size}", "use 1 or more")
-        _require(self.max_queue >= 1, f"max_queue is {self.max_queue}", "use 1 or more")
-        _require(self.warmup_seconds >= 0, f"warmup_seconds is {self.warmup_seconds}", "use 0 or more")
-        _require(self.drain_seconds >= 0, f"drain_seconds is {self.drain_seconds}", "use 0 or more")
-        _require(self.weights_bytes >= 0, f"weights_bytes is {self.weights_bytes}", "use 0 or more")
-        _require(
-            self.device in DEVICES,
-            f"device {self.device!r} is not one of {', '.join(DEVICES)}",
+        require(
+            FlyConfigError,
+            self.max_batch_size >= 1,
+            f"max_batch_size is {self.max_batch_size}",
+            "use 1 or more",
+        )
+        require(FlyConfigError, self.max_queue >= 1, f"max_queue is {self.max_queue}", "use 1 or more")
+        require(
+            FlyConfigError,
+            self.warmup_seconds >= 0,
+            f"warmup_seconds is {self.warmup_seconds}",
+            "use 0 or more",
+        )
+        require(
+            FlyConfigError, self.drain_seconds >= 0, f"drain_seconds is {self.drain_seconds}", "use 0 or more"
+        )
+        require(
+            FlyConfigError, self.weights_bytes >= 0, f"weights_bytes is {self.weights_bytes}", "use 0 or more"
+        )
+        require(
+            FlyConfigError,
+            self.device in BUILD_DEVICES,
+            f"device {self.device!r} is not one of {', '.join(BUILD_DEVICES)}",
             "build the image for cpu or cuda",
         )
-        _require(
+        require(
+            FlyConfigError,
             self.auto_stop in AUTO_STOP_CHOICES,
             f"auto_stop {self.auto_stop!r} is not one of {', '.join(AUTO_STOP_CHOICES)}",
             "use off, stop or suspend",
         )
-        _require(
+        require(
+            FlyConfigError,
             self.min_machines_running >= 0,
             f"min_machines_running is {self.min_machines_running}",
             "use 0 or more",
         )
-        _require(
+        require(
+            FlyConfigError,
             self.cpu_kind is None or self.cpu_kind in CPU_KINDS,
             f"cpu_kind {self.cpu_kind!r} is not one of {', '.join(CPU_KINDS)}",
             "use shared or performance",
         )
-        _require(
+        require(
+            FlyConfigError,
             self.cpus is None or self.cpus in CPU_COUNTS["performance"],
             f"cpus {self.cpus} is not a Fly CPU count",
             "use 1, 2, 4, 8 or 16",
         )
-        _require(
+        require(
+            FlyConfigError,
             self.memory_mb is None or (self.memory_mb > 0 and self.memory_mb % MEMORY_STEP_MB == 0),
             f"memory_mb {self.memory_mb} is not a multiple of {MEMORY_STEP_MB}",
             f"round it up to a multiple of {MEMORY_STEP_MB} MB",
         )
         for key, value in self.env.items():
-            _require(
+            require(
+                FlyConfigError,
                 isinstance(key, str) and isinstance(value, str),
                 f"env {key!r} is not a string pair",
                 "give environment variables as strings",
             )
         for key, value in OFFLINE_ENV.items():
-            _require(
+            require(
+                FlyConfigError,
                 self.env.get(key, value) == value,
                 f"env sets {key}={self.env.get(key)!r}",
                 f"leave {key} out: a bake image always runs with {key}={value}",
             )
-        _require(
+        require(
+            FlyConfigError,
             self.env.get("PORT", str(self.internal_port)) == str(self.internal_port),
             f"env sets PORT={self.env.get('PORT')!r} but internal_port is {self.internal_port}",
             "set internal_port instead of PORT",
@@ -305,8 +337,3 @@ def _smallest_preset(memory: int, cpu_kind: str | None, cpus: int | None) -> VmS
 
 def _round_up(value: float, step: int) -> int:
     return max(step, math.ceil(value / step) * step)
-
-
-def _require(condition: bool, message: str, fix: str) -> None:
-    if not condition:
-        raise FlyConfigError(message, fix)

@@ -40,7 +40,6 @@ from fly.spec import (
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     KILL_SIGNAL,
-    READY_PATH,
     FlyServiceSpec,
     check_grace_period_s,
     check_no_gpu,
@@ -51,6 +50,7 @@ from fly.spec import (
     runtime_env,
     vm_size,
 )
+from serve.contract.routes import READY
 
 FLY_TOML = "fly.toml"
 
@@ -91,7 +91,7 @@ kill_timeout = "5s"
   [[http_service.checks]]
     # Ready once the model is loaded and warmed up; the grace period covers the measured warm-up.
     method = "GET"
-    path = "{READY_PATH}"
+    path = "{READY}"
     grace_period = "10s"
     interval = "{CHECK_INTERVAL}"
     timeout = "{CHECK_TIMEOUT}"
@@ -173,7 +173,7 @@ def _apply(doc: tomlkit.TOMLDocument, spec: FlyServiceSpec) -> None:
     _put(concurrency, "hard_limit", limits.hard_limit)
 
     checks = _entries(http, "checks", template["http_service"])
-    ready = _find(checks, lambda check: check.get("path") == READY_PATH)
+    ready = _find(checks, lambda check: check.get("path") == READY)
     if ready is None:
         checks.append(copy.deepcopy(template["http_service"]["checks"][0]))
         ready = checks[-1]

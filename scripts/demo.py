@@ -32,8 +32,9 @@ HOST_PORT = 8080
 def bake(*args: str, env: dict[str, str]) -> str:
     """Run the bake CLI, showing its progress; return what it printed on stdout."""
     print(f"\n$ bake {' '.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "bake", *args], env=env, cwd=WORKDIR, stdout=subprocess.PIPE,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "bake", *args], env=env, cwd=WORKDIR, stdout=subprocess.PIPE, text=True
+    )
     print(result.stdout, end="", flush=True)
     if result.returncode != 0:
         raise SystemExit(f"bake {args[0]} failed (exit {result.returncode})")
@@ -46,8 +47,9 @@ def main() -> int:
     model_dir = make_image_classifier(WORKDIR / "model", "resnet", num_labels=5)
     photo = WORKDIR / "photo.jpg"
     photo.write_bytes(images.photo(640, 480))
-    (WORKDIR / "bake.toml").write_text(f'[model]\nid = "{MODEL_ID}"\n\n' + build_settings_toml()
-                                       + f"\n[launch]\nhost_port = {HOST_PORT}\n")
+    (WORKDIR / "bake.toml").write_text(
+        f'[model]\nid = "{MODEL_ID}"\n\n' + build_settings_toml() + f"\n[launch]\nhost_port = {HOST_PORT}\n"
+    )
     with HubServer() as hub:
         hub.add_repo(MODEL_ID, model_dir)
         print(f"local Hub at {hub.url} serving {MODEL_ID} (the real Hub is not reachable here)")
@@ -55,11 +57,18 @@ def main() -> int:
         bake("build", env=env)
     bake("launch", env=env)
     bake("predict", str(photo), "--param", "top_k=3", env=env)
-    answer = InferenceClient(model=f"http://127.0.0.1:{HOST_PORT}").image_classification(photo.read_bytes(), top_k=2)
-    print(f"\nhuggingface_hub.InferenceClient answers: {[(item.label, round(item.score, 4)) for item in answer]}")
-    print(f"\nThe model keeps serving at http://127.0.0.1:{HOST_PORT} "
-          f"(try: curl --data-binary @{photo} http://127.0.0.1:{HOST_PORT}/predict)."
-          "\nStop it with: .venv/bin/bake stop bake-tiny-resnet")
+    answer = InferenceClient(model=f"http://127.0.0.1:{HOST_PORT}").image_classification(
+        photo.read_bytes(), top_k=2
+    )
+    print(
+        "\nhuggingface_hub.InferenceClient answers: "
+        f"{[(item.label, round(item.score, 4)) for item in answer]}"
+    )
+    print(
+        f"\nThe model keeps serving at http://127.0.0.1:{HOST_PORT} "
+        f"(try: curl --data-binary @{photo} http://127.0.0.1:{HOST_PORT}/predict)."
+        "\nStop it with: .venv/bin/bake stop bake-tiny-resnet"
+    )
     return 0
 
 

@@ -6,8 +6,8 @@ milliseconds, with one line naming the variable, and exit status 2.
 
 import sys
 
-from serve.errors import SettingsError
-from serve.settings import Settings
+from serve.contract.errors import SettingsError
+from serve.contract.settings import Settings
 
 try:
     settings = Settings.from_env()

@@ -1,24 +1,28 @@
-"""The HTTP application: routes, error bodies and middleware around a `Runtime`."""
+"""The HTTP application: the protocols' routes, the operational routes, error bodies and middleware around a
+`Runtime`."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from serve import __version__
+from serve import __version__, playground
 from serve.auth import BearerAuthMiddleware
-from serve.errors import ClientDisconnected, RequestError
+from serve.contract import routes
+from serve.errors import ClientDisconnected, InvalidParameters, RequestError, StatusError
 from serve.metrics import ObserveMiddleware
-from serve.runtime import PREDICT_PATHS, Runtime, State
-from serve.tasks import TASKS
+from serve.protocols import PROTOCOLS, for_path
+from serve.runtime import Runtime, State
 
 logger = logging.getLogger("serve")
 
@@ -27,49 +31,48 @@ CLIENT_CLOSED = 499
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    """Build the ASGI app serving `runtime`'s model."""
-    app = FastAPI(
+    """Build the ASGI app serving `runtime`'s model.
+
+    /docs is Swagger UI with its scripts served from the image (fastapi-offline's copy), never from a CDN:
+    images run on networks that reach nothing else.
+    """
+    app = FastAPIOffline(
         title="bake model server",
         version=__version__,
-        description=f"Serves {runtime.settings.model} with dynamic batching.",
+        description=f"Serves {runtime.settings.model} with dynamic batching, over the Hugging Face "
+        "Inference API, Replicate Cog's HTTP API, the Open Inference Protocol v2 (KServe, Triton) and the "
+        "OpenAI images API.",
         lifespan=runtime.lifespan,
-        docs_url="/docs",
+        docs_url=routes.DOCS,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=routes.OPENAPI,
+        static_url=routes.DOCS_ASSETS,
+        # Swagger UI would send the schema's URL to swagger.io's online validator and show its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     _add_error_handlers(app)
-    _add_routes(app, runtime)
+    playground.add_routes(app)  # before the protocols: its `GET /` goes before Cog's
+    for protocol in PROTOCOLS.values():
+        protocol.add_routes(app, runtime)
+    _add_operational_routes(app, runtime)
+    app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
     if runtime.settings.api_key is not None:
-        app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key)
+        app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key, render=error_response)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics, activity=runtime.activity)
     return app
 
 
-def _add_routes(app: FastAPI, runtime: Runtime) -> None:
-    errors = {
-        str(code): {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-        for code, text in _ERROR_DESCRIPTIONS.items()
-    }
+def error_response(path: str, error: RequestError) -> Response:
+    """`error` in the shape of the protocol that owns `path`."""
+    return for_path(path).error_response(error)
 
-    async def predict(request: Request) -> Response:
-        return await runtime.predict(request)
 
-    for path in PREDICT_PATHS:
-        app.add_api_route(
-            path,
-            predict,
-            methods=["POST"],
-            summary="Run the model on one input",
-            operation_id="predict" if path == "/predict" else "predict_root",
-            openapi_extra={"responses": errors},
-        )
-    app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
-
-    @app.get("/health", summary="Liveness: the process answers")
+def _add_operational_routes(app: FastAPI, runtime: Runtime) -> None:
+    @app.get(routes.HEALTH, summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the model is loaded and warmed up", responses={503: {}})
+    @app.get(routes.READY, summary="Readiness: the model is loaded and warmed up", responses={503: {}})
     async def ready() -> JSONResponse:
         if runtime.state is State.READY:
             return JSONResponse({"status": "ready"})
@@ -78,17 +81,20 @@ def _add_routes(app: FastAPI, runtime: Runtime) -> None:
             body["error"] = runtime.error
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
-    @app.get("/info", summary="What is served, and how")
+    @app.get(routes.INFO, summary="What is served, and how")
     async def info() -> dict[str, Any]:
-        return runtime.info()
+        return {
+            **runtime.info(),
+            "protocols": {name: list(protocol.routes) for name, protocol in PROTOCOLS.items()},
+        }
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(routes.METRICS, summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, Any]]:
-    """FastAPI's schema, with the request and response of POST /predict described for the served task.
+    """FastAPI's schema, with each protocol's requests and responses described for the served task.
 
     The task may only be known once the model is loaded, so the schema is cached only from then on.
     """
@@ -96,14 +102,14 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        task_cls = type(runtime.task) if runtime.task is not None else TASKS.get(runtime.settings.task or "")
-        if task_cls is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        task = runtime.task.name if runtime.task is not None else runtime.settings.task
+        if task is None:
             return schema
-        for path in PREDICT_PATHS:
-            operation = schema["paths"][path]["post"]
-            operation["requestBody"] = task_cls.request_openapi
-            operation["responses"]["200"] = task_cls.response_openapi
+        for protocol in PROTOCOLS.values():
+            protocol.document(schema, task)
         app.openapi_schema = schema
         return schema
 
@@ -111,23 +117,26 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def request_error(_request: Request, error: Exception) -> Response:
+    async def request_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestError)
-        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+        return error_response(request.url.path, error)
 
-    async def http_error(_request: Request, error: Exception) -> Response:
+    async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+        failure = StatusError(str(error.detail), error.status_code, dict(error.headers or {}))
+        return error_response(request.url.path, failure)
 
-    async def validation_error(_request: Request, error: Exception) -> Response:
-        return JSONResponse({"error": str(error)}, status_code=422)
+    async def validation_error(request: Request, error: Exception) -> Response:
+        return error_response(request.url.path, InvalidParameters(str(error)))
 
     async def client_gone(_request: Request, _error: Exception) -> Response:
         return Response(status_code=CLIENT_CLOSED)
 
-    async def unexpected(_request: Request, error: Exception) -> Response:
-        logger.exception("unexpected error", exc_info=error)
-        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error (incident %s)", incident, exc_info=error)
+        failure = StatusError(f"internal error {incident}: {type(error).__name__}", 500)
+        return error_response(request.url.path, failure)
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -135,15 +144,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnected, client_gone)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
-
-
-_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_ERROR_DESCRIPTIONS = {
-    400: "Empty, malformed or undecodable input",
-    401: "Missing or wrong bearer key (when BAKE_API_KEY is set)",
-    413: "Body or image too large",
-    415: "Not an input of a supported type",
-    422: "Invalid parameters",
-    503: "Queue full, loading or shutting down (see Retry-After)",
-    504: "Deadline exceeded",
-}

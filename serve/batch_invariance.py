@@ -2,8 +2,8 @@
 
 Batching promises that a request's answer is the one it would get alone; for a seeded image generator that
 means the same bytes. Float arithmetic is not associative, so that holds only if every kernel computes a
-row in the same order whatever the batch size. Three CPU kernels do not (torch 2.13, MKL 2024.2, oneDNN
-3.12, measured on an AVX2 machine; each difference is ~1e-7, enough to flip rounded pixels):
+row in the same order whatever the batch size. Four kinds of CPU kernels do not (torch 2.13, MKL 2024.2,
+oneDNN 3.12, measured on an AVX2 machine; each difference is ~1e-7, enough to flip rounded pixels):
 
 - MKL's sgemm takes a small-matrix path below about 12 rows, a different one for each row count: linear
   layers that see one row per sample (a UNet's time embedding and `time_emb_proj`s, SDXL's
@@ -15,10 +15,16 @@ row in the same order whatever the batch size. Three CPU kernels do not (torch 2
 - oneDNN's convolution and ATen's group norm take another kernel for channels-last inputs, and whether an
   activation comes out channels-last (after an attention block's transposes) depends on the batch size,
   since a one-sample tensor matches both layouts. Fix: make their inputs contiguous first.
+- ATen's pointwise kernels compute a tensor in chunks (one per thread above 32768 values), each with SLEEF's
+  vectorised functions 16 values at a time and the rest of the chunk with the scalar libm ones; the two
+  differ in the last bit for the sigmoid of SiLU and the tanh of tanh-GELU. Which values of a sample fall in
+  a chunk's rest depends on the batch size (a PixArt transformer of width 24: 2e-4 in the latents). Fix:
+  activation modules (torch's, transformers' and diffusers') apply to each sample alone.
 
-Everything else a diffusion pipeline runs on the CPU (attention, layer norms, elementwise ops, the
-schedulers) computes each row alone. The padding costs a few small matrix products and, per denoising
-step, two convolutions of a few thousand values; the copies only happen after attention blocks.
+Everything else a diffusion pipeline runs on the CPU (attention, layer norms, exact elementwise arithmetic,
+the schedulers) computes each row alone. The padding costs a few small matrix products and, per denoising
+step, two convolutions of a few thousand values; the copies only happen after attention blocks; activations
+cost one kernel call per sample instead of one per batch.
 """
 
 from __future__ import annotations
@@ -37,11 +43,26 @@ NATIVE_CONV_MAX_ELEMENTS = 20480
 (`use_mkldnn` in aten/src/ATen/native/Convolution.cpp)."""
 
 
-def make_batch_invariant(module: torch.nn.Module) -> int:
-    """Make the linears, 2-D convolutions and group norms in `module` batch-invariant; return how many.
+ACTIVATION_MODULES = (
+    "torch.nn.modules.activation",
+    "transformers.activations",
+    "diffusers.models.activations",
+)
+"""Where the activation modules are defined: each computes values one by one along the sample (diffusers'
+GELU, GEGLU and SwiGLU with their projection first), but those below."""
 
-    Replaces the forward of each such submodule (exact `torch.nn` classes only) in place; parameters,
-    state dict and module tree are unchanged.
+NOT_POINTWISE = frozenset(
+    {"GLU", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "RReLU", "ClassInstantier"}
+)
+"""Classes of those modules that mix values along a dimension (or draw random numbers): left alone."""
+
+
+def make_batch_invariant(module: torch.nn.Module) -> int:
+    """Make the linears, 2-D convolutions, group norms and activations in `module` batch-invariant; return how
+    many.
+
+    Replaces the forward of each such submodule (exact `torch.nn` classes for the first three) in place;
+    parameters, state dict and module tree are unchanged.
     """
     patched = 0
     for submodule in module.modules():
@@ -52,6 +73,8 @@ def make_batch_invariant(module: torch.nn.Module) -> int:
             submodule.forward = _conv2d(submodule)
         elif kind is torch.nn.GroupNorm:
             submodule.forward = _contiguous_input(submodule.forward)
+        elif kind.__module__ in ACTIVATION_MODULES and kind.__name__ not in NOT_POINTWISE:
+            submodule.forward = _per_sample(submodule.forward)
         else:
             continue
         patched += 1
@@ -90,3 +113,12 @@ def _contiguous_input(
         return forward(inputs.contiguous())
 
     return contiguous_forward
+
+
+def _per_sample(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def per_sample_forward(inputs: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if inputs.dim() == 0 or inputs.shape[0] <= 1:
+            return forward(inputs.contiguous(), *args, **kwargs)
+        return torch.cat([forward(sample.contiguous(), *args, **kwargs) for sample in inputs.split(1)])
+
+    return per_sample_forward

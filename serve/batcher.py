@@ -29,6 +29,8 @@ Semantics (the one place they are written down):
 - One request never fails its batch-mates: on device out-of-memory the batch is split in halves and
   retried; on any other error every member is retried alone, so only the culprit gets the error.
 - `close()` stops taking requests and dispatches everything still queued without waiting for timers.
+- A caller may pass a `BatchReport`: once its batch has run it says how many requests the batch held, how
+  long this one waited for the device and how long the batch ran (response headers, for people watching).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def bucket_sizes(max_batch_size: int) -> list[int]:
     return [*sizes, max_batch_size]
 
 
+@dataclass
+class BatchReport:
+    """How one request was batched, filled in by the batcher once its batch has run."""
+
+    batch_size: int = 0
+    """Requests in the batch that served it (what /metrics' `bake_batch_size` counts)."""
+    queue_s: float = 0.0
+    """Seconds it waited in the queue for the device."""
+    inference_s: float = 0.0
+    """Seconds its batch ran on the device."""
+
+
 @dataclass(eq=False)
 class _Entry:
     sample: Any
@@ -61,6 +75,7 @@ class _Entry:
     rows: int
     future: asyncio.Future[Any]
     arrived: float
+    report: BatchReport | None = None
 
 
 @dataclass
@@ -123,9 +138,17 @@ class Batcher:
         self._wakeup.set()
         await self._task
 
-    async def submit(self, sample: Any, *, key: Hashable = None, rows: int = 1, deadline: float) -> Any:
-        """Queue `sample` (filling `rows` batch rows) and wait for its output until `deadline` (`time.monotonic()`
-        seconds).
+    async def submit(
+        self,
+        sample: Any,
+        *,
+        key: Hashable = None,
+        rows: int = 1,
+        deadline: float,
+        report: BatchReport | None = None,
+    ) -> Any:
+        """Queue `sample` (filling `rows` batch rows) and wait for its output until `deadline`
+        (`time.monotonic()` seconds); `report`, when given, is filled in once its batch has run.
 
         Raises `Overloaded` when the queue is full or closing, `DeadlineExceeded` past the deadline, and
         whatever error its own forward pass raised.
@@ -140,13 +163,15 @@ class Batcher:
                 retry_after_s=self._retry_after(),
             )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(sample, key, rows, future, time.monotonic()))
+        self._queue.append(_Entry(sample, key, rows, future, time.monotonic(), report))
         self._wakeup.set()
         remaining = deadline - time.monotonic()
         try:
             return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("the request was not answered within its deadline (BAKE_TIMEOUT_S)") from None
+            raise DeadlineExceeded(
+                "the request was not answered within its deadline (BAKE_TIMEOUT_S)"
+            ) from None
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
@@ -218,6 +243,10 @@ class Batcher:
         for entry, outcome in zip(members, outcomes):
             if entry.future.done():
                 continue
+            if entry.report is not None:
+                entry.report.batch_size = len(members)
+                entry.report.queue_s = now - entry.arrived
+                entry.report.inference_s = elapsed
             if isinstance(outcome, BaseException):
                 entry.future.set_exception(outcome)
             else:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serve.errors import SettingsError
+from serve.contract.errors import SettingsError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

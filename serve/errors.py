@@ -1,7 +1,8 @@
 """Exception types of the runtime.
 
-`RequestError` subclasses carry the HTTP status they map to; the app turns any of them into a JSON
-body `{"error": "<message>"}` with that status. Everything else is a startup error.
+`RequestError` subclasses carry the HTTP status they map to; each protocol turns any of them into its own
+error shape with that status (the Hugging Face routes: `{"error": "<message>"}`). Everything else is a
+start-up error. Settings errors are the contract's (`serve.contract.errors.SettingsError`), shared with bake.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ from __future__ import annotations
 
 class ServeError(Exception):
     """Base class of every error the runtime raises on purpose."""
-
-
-class SettingsError(ServeError):
-    """An environment variable holds a value the runtime cannot use."""
 
 
 class ModelLoadError(ServeError):
@@ -56,9 +53,17 @@ class UnsupportedMediaType(RequestError):
 
 
 class InvalidParameters(RequestError):
-    """The JSON is well-formed but its fields or values are not acceptable (422)."""
+    """The JSON is well-formed but its fields or values are not acceptable (422).
+
+    `fields` holds one (location, message, kind) per bad field when they are known, for protocols that report
+    them one by one (Cog's `detail` list, OpenAI's `param`).
+    """
 
     status = 422
+
+    def __init__(self, message: str, fields: list[tuple[tuple[str, ...], str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
 
 
 class Overloaded(RequestError):
@@ -75,6 +80,15 @@ class DeadlineExceeded(RequestError):
     """The request was not answered within its deadline (504)."""
 
     status = 504
+
+
+class StatusError(RequestError):
+    """An error whose status is decided where it happens (routing errors, unexpected failures)."""
+
+    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
 
 
 class ClientDisconnected(ServeError):

@@ -1,4 +1,5 @@
-"""`python -m serve.healthcheck`: exit 0 when the local server's /health answers 200 (the image's HEALTHCHECK).
+"""`python -m serve.healthcheck`: exit 0 when the local server's /health answers 200 (the image's
+HEALTHCHECK).
 
 Standard library only, so the check costs a few milliseconds and no torch import.
 """
@@ -6,8 +7,9 @@ Standard library only, so the check costs a few milliseconds and no torch import
 import sys
 import urllib.request
 
-from serve.errors import SettingsError
-from serve.settings import Settings
+from serve.contract import routes
+from serve.contract.errors import SettingsError
+from serve.contract.settings import Settings
 
 
 def main() -> int:
@@ -17,7 +19,7 @@ def main() -> int:
     except SettingsError:
         return 1
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=4) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{routes.HEALTH}", timeout=4) as response:
             return 0 if response.status == 200 else 1
     except OSError:
         return 1

@@ -8,27 +8,28 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.contract.routes import PROBE_PATHS, protocol_of
 from serve.lifecycle import Activity
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
-"""Paths that load balancers and scrapers poll: they never count as activity for the idle timeout."""
 
 
 class Metrics:
     """The server's metrics, in a registry of their own (so several servers can live in one process)."""
 
-    def __init__(self, *, max_batch_size: int, known_paths: frozenset[str]) -> None:
+    def __init__(self, *, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._known_paths = known_paths
         self.requests = Counter(
-            "bake_requests", "HTTP requests by path and status code", ["path", "status"], registry=self.registry
+            "bake_requests",
+            "HTTP requests by protocol, route and status code",
+            ["protocol", "path", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "bake_request_duration_seconds",
-            "Time from request start to the end of the response, by path",
-            ["path"],
+            "Time from request start to the end of the response, by protocol and route",
+            ["protocol", "path"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -45,7 +46,10 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "bake_queue_wait_seconds", "Time requests wait for the device", buckets=_FAST_BUCKETS, registry=self.registry
+            "bake_queue_wait_seconds",
+            "Time requests wait for the device",
+            buckets=_FAST_BUCKETS,
+            registry=self.registry,
         )
         self.preprocess = Histogram(
             "bake_preprocess_seconds",
@@ -58,7 +62,9 @@ class Metrics:
             "Steps of step-by-step inference (diffusion denoising) run on the device, counted per request",
             registry=self.registry,
         )
-        self.queue_depth = Gauge("bake_queue_depth", "Requests waiting for the device", registry=self.registry)
+        self.queue_depth = Gauge(
+            "bake_queue_depth", "Requests waiting for the device", registry=self.registry
+        )
         self.in_flight = Gauge("bake_requests_in_flight", "Requests being handled", registry=self.registry)
         self.ready = Gauge("bake_ready", "1 once the model is loaded and warmed up", registry=self.registry)
 
@@ -70,10 +76,6 @@ class Metrics:
         """Record one batch run on the device."""
         self.batch_size.observe(size)
         self.batch_duration.observe(seconds)
-
-    def path_label(self, path: str) -> str:
-        """The path as a label value: known routes as is, anything else as "other" (bounded cardinality)."""
-        return path if path in self._known_paths else "other"
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -92,7 +94,6 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = self.metrics.path_label(scope["path"])
         active = scope["path"] not in PROBE_PATHS
         status = 500
         started = time.perf_counter()
@@ -112,5 +113,8 @@ class ObserveMiddleware:
             self.metrics.in_flight.dec()
             if active:
                 self.activity.end()
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            # The matched route's template (bounded cardinality: /predictions/{prediction_id}), else "other".
+            path = getattr(scope.get("route"), "path", None) or "other"
+            protocol = protocol_of(scope["path"]) or "none"
+            self.metrics.requests.labels(protocol, path, str(status)).inc()
+            self.metrics.latency.labels(protocol, path).observe(time.perf_counter() - started)

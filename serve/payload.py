@@ -7,7 +7,8 @@ Binary-input tasks (images) take any of:
 - JSON `{"inputs": "<base64 or data: URL>", "parameters": {...}}`.
 JSON-input tasks (prompts) take `{"inputs": "...", "parameters": {...}}`.
 
-Parameters are validated strictly against a pydantic model (unknown fields and wrong types are 422).
+Parameters are returned as parsed; the runtime validates them strictly against the task's pydantic model
+(unknown fields and wrong types are 422, see `validate`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def parse_json(data: bytes) -> Any:
         raise BadRequest("the request body is empty: send a JSON object")
     try:
         return json.loads(data)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
+    except (
+        ValueError,
+        RecursionError,
+    ) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
@@ -62,7 +66,11 @@ def validate(model: type[ParamsT], document: Any, *, where: str = "") -> ParamsT
     try:
         return model.model_validate(document)
     except ValidationError as error:
-        raise InvalidParameters(describe_validation_error(error, prefix=where)) from None
+        fields = [
+            (tuple(str(part) for part in item["loc"]), _message(item), item["type"])
+            for item in error.errors(include_url=False)
+        ]
+        raise InvalidParameters(describe_validation_error(error, prefix=where), fields) from None
 
 
 def describe_validation_error(error: ValidationError, *, prefix: str = "") -> str:
@@ -70,34 +78,33 @@ def describe_validation_error(error: ValidationError, *, prefix: str = "") -> st
     parts = []
     for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{location or 'body'}: {message}")
+        parts.append(f"{location or 'body'}: {_message(item)}")
     return "; ".join(parts)
 
 
-def binary_request(
-    data: bytes, content_type: str, query: Iterable[tuple[str, str]], params_model: type[ParamsT]
-) -> tuple[bytes, ParamsT]:
-    """Extract the input bytes and the validated parameters from a binary-input request."""
+def _message(item: Any) -> str:
+    return "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+
+
+def binary_request(data: bytes, content_type: str, query: Iterable[tuple[str, str]]) -> tuple[bytes, Any]:
+    """The input bytes and the (not yet validated) parameters of a binary-input request."""
     kind = media_type(content_type)
     if kind == "application/json":
         envelope = validate(_BinaryEnvelope, parse_json(data))
-        return decode_base64_input(envelope.inputs), validate(
-            params_model, envelope.parameters, where="parameters"
-        )
+        return decode_base64_input(envelope.inputs), envelope.parameters
     if kind == "multipart/form-data":
-        payload, fields = parse_multipart(data, content_type)
-        return payload, validate(params_model, fields, where="parameters")
-    return data, validate(params_model, _loose_fields(query), where="parameters")
+        return parse_multipart(data, content_type)
+    return data, _loose_fields(query)
 
 
 def decode_base64_input(inputs: str) -> bytes:
     """Decode the `inputs` string of a JSON request: base64 (standard or URL-safe) or a `data:` URL."""
     text = inputs.strip()
     if text.startswith(("http://", "https://")):
-        raise InvalidParameters("inputs: URLs are not fetched (the server has no network): send the bytes")
+        raise InvalidParameters(
+            "inputs: URLs are not fetched unless the operator allows their hosts (BAKE_REMOTE_INPUT_HOSTS): "
+            "send the bytes"
+        )
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
@@ -146,7 +153,9 @@ def parse_multipart(data: bytes, content_type: str) -> tuple[bytes, dict[str, An
     elif len(files) == 1:
         payload = next(iter(files.values()))
     elif not files:
-        raise BadRequest(f"the multipart body has no file: upload the image in a file field named {_FILE_FIELD!r}")
+        raise BadRequest(
+            f"the multipart body has no file: upload the image in a file field named {_FILE_FIELD!r}"
+        )
     else:
         raise BadRequest(
             f"the multipart body has {len(files)} files ({', '.join(sorted(files))}): "
@@ -154,7 +163,9 @@ def parse_multipart(data: bytes, content_type: str) -> tuple[bytes, dict[str, An
         )
     if any(name == "parameters" for name, _ in fields):
         if len(fields) > 1:
-            raise InvalidParameters("send parameters either as one JSON 'parameters' field or as fields, not both")
+            raise InvalidParameters(
+                "send parameters either as one JSON 'parameters' field or as fields, not both"
+            )
         if not fields[0][1].strip():
             raise InvalidParameters("parameters: the field is empty; send a JSON object")
         document = parse_json(fields[0][1].encode())

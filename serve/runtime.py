@@ -1,7 +1,9 @@
-"""The running server's state: the model, the CPU pool, the device thread, the batcher and readiness.
+"""The model's life: loading, warm-up, the CPU pool, the device thread, the batcher, readiness, draining.
 
-Startup never blocks the HTTP server: the model is loaded and warmed up on the device thread while
-/health already answers and /ready says 503. Once every batch bucket has run once, /ready turns 200.
+`Runtime.predict(inputs, parameters)` is the one prediction path every protocol calls (`serve.protocols`):
+it never sees a request of any wire protocol. Start-up never blocks the HTTP server: the model is loaded
+and warmed up on the device thread while /health already answers and /ready says 503. Once every batch
+bucket has run once, /ready turns 200.
 """
 
 from __future__ import annotations
@@ -10,29 +12,32 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
-from serve import __version__, streaming
-from serve.batcher import Batcher, BatchStats
+from serve import __version__
+from serve.batcher import Batcher, BatchReport, BatchStats
+from serve.channel import StepListener
+from serve.contract.errors import UserError
+from serve.contract.names import model_name
+from serve.contract.settings import Settings
 from serve.device import Placement, choose_placement, is_out_of_memory, release_cached_memory
-from serve.errors import ClientDisconnected, DeadlineExceeded, Overloaded, PayloadTooLarge, ServeError
+from serve.errors import DeadlineExceeded, Overloaded, ServeError
 from serve.lifecycle import Activity, exit_when_idle
 from serve.metrics import Metrics
 from serve.model_source import ModelSource, locate_model
-from serve.settings import Settings
-from serve.tasks import Body, Prepared, Task, detect_task, task_class
+from serve.payload import validate
+from serve.tasks import Prepared, Task, task_class
 from serve.threads import choose_cpu_threads
 
 logger = logging.getLogger("serve")
+T = TypeVar("T")
 
-PREDICT_PATHS = ("/predict", "/")
 _THREAD_PROBE_BATCH = 4  # batch size timed to choose the CPU thread count: enough work, quick to run
 
 
@@ -55,15 +60,14 @@ class Runtime:
         self.source: ModelSource | None = None
         self.placement: Placement | None = None
         self.started = time.monotonic()
+        self.started_at = time.time()
+        """Wall-clock start (for protocols that report when set-up began)."""
         self.load_seconds: float | None = None
         self.cpu_threads: int | None = None
         self.activity = Activity()
-        self.metrics = Metrics(
-            max_batch_size=settings.max_batch_size,
-            known_paths=frozenset({*PREDICT_PATHS, "/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json"}),
-        )
+        self.metrics = Metrics(max_batch_size=settings.max_batch_size)
         self._on_exit = on_exit or (lambda: None)
-        self._cpu = ThreadPoolExecutor(settings.workers, thread_name_prefix="bake-cpu")
+        self._cpu = ThreadPoolExecutor(settings.worker_count, thread_name_prefix="bake-cpu")
         self._device = ThreadPoolExecutor(1, thread_name_prefix="bake-device")
         self.batcher = Batcher(
             self._run_batch,
@@ -73,7 +77,9 @@ class Runtime:
             executor=self._device,
             is_out_of_memory=is_out_of_memory,
             on_out_of_memory=self._release_memory,
-            stats=BatchStats(on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe),
+            stats=BatchStats(
+                on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe
+            ),
         )
         self.metrics.watch_queue(lambda: self.batcher.depth)
 
@@ -94,7 +100,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._device, self._load_and_warm_up)
-        except ServeError as error:
+        except (ServeError, UserError) as error:
             self._fail(str(error))
             return
         except Exception as error:  # any library error while loading is fatal, and must be said clearly
@@ -124,9 +130,16 @@ class Runtime:
         settings = self.settings
         self.placement = choose_placement(settings.device, settings.dtype)
         self.source = locate_model(settings.model, settings.revision, offline=settings.offline)
-        name = settings.task or detect_task(self.source)
+        name = settings.task or self.source.detect_task()
+        self.source.require_files(name, "cuda" if self.placement.is_cuda else "cpu")
         task = task_class(name)(self.source, settings, self.placement)
-        logger.info("loading %s for %s on %s (%s)", settings.model, name, self.placement.device, self.placement.dtype_name)
+        logger.info(
+            "loading %s for %s on %s (%s)",
+            settings.model,
+            name,
+            self.placement.device,
+            self.placement.dtype_name,
+        )
         task.load()
         warmed_up = task.optimize(self.batcher.buckets)
         samples = task.warmup_samples()
@@ -137,7 +150,9 @@ class Runtime:
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             probe = [samples[0].sample] * size
-            self.cpu_threads = choose_cpu_threads(lambda: task.run_batch(probe, size), size, settings.cpu_threads)
+            self.cpu_threads = choose_cpu_threads(
+                lambda: task.run_batch(probe, size), size, settings.cpu_threads
+            )
         self.task = task
 
     def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:
@@ -148,70 +163,91 @@ class Runtime:
         if self.placement is not None:
             release_cached_memory(self.placement)
 
-    async def predict(self, request: Request) -> Response:
-        """Answer one prediction request: read, prepare on the CPU pool, batch on the device, respond (or
-        stream its progress, for tasks and requests that ask for it)."""
-        deadline = time.monotonic() + self.settings.timeout_s
-        task = self.task
-        if task is None:
+    def ready_task(self) -> Task:
+        """The loaded task, or `Overloaded` (503, with Retry-After) while loading or after a failed load."""
+        if self.task is None:
             if self.state is State.FAILED:
                 raise Overloaded(f"the model failed to load: {self.error}", retry_after_s=60)
             raise Overloaded("the model is still loading: retry in a few seconds", retry_after_s=5)
-        data = await read_body(request, self.settings.max_body_bytes)
-        body = Body(
-            data=data,
-            content_type=request.headers.get("content-type", ""),
-            accept=request.headers.get("accept", ""),
-            query=tuple(request.query_params.multi_items()),
-        )
-        work = asyncio.ensure_future(self._answer(task, body, deadline))
-        gone = asyncio.ensure_future(_disconnected(request))
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            gone.cancel()
-            return work.result()
-        work.cancel()
-        raise ClientDisconnected()
+        return self.task
 
-    async def _answer(self, task: Task, body: Body, deadline: float) -> Response:
-        loop = asyncio.get_running_loop()
+    def parameters(self, document: Mapping[str, Any] | None, *, where: str = "parameters") -> BaseModel:
+        """`document` validated as the served task's parameters (`InvalidParameters`, 422, naming each
+        field)."""
+        return validate(self.ready_task().Parameters, document, where=where)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in protocols that address models by name (`BAKE_MODEL_NAME`, else derived)."""
+        return self.settings.model_name or model_name(self.settings.model)
+
+    def deadline(self) -> float:
+        """The `time.monotonic()` by which a request starting now must be answered (`BAKE_TIMEOUT_S`)."""
+        return time.monotonic() + self.settings.timeout_s
+
+    async def predict(
+        self,
+        inputs: bytes | str,
+        params: BaseModel,
+        *,
+        deadline: float | None = None,
+        on_step: StepListener | None = None,
+        report: BatchReport | None = None,
+    ) -> Any:
+        """Predict for one input: `prepare` it, then `run` it. Raises `RequestError` subclasses."""
+        deadline = self.deadline() if deadline is None else deadline
+        prepared = await self.prepare(inputs, params, deadline=deadline)
+        return await self.run(prepared, deadline=deadline, on_step=on_step, report=report)
+
+    async def prepare(self, inputs: bytes | str, params: BaseModel, *, deadline: float) -> Prepared:
+        """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`)."""
+        task = self.ready_task()
         started = time.perf_counter()
-        prepare = loop.run_in_executor(self._cpu, task.prepare, body)
         try:
-            prepared: Prepared = await asyncio.wait_for(prepare, timeout=max(deadline - time.monotonic(), 0.0))
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self._cpu, task.prepare, inputs, params),
+                timeout=max(deadline - time.monotonic(), 0.0),
+            )
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)") from None
+            raise DeadlineExceeded(
+                "preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)"
+            ) from None
         finally:
             self.metrics.preprocess.observe(time.perf_counter() - started)
+
+    async def run(
+        self,
+        prepared: Prepared,
+        *,
+        deadline: float,
+        on_step: StepListener | None = None,
+        report: BatchReport | None = None,
+    ) -> Any:
+        """Run a prepared input in a batch on the device and finish its result.
+
+        `on_step(done, total)` hears each step of step-by-step work (called on the device thread); `report`,
+        when given, is filled in with how the request was batched (`serve.batcher.BatchReport`). Cancelling
+        the call (a client gone) drops the request from the queue, or tells a step-by-step batch that nobody
+        waits for it any more.
+        """
+        task = self.ready_task()
         if prepared.channel is not None:
             prepared.channel.listen(lambda _done, _total: self.metrics.inference_steps.inc())
-        if prepared.stream:
-            assert prepared.channel is not None, "a progress stream needs the request's channel"
-            events = streaming.event_stream(
-                prepared.channel,
-                lambda: self._infer(prepared, deadline),
-                lambda output: self._build_response(task, task.result_events, output, prepared.params),
-            )
-            return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
-        output = await self._infer(prepared, deadline)
-        return await self._build_response(task, task.respond, output, prepared.params, body.accept)
-
-    async def _infer(self, prepared: Prepared, deadline: float) -> Any:
-        """The sample's output from the batcher; its channel, if any, hears when nobody waits for it any more."""
+            if on_step is not None:
+                prepared.channel.listen(on_step)
         try:
-            return await self.batcher.submit(
-                prepared.sample, key=prepared.batch_key, rows=prepared.rows, deadline=deadline
+            output = await self.batcher.submit(
+                prepared.sample, key=prepared.batch_key, rows=prepared.rows, deadline=deadline, report=report
             )
         except (asyncio.CancelledError, DeadlineExceeded):
             if prepared.channel is not None:
                 prepared.channel.cancel()
             raise
+        return task.finish(output, prepared.params)
 
-    async def _build_response(self, task: Task, method: Callable[..., Any], *args: Any) -> Any:
-        """Call the task's response-building `method(*args)`: on a CPU worker if the task says it is costly."""
-        if not task.respond_on_worker:
-            return method(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, method, *args)
+    async def offload(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(*args)` on the CPU pool (CPU-heavy work of a protocol: encoding images)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, function, *args)
 
     def info(self) -> dict[str, Any]:
         """What /info reports: model, revision, task, device, dtype, batching and limits."""
@@ -246,26 +282,3 @@ class Runtime:
             "load_seconds": self.load_seconds,
             "version": __version__,
         }
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes, over the limit of {limit} (BAKE_MAX_BODY_BYTES)")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (BAKE_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _disconnected(request: Request) -> None:
-    """Return once the client has gone away (the body must already have been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from serve.app import create_app
+from serve.contract.settings import Settings
 from serve.runtime import Runtime, State
-from serve.settings import Settings
 from serve.threads import configure_interpreter
 
 _DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -68,7 +68,9 @@ def build_server(settings: Settings) -> tuple[DrainingServer, Runtime]:
 def run(settings: Settings) -> int:
     """Serve until stopped; return the exit status (0 after a clean stop, 1 if the model failed to load)."""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     configure_interpreter()
     server, runtime = build_server(settings)

@@ -18,7 +18,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from serve.channel import Channel
+from serve.channel import StepListener
 from serve.errors import RequestError
 
 MEDIA_TYPE = "text/event-stream"
@@ -32,18 +32,18 @@ def server_sent_event(name: str, data: Any) -> bytes:
 
 
 async def event_stream(
-    channel: Channel,
-    infer: Callable[[], Awaitable[Any]],
+    infer: Callable[[StepListener], Awaitable[Any]],
     finish: Callable[[Any], Awaitable[list[tuple[str, Any]]]],
 ) -> AsyncIterator[bytes]:
-    """Run `infer()`, stream its steps as `channel` reports them, then the events of `finish(output)`.
+    """Run `infer(on_step)`, stream the steps it reports to `on_step`, then the events of `finish(output)`.
 
-    Must be iterated on the event loop that runs the server; closing the iterator cancels `infer()`.
+    Must be iterated on the event loop that runs the server; closing the iterator cancels `infer`.
     """
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
-    channel.listen(lambda done, total: loop.call_soon_threadsafe(steps.put_nowait, (done, total)))
-    result = asyncio.ensure_future(infer())
+    result = asyncio.ensure_future(
+        infer(lambda done, total: loop.call_soon_threadsafe(steps.put_nowait, (done, total)))
+    )
     # Reported steps are queued before the device thread hands the output back, so they all come first.
     result.add_done_callback(lambda _: steps.put_nowait(None))
     try:

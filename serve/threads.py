@@ -80,7 +80,12 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
         speedup = single / _best_time(run_batch)
         needed = DEVICE_BOUND_SPEEDUP if per_sample >= DEVICE_BOUND_S else MIN_SPEEDUP
         threads = cores if speedup >= needed else 1
-        logger.info("forward pass: %.1f ms per sample on one thread, %.2fx faster on %d", per_sample * 1e3, speedup, cores)
+        logger.info(
+            "forward pass: %.1f ms per sample on one thread, %.2fx faster on %d",
+            per_sample * 1e3,
+            speedup,
+            cores,
+        )
     torch.set_num_threads(threads)
     logger.info("forward pass on %d CPU thread(s) (%.1f ms per sample on one)", threads, per_sample * 1e3)
     return threads

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
-from transformers.image_processing_backends import PilBackend
-from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+from transformers import AutoImageProcessor, ConvNextImageProcessorPil, PilBackend
 
 from serve.device import Placement
 from serve.errors import ModelLoadError
@@ -113,14 +111,17 @@ class FastImageTransform(ImageTransform):
         return np.ascontiguousarray(pixels)
 
     def _resize_pixels(self, image: Image.Image, pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Antialiased resize to (height, width): torch's SIMD uint8 kernel for bilinear (a port of Pillow-SIMD's
-        resampler, within one uint8 step of Pillow and ~8x faster on a 1600x1200 photo), Pillow itself for every
-        other filter (torch's bicubic clips differently and can differ by many steps on noisy images)."""
+        """Antialiased resize to (height, width): torch's SIMD uint8 kernel for bilinear (a port of
+        Pillow-SIMD's resampler, within one uint8 step of Pillow and ~8x faster on a 1600x1200 photo),
+        Pillow itself for every other filter (torch's bicubic clips differently and can differ by many
+        steps on noisy images)."""
         mode = _TORCH_MODES.get(self._resample)
         if mode is None:
             return np.asarray(image.resize((size[1], size[0]), resample=self._resample))
         batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels-last NCHW, no copy
-        resized = torch.nn.functional.interpolate(batch, size=size, mode=mode, antialias=True, align_corners=False)
+        resized = torch.nn.functional.interpolate(
+            batch, size=size, mode=mode, antialias=True, align_corners=False
+        )
         return resized[0].permute(1, 2, 0).numpy()
 
     def collate(self, arrays: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
@@ -176,7 +177,13 @@ def build_image_transform(model_dir: Path, placement: Placement) -> ImageTransfo
     """Build the fastest exact transform for the image processor saved in `model_dir`."""
     try:
         processor = AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # malformed configs surface as any
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as error:  # malformed configs surface as any
         raise ModelLoadError(f"no usable image processor config in {model_dir}: {error}") from error
     fast = _fast_transform_for(processor, placement)
     return fast if fast is not None else ProcessorImageTransform(processor, placement)

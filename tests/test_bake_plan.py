@@ -20,13 +20,23 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_secret_token_value"
 
 
-def hub_model(*, convert: bool = False, task: str = "image-classification") -> ResolvedModel:
+def hub_model(
+    *, convert: bool = False, task: str = "image-classification", packages: tuple[str, ...] = ()
+) -> ResolvedModel:
     weights = "pytorch_model.bin" if convert else "model.safetensors"
     return ResolvedModel(
-        id="org/Tiny-Model", revision="main", commit_sha=SHA, task=task,
-        files=(ModelFile("config.json", 10, None), ModelFile("preprocessor_config.json", 10, None),
-               ModelFile(weights, 1000, "ab" * 32)),
-        convert_to_safetensors=convert, local_dir=None,
+        id="org/Tiny-Model",
+        revision="main",
+        commit_sha=SHA,
+        task=task,
+        files=(
+            ModelFile("config.json", 10, None),
+            ModelFile("preprocessor_config.json", 10, None),
+            ModelFile(weights, 1000, "ab" * 32),
+        ),
+        convert_to_safetensors=convert,
+        local_dir=None,
+        packages=packages,
     )
 
 
@@ -40,7 +50,9 @@ def _empty_toml(tmp_path: Path) -> Path:
     return path
 
 
-def plan(tmp_path: Path, model: ResolvedModel | None = None, environ: dict[str, str] | None = None, **flags: object):
+def plan(
+    tmp_path: Path, model: ResolvedModel | None = None, environ: dict[str, str] | None = None, **flags: object
+):
     environment = read_environment({"HF_ENDPOINT": "https://hub.example", **(environ or {})})
     work = tmp_path / "work"
     work.mkdir(parents=True)
@@ -57,18 +69,27 @@ def stage(dockerfile: str, name: str) -> str:
 
 
 def secret(built, name: str) -> str:
-    return Path(next(item for item in built.secrets if item.startswith(f"id={name},")).split("src=")[1]).read_text()
+    return Path(
+        next(item for item in built.secrets if item.startswith(f"id={name},")).split("src=")[1]
+    ).read_text()
 
 
 def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_deps(tmp_path: Path) -> None:
     text = plan(tmp_path).dockerfile.read_text()
     assert stages(text) == [
-        ("python:3.11-slim-bookworm", "base"), ("base", "tools"), ("tools", "deps"), ("deps", "venv"),
-        ("tools", "fetcher"), ("fetcher", "weights"), ("base", "runtime"),
+        ("python:3.11-slim-bookworm", "base"),
+        ("base", "tools"),
+        ("tools", "deps"),
+        ("deps", "venv"),
+        ("tools", "fetcher"),
+        ("fetcher", "weights"),
+        ("base", "runtime"),
     ]
     runtime = stage(text, "runtime")
     assert runtime.index("--from=venv /opt/bake/venv") < runtime.index("--from=weights")
-    assert runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+    assert (
+        runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+    )
     assert "--from=deps" not in runtime and "--from=tools" not in runtime, "no installer reaches the image"
 
 
@@ -80,7 +101,9 @@ def test_the_deps_stage_is_keyed_by_the_package_sources_and_nothing_else_sees_th
     text = first.dockerfile.read_text()
     assert "package-sources.txt" in stage(text, "deps").split("\nRUN", 1)[0]
     assert text.count("package-sources.txt") == 1, "the weights stage must not be rebuilt by an index change"
-    assert first.dockerfile.read_text() == second.dockerfile.read_text(), "the index is in a file, not the text"
+    assert first.dockerfile.read_text() == second.dockerfile.read_text(), (
+        "the index is in a file, not the text"
+    )
 
 
 def test_credentials_of_an_index_are_only_in_its_secret(tmp_path: Path) -> None:
@@ -94,7 +117,10 @@ def test_credentials_of_an_index_are_only_in_its_secret(tmp_path: Path) -> None:
 
 
 def test_every_install_step_caps_retries_and_timeouts(tmp_path: Path) -> None:
-    for installer, caps in (("uv", "UV_HTTP_TIMEOUT=20 UV_HTTP_RETRIES=2"), ("pip", "PIP_RETRIES=2 PIP_TIMEOUT=20")):
+    for installer, caps in (
+        ("uv", "UV_HTTP_TIMEOUT=20 UV_HTTP_RETRIES=2"),
+        ("pip", "PIP_RETRIES=2 PIP_TIMEOUT=20"),
+    ):
         text = plan(tmp_path / installer, installer=installer).dockerfile.read_text()
         for name in ("deps", "fetcher"):
             assert caps in stage(text, name), (installer, name)
@@ -133,8 +159,13 @@ def test_a_loopback_endpoint_gets_the_hosts_network_for_the_weights_step_only(tm
 
 @pytest.mark.parametrize(
     ("url", "loopback"),
-    [("http://127.0.0.1:1", True), ("http://localhost:80", True), ("http://[::1]:9", True),
-     ("https://huggingface.co", False), ("http://10.0.0.5", False)],
+    [
+        ("http://127.0.0.1:1", True),
+        ("http://localhost:80", True),
+        ("http://[::1]:9", True),
+        ("https://huggingface.co", False),
+        ("http://10.0.0.5", False),
+    ],
 )
 def test_loopback_detection(url: str, loopback: bool) -> None:
     assert is_loopback(url) is loopback
@@ -166,10 +197,19 @@ def test_index_arguments_secrets(tmp_path: Path) -> None:
         ca_cert=str(ca),
     )
     assert secret(built, "package_index").split() == [
-        "--index-url", "https://mirror/simple", "--extra-index-url", "https://extra/simple", "--find-links", "/wheels"
+        "--index-url",
+        "https://mirror/simple",
+        "--extra-index-url",
+        "https://extra/simple",
+        "--find-links",
+        "/wheels",
     ]
-    assert secret(built, "torch_index").split() == ["--index-url", "https://torch-mirror/whl/cpu", "--find-links",
-                                                    "/wheels"]
+    assert secret(built, "torch_index").split() == [
+        "--index-url",
+        "https://torch-mirror/whl/cpu",
+        "--find-links",
+        "/wheels",
+    ]
     assert f"id=ca_cert,src={ca.resolve()}" in built.secrets
     assert built.build_contexts == {"wheels": str(wheels.resolve())}
     text = built.dockerfile.read_text()
@@ -188,7 +228,10 @@ def test_a_cpu_image_pins_a_cpu_torch_from_pytorchs_index_whatever_the_package_i
     assert f"--no-deps $(cat /run/secrets/torch_index) {pin}" in deps
     assert deps.index("torch_index) torch") < deps.index("package_index)"), "torch first, on its own"
     check = stage(built.dockerfile.read_text(), "venv")
-    assert f"check_runtime.py --device cpu --task image-classification --torch-version {CPU_TORCH_VERSION}+cpu" in check
+    assert (
+        f"check_runtime.py --device cpu --task image-classification --torch-version {CPU_TORCH_VERSION}+cpu"
+        in check
+    )
 
 
 def test_a_local_cpu_torch_wheel_is_installed_without_any_index(tmp_path: Path) -> None:
@@ -233,10 +276,32 @@ def test_the_image_is_slimmed_unless_build_tools_are_kept(tmp_path: Path) -> Non
     assert "check_runtime.py" in stage(kept, "venv"), "the check runs either way"
 
 
+def test_a_models_extra_packages_are_installed_kept_and_checked_in_the_slim_venv(tmp_path: Path) -> None:
+    extra = ("ftfy", "beautifulsoup4", "sentencepiece", "protobuf")
+    built = plan(tmp_path, model=hub_model(task="text-to-image", packages=extra))
+    requirements = (built.context / "requirements.txt").read_text().splitlines()
+    assert set(extra) <= set(requirements) and f"torch=={CPU_TORCH_VERSION}+cpu" in requirements
+    excluded = {
+        line.split("=")[0].strip().lower()
+        for line in (built.context / "excludes.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert not excluded & set(extra), "uv must not leave out a package the model needs"
+    venv = stage(built.dockerfile.read_text(), "venv")
+    assert (
+        "check_runtime.py --device cpu --task text-to-image --torch-version 2.13.0+cpu "
+        "--import ftfy --import bs4 --import sentencepiece --import google.protobuf\n" in venv + "\n"
+    )
+    assert venv.index("slim_venv.py") < venv.index("check_runtime.py"), "checked after slimming"
+
+
 def test_the_pip_installer_uses_the_virtualenvs_own_pip(tmp_path: Path) -> None:
     text = plan(tmp_path, installer="pip").dockerfile.read_text()
     deps = stage(text, "deps")
-    assert "/opt/bake/tools/bin/uv" not in text and "build-tools.txt" not in stage(text, "tools").split("RUN", 1)[1]
+    assert (
+        "/opt/bake/tools/bin/uv" not in text
+        and "build-tools.txt" not in stage(text, "tools").split("RUN", 1)[1]
+    )
     assert "/opt/bake/venv/bin/pip install $(cat /run/secrets/package_index) --no-compile -r" in deps
     assert "--excludes" not in deps and "excludes.txt" not in deps.split("RUN", 1)[1]
     assert "--mount=type=cache,target=/root/.cache/pip" in deps
@@ -257,8 +322,13 @@ def test_checked_sources_are_what_the_build_uses(tmp_path: Path) -> None:
     checked = configured_sources(config(tmp_path).build, cpu_torch=True)
     work = tmp_path / "w"
     work.mkdir()
-    built = plan_build(config(tmp_path), hub_model(), read_environment({}), work,
-                       check_reachable(checked, ca_cert=None, remote_engine=True, timeout=0.01)[0])
+    built = plan_build(
+        config(tmp_path),
+        hub_model(),
+        read_environment({}),
+        work,
+        check_reachable(checked, ca_cert=None, remote_engine=True, timeout=0.01)[0],
+    )
     assert secret(built, "torch_index").split() == ["--index-url", TORCH_CPU_INDEX]
 
 
@@ -266,8 +336,13 @@ def test_local_model_comes_through_a_named_context(tmp_path: Path) -> None:
     folder = tmp_path / "my-model"
     folder.mkdir()
     model = ResolvedModel(
-        id=str(folder), revision="local", commit_sha="f" * 64, task="image-classification",
-        files=(ModelFile("config.json", 1, "a" * 64),), convert_to_safetensors=False, local_dir=folder,
+        id=str(folder),
+        revision="local",
+        commit_sha="f" * 64,
+        task="image-classification",
+        files=(ModelFile("config.json", 1, "a" * 64),),
+        convert_to_safetensors=False,
+        local_dir=folder,
     )
     built = plan(tmp_path, model=model)
     text = built.dockerfile.read_text()
@@ -284,9 +359,11 @@ def test_labels_carry_model_sha_task_hashes_and_settings(tmp_path: Path) -> None
     assert labels["org.opencontainers.image.source"] == "https://hub.example/org/Tiny-Model"
     assert labels["org.opencontainers.image.base.name"] == "python:3.11-slim-bookworm"
     facts = ImageFacts.from_labels(labels)
-    assert facts.model == "org/Tiny-Model" and facts.commit_sha == SHA and facts.task == "image-classification"
+    assert (
+        facts.model == "org/Tiny-Model" and facts.commit_sha == SHA and facts.task == "image-classification"
+    )
     assert facts.weights["model.safetensors"] == "ab" * 32
-    assert facts.serve["BAKE_MAX_BATCH_SIZE"] == "4" and facts.port == 8080
+    assert facts.serve.max_batch_size == 4 and facts.port == 8080
 
 
 def test_default_tag_is_the_model_name_and_short_sha() -> None:
@@ -299,12 +376,17 @@ def test_context_holds_the_serve_code_the_pins_and_the_build_steps_scripts(tmp_p
     for name in ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_runtime.py", "excludes.txt"):
         assert (context / name).is_file(), name
     assert "transformers==" in (context / "constraints.txt").read_text()
-    assert "torch==" not in (context / "constraints.txt").read_text(), "the weights stage does not see torch's pin"
+    assert "torch==" not in (context / "constraints.txt").read_text(), (
+        "the weights stage does not see torch's pin"
+    )
     assert re.search(r"^uv==[\d.]+$", (context / "build-tools.txt").read_text(), re.MULTILINE)
 
 
 def test_runtime_requirements_come_from_the_serve_extra() -> None:
-    names = {re.split(r"[<>=\[ ]", requirement)[0].lower() for requirement in runtime_requirements("image-classification")}
+    names = {
+        re.split(r"[<>=\[ ]", requirement)[0].lower()
+        for requirement in runtime_requirements("image-classification")
+    }
     assert {"torch", "transformers", "fastapi", "uvicorn", "pillow", "safetensors"} <= names
     assert "python-on-whales" not in names and "tomlkit" not in names and "diffusers" not in names
     assert any(requirement.startswith("diffusers") for requirement in runtime_requirements("text-to-image"))

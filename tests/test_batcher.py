@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from serve.batcher import Batcher, bucket_sizes
+from serve.batcher import Batcher, BatchReport, bucket_sizes
 from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded
 
 
@@ -89,11 +89,28 @@ async def test_timer_starts_at_the_first_arrival_not_the_last() -> None:
     await asyncio.sleep(0.3)
     second = asyncio.ensure_future(batcher.submit(2, deadline=deadline()))
     assert await asyncio.gather(first, second) == [2, 4]
-    (samples, _, ran_at), = device.calls
+    ((samples, _, ran_at),) = device.calls
     assert samples == [1, 2]
     waited = ran_at - begin
     # From the first arrival the batch runs at ~0.5 s; from the last it would be ~0.8 s.
     assert 0.45 <= waited < 0.75, waited
+    await batcher.close()
+
+
+async def test_reports_say_how_each_request_was_batched() -> None:
+    device = FakeDevice(delay=0.2)
+    batcher = await started(make_batcher(device, max_batch_size=4, max_wait_s=0.3))
+    reports = [BatchReport() for _ in range(3)]
+    first = asyncio.ensure_future(batcher.submit(1, deadline=deadline(), report=reports[0]))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(batcher.submit(2, deadline=deadline(), report=reports[1]))
+    assert await asyncio.gather(first, second) == [2, 4]
+    assert await batcher.submit(3, deadline=deadline(), report=reports[2]) == 6
+    assert [report.batch_size for report in reports] == [2, 2, 1]
+    # The first waited the whole timer, the second joined 0.1 s later; each batch ran ~0.2 s.
+    assert 0.28 <= reports[0].queue_s < 0.6 and 0.18 <= reports[1].queue_s < reports[0].queue_s
+    assert reports[0].inference_s == reports[1].inference_s and reports[0].inference_s >= 0.2
+    assert reports[2].inference_s >= 0.2
     await batcher.close()
 
 

@@ -9,6 +9,7 @@ full-precision weights of the components the runtime loads, nothing else.
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import uuid
@@ -112,6 +113,26 @@ def test_the_image_serves_pngs_of_the_asked_size_offline_and_read_only(container
     assert Image.open(io.BytesIO(first.body)).size == (48, 32)
     assert first.body == again.body, "same seed, same bytes"
     assert first.body != other.body
+
+
+def test_the_openai_and_cog_routes_give_the_hf_route_s_image_offline(container: str) -> None:
+    hf, openai, cog = request_inside(
+        container,
+        generate(seed=9),
+        {
+            "path": "/v1/images/generations",
+            "json": {
+                "prompt": "a red fox",
+                "size": "32x32",
+                "seed": 9,
+                "num_inference_steps": SMALL["num_inference_steps"],
+            },
+        },
+        {"path": "/predictions", "json": {"input": {"prompt": "a red fox", "seed": 9, **SMALL}}},
+    )
+    assert base64.b64decode(openai.json()["data"][0]["b64_json"]) == hf.body
+    (url,) = cog.json()["output"]
+    assert base64.b64decode(url.split(",", 1)[1]) == hf.body
 
 
 def test_batched_requests_get_their_lone_bytes(container: str) -> None:

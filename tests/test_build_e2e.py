@@ -3,7 +3,8 @@
 A tiny model published on the local Hub (privately: the build needs a token) is built into an image,
 which then serves with `--network none --read-only` as a non-root user, answers like transformers'
 pipeline on the same weights, carries its provenance in labels, and holds only the files it needs: a slim
-virtualenv (no installer, no build tools, no tests, no symbol tables) whose bytecode is what the server imports.
+virtualenv (no installer, no build tools, no tests, no symbol tables) whose bytecode is what the server
+imports.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.fixtures.docker import (
     ensure_base_image,
     labels,
     predict_inside,
+    request_inside,
     run_bake,
 )
 from tests.fixtures.hub import HubServer
@@ -76,7 +78,10 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Project
 @pytest.fixture(scope="module")
 def built(project: Project, hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     model_dir = make_image_classifier(
-        tmp_path_factory.mktemp("model") / "resnet", "resnet", image_size=64, extra_formats=("bin", "flax", "tf", "onnx")
+        tmp_path_factory.mktemp("model") / "resnet",
+        "resnet",
+        image_size=64,
+        extra_formats=("bin", "flax", "tf", "onnx"),
     )
     sha = hub.add_repo(REPO, model_dir, token=TOKEN)
     tag = f"bake-e2e/tiny-resnet:{uuid.uuid4().hex[:8]}"
@@ -114,10 +119,58 @@ def test_image_serves_offline_read_only_as_non_root_like_the_pipeline(built: Bui
     result = predict_inside(container, PHOTO)
     assert_same_scores(result["answer"], reference(built.model_dir, PHOTO))
     info = result["info"]
-    assert info["model"] == REPO and info["commit_sha"] == built.sha and info["task"] == "image-classification"
+    assert (
+        info["model"] == REPO and info["commit_sha"] == built.sha and info["task"] == "image-classification"
+    )
     assert docker("exec", container, "id", "-u").stdout.strip() == b"10001"
     env = docker("image", "inspect", built.tag, "--format", "{{json .Config.Env}}").stdout.decode()
     assert "HF_HUB_OFFLINE=1" in env and "TRANSFORMERS_OFFLINE=1" in env
+
+
+def test_the_image_speaks_every_protocol_offline(container: str) -> None:
+    """Hugging Face, Cog and the Open Inference Protocol give the same labels, inside a --network none
+    container (the OpenAI images API is in the text-to-image image's test)."""
+    photo = base64.b64encode(PHOTO).decode()
+    hf, cog, metadata, oip = request_inside(
+        container,
+        {"path": "/predict?top_k=3", "data": photo},
+        {"path": "/predictions", "json": {"input": {"image": f"data:image/jpeg;base64,{photo}", "top_k": 3}}},
+        {"path": "/v2/models/tiny-resnet"},
+        {
+            "path": "/v2/models/tiny-resnet/infer",
+            "json": {
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [photo]}],
+                "parameters": {"top_k": 3},
+            },
+        },
+    )
+    labels_hf = [item["label"] for item in hf.json()]
+    assert (
+        cog.json()["status"] == "succeeded" and [item["label"] for item in cog.json()["output"]] == labels_hf
+    )
+    assert metadata.json()["name"] == "tiny-resnet"
+    assert oip.json()["outputs"][0]["data"] == labels_hf
+
+
+def test_the_image_serves_the_playground_and_the_docs_offline(container: str) -> None:
+    """The playground's files and Swagger UI's come from the image itself, inside a --network none
+    container; a browser gets the page at /, any other client Cog's discovery document."""
+    page, script, style, docs, swagger, discovery = request_inside(
+        container,
+        {"path": "/", "headers": {"Accept": "text/html"}},
+        {"path": "/playground/playground.js"},
+        {"path": "/playground/playground.css"},
+        {"path": "/docs"},
+        {"path": "/docs/assets/swagger-ui-bundle.js"},
+        {"path": "/"},
+    )
+    source = REPO_ROOT / "serve" / "playground"
+    assert (page.status, page.body) == (200, (source / "index.html").read_bytes())
+    assert script.body == (source / "static" / "playground.js").read_bytes()
+    assert style.body == (source / "static" / "playground.css").read_bytes()
+    assert docs.status == 200 and b'src="/docs/assets/swagger-ui-bundle.js"' in docs.body
+    assert b"cdn." not in docs.body and swagger.status == 200 and b"SwaggerUIBundle" in swagger.body
+    assert discovery.json()["predictions_url"] == "/predictions"
 
 
 def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -> None:
@@ -131,9 +184,14 @@ def test_labels_carry_the_commit_task_weight_hashes_and_settings(built: Built) -
 
 
 def test_hf_home_holds_only_the_needed_files(built: Built) -> None:
-    listing = docker("run", "--rm", "--entrypoint", "find", built.tag, "/opt/bake/hf", "-type", "l", "-o", "-type", "f")
-    files = sorted(line.split(f"/snapshots/{built.sha}/", 1)[1]
-                   for line in listing.stdout.decode().splitlines() if "/snapshots/" in line)
+    listing = docker(
+        "run", "--rm", "--entrypoint", "find", built.tag, "/opt/bake/hf", "-type", "l", "-o", "-type", "f"
+    )
+    files = sorted(
+        line.split(f"/snapshots/{built.sha}/", 1)[1]
+        for line in listing.stdout.decode().splitlines()
+        if "/snapshots/" in line
+    )
     assert files == ["config.json", "model.safetensors", "preprocessor_config.json"]
     blobs = [line for line in listing.stdout.decode().splitlines() if "/blobs/" in line]
     assert len(blobs) == 3, "one blob per file, no second copy of the weights"
@@ -193,7 +251,9 @@ def test_a_local_directory_is_baked_through_a_named_context(project: Project, tm
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
-def test_a_bin_only_repository_is_converted_to_safetensors(project: Project, hub: HubServer, tmp_path: Path) -> None:
+def test_a_bin_only_repository_is_converted_to_safetensors(
+    project: Project, hub: HubServer, tmp_path: Path
+) -> None:
     model_dir = make_image_classifier(tmp_path / "vit-bin", "vit", image_size=64, weights_format="bin")
     hub.add_repo("e2e/vit-bin-only", model_dir)
     tag = f"bake-e2e/vit-bin:{uuid.uuid4().hex[:8]}"
@@ -226,7 +286,8 @@ def sections(path):
     return sorted(names[h[0]:names.index(b"\0", h[0])].decode() for h in headers)
 seen, duplicates, stubs, tests = {}, [], [], []
 for root, dirs, files in os.walk(venv):
-    tests += [os.path.join(root, d) for d in dirs if d == "tests" and os.path.isfile(os.path.join(root, "__init__.py"))]
+    in_package = os.path.isfile(os.path.join(root, "__init__.py"))
+    tests += [os.path.join(root, d) for d in dirs if d == "tests" and in_package]
     for name in files:
         path = os.path.join(root, name)
         stubs += [path] if name.endswith(".pyi") else []
@@ -246,8 +307,19 @@ print(json.dumps({
 def test_the_image_ships_a_slim_virtualenv(built: Built) -> None:
     facts = json.loads(docker("run", "--rm", "--entrypoint", "python", built.tag, "-c", SLIM_FACTS).stdout)
     top = facts["top"]
-    for gone in ("pip", "setuptools", "wheel", "_distutils_hack", "pkg_resources", "hf_xet", "typer", "rich",
-                 "watchfiles", "websockets", "dotenv"):
+    for gone in (
+        "pip",
+        "setuptools",
+        "wheel",
+        "_distutils_hack",
+        "pkg_resources",
+        "hf_xet",
+        "typer",
+        "rich",
+        "watchfiles",
+        "websockets",
+        "dotenv",
+    ):
         assert gone not in top and not any(name.startswith(f"{gone}-") for name in top), gone
     assert {"torch", "transformers", "sympy", "uvicorn", "uvloop"} <= set(top)
     assert not [name for name in facts["bin"] if name.startswith("pip") or name in ("uv", "uvx")]

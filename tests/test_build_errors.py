@@ -35,7 +35,9 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     hub.add_repo("errors/gated", folder, token=TOKEN, gated=True)
     bert = path / "bert"
     bert.mkdir()
-    (bert / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    (bert / "config.json").write_text(
+        json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
+    )
     (bert / "model.safetensors").write_bytes(b"\0" * 16)
     hub.add_repo("errors/bert", bert)
     return path, {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}
@@ -59,22 +61,41 @@ def only_line(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "fragments"),
     [
-        (["--model", "errors/nope"], {}, ["model errors/nope was not found", "set HF_TOKEN if the model is private"]),
+        (
+            ["--model", "errors/nope"],
+            {},
+            ["model errors/nope was not found", "set HF_TOKEN if the model is private"],
+        ),
         (["--model", "errors/classifier", "--revision", "v404"], {}, ["no revision 'v404'", "--revision"]),
         (["--model", "errors/private"], {}, ["was not found", "HF_TOKEN"]),
         (["--model", "errors/gated"], {}, ["errors/gated is gated", "set HF_TOKEN"]),
-        (["--model", "errors/gated"], {"HF_TOKEN": "hf_someone_else"}, ["refused access to errors/gated",
-                                                                         "set HF_TOKEN to a valid token"]),
-        (["--model", "errors/classifier", "--task", "text-to-image"], {}, ["image-classification model",
-                                                                          "--task image-classification"]),
+        (
+            ["--model", "errors/gated"],
+            {"HF_TOKEN": "hf_someone_else"},
+            ["refused access to errors/gated", "set HF_TOKEN to a valid token"],
+        ),
+        (
+            ["--model", "errors/classifier", "--task", "text-to-image"],
+            {},
+            ["image-classification model", "--task image-classification"],
+        ),
         (["--model", "errors/bert"], {}, ["BertForMaskedLM", "bake serves these tasks"]),
         (["--model", "./missing/dir"], {}, ["neither a directory nor a Hugging Face model id"]),
     ],
-    ids=["unknown-model", "unknown-revision", "private-no-token", "gated-no-token", "gated-wrong-token",
-         "wrong-task", "unservable-architecture", "missing-directory"],
+    ids=[
+        "unknown-model",
+        "unknown-revision",
+        "private-no-token",
+        "gated-no-token",
+        "gated-wrong-token",
+        "wrong-task",
+        "unservable-architecture",
+        "missing-directory",
+    ],
 )
-def test_model_problems(project: tuple[Path, dict[str, str]], args: list[str], env: dict[str, str],
-                        fragments: list[str]) -> None:
+def test_model_problems(
+    project: tuple[Path, dict[str, str]], args: list[str], env: dict[str, str], fragments: list[str]
+) -> None:
     path, base_env = project
     result = run_bake(["build", *args], {**base_env, **env}, path)
     one_line_error(result, *fragments)
@@ -89,8 +110,11 @@ def test_bad_setting_exits_2(project: tuple[Path, dict[str, str]]) -> None:
 
 def test_no_docker_engine(project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     path, env = project
-    result = run_bake(["build", "--model", "errors/classifier"],
-                      {**env, "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"}, path)
+    result = run_bake(
+        ["build", "--model", "errors/classifier"],
+        {**env, "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"},
+        path,
+    )
     one_line_error(result, "no Docker engine answers", "start dockerd")
     only_line(result)
 
@@ -98,9 +122,21 @@ def test_no_docker_engine(project: tuple[Path, dict[str, str]], tmp_path: Path) 
 @pytest.mark.docker
 def test_engine_without_buildx(project: tuple[Path, dict[str, str]]) -> None:
     path, env = project
-    hide_plugins = "mount -t tmpfs none /usr/libexec/docker/cli-plugins && exec \"$@\""
-    command = ["unshare", "-m", "sh", "-c", hide_plugins, "sh", sys.executable, "-m", "bake", "build",
-               "--model", "errors/classifier"]
+    hide_plugins = 'mount -t tmpfs none /usr/libexec/docker/cli-plugins && exec "$@"'
+    command = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        hide_plugins,
+        "sh",
+        sys.executable,
+        "-m",
+        "bake",
+        "build",
+        "--model",
+        "errors/classifier",
+    ]
     environ = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
     result = subprocess.run(command, env=environ, cwd=path, capture_output=True, text=True, timeout=300)
     one_line_error(result, "buildx plugin is missing", "docker-buildx")
@@ -111,7 +147,9 @@ def test_engine_without_buildx(project: tuple[Path, dict[str, str]]) -> None:
 @pytest.mark.slow
 def test_base_image_that_cannot_be_pulled(project: tuple[Path, dict[str, str]]) -> None:
     path, env = project
-    result = run_bake(["build", "--model", "errors/classifier", "--base-image", "bake-missing/base:nope"], env, path)
+    result = run_bake(
+        ["build", "--model", "errors/classifier", "--base-image", "bake-missing/base:nope"], env, path
+    )
     one_line_error(result, "base image bake-missing/base:nope cannot be pulled", "--base-image")
 
 
@@ -121,5 +159,7 @@ def test_full_disk_during_the_build(project: tuple[Path, dict[str, str]]) -> Non
     path, env = project
     ensure_base_image()
     with SecondEngine(size_mb=700, subnet_octet=29) as engine:
-        result = run_bake(["build", "--model", "errors/classifier"], {**env, "DOCKER_HOST": engine.host}, path)
+        result = run_bake(
+            ["build", "--model", "errors/classifier"], {**env, "DOCKER_HOST": engine.host}, path
+        )
     one_line_error(result, "the disk filled up during the build", "free space")

@@ -198,7 +198,8 @@ def test_a_torch_version_the_index_lacks_fails_with_the_resolvers_reason(project
     _, result = project.build("--torch-index-url", project.torch_index.url, "--torch-version", "2.12.0")
     line = one_line_error(
         result,
-        "the image's Python packages could not be installed: Because there is no version of torch==2.12.0+cpu",
+        "the image's Python packages could not be installed: "
+        "Because there is no version of torch==2.12.0+cpu",
         "check --pip-index-url",
     )
     assert "unsatisfiable: check" in line
@@ -231,7 +232,8 @@ def test_a_cuda_image_reuses_the_base_images_torch_and_checks_its_build(project:
     wheel = next(LOCAL_WHEELS.glob(f"torch-{TORCH_VERSION}+cpu-*.whl"))
     dockerfile = (
         f"FROM {BASE_IMAGE}\nRUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca "
-        f"PIP_CERT=/run/secrets/ca python3 -m pip install --break-system-packages --no-cache-dir /wheels/{wheel.name}\n"
+        "PIP_CERT=/run/secrets/ca python3 -m pip install --break-system-packages --no-cache-dir "
+        f"/wheels/{wheel.name}\n"
     )
     subprocess.run(
         [

@@ -62,8 +62,7 @@ def tiny_image(docker: DockerClient, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.docker
 def test_push_puts_the_image_in_the_app_repository(
-    registry: LocalRegistry,
-    local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
+    registry: LocalRegistry, local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
 ) -> None:
     remote = push_image(tiny_image, "demo", TOKEN, docker=docker, registry=local_registry)
 
@@ -88,8 +87,7 @@ def test_a_missing_image_is_a_config_error(local_registry: str, docker: DockerCl
 
 @pytest.mark.docker
 def test_api_deploy_pushes_the_local_image_and_runs_the_pushed_reference(
-    registry: LocalRegistry,
-    local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
+    registry: LocalRegistry, local_registry: str, docker: DockerClient, tiny_image: str, tmp_path: Path
 ) -> None:
     spec = FlyServiceSpec(
         app="demo",

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
+from serve.contract.settings import Settings
 from serve.device import choose_placement
 from serve.model_source import locate_model
-from serve.settings import Settings
-from serve.tasks.base import Body
 from serve.tasks.image_classification import ClassificationParameters, ImageClassification
 from tests.fixtures import images
 
 ARCHITECTURES = ("resnet", "convnext", "vit")
+DEFAULT = ClassificationParameters()
 PICTURES = {
     "landscape-jpeg": images.photo(200, 150),
     "portrait-png": images.photo(90, 160, seed=3, fmt="PNG"),
@@ -50,9 +50,9 @@ def test_scores_equal_the_pipeline_within_1e_4(model: tuple[str, Path], torchscr
     reference = pipeline("image-classification", model=str(folder))
     params = ClassificationParameters(top_k=10)
     for name, data in PICTURES.items():
-        prepared = task.prepare(Body(data=data))
+        prepared = task.prepare(data, params)
         (logits,) = task.run_batch([prepared.sample], 1)
-        served = task.scores(logits, params)
+        served = task.finish(logits, params)
         expected = reference(Image.open(io.BytesIO(data)), top_k=10)
         assert [item["label"] for item in served] == [item["label"] for item in expected], name
         np.testing.assert_allclose(
@@ -64,7 +64,7 @@ def test_scores_equal_the_pipeline_within_1e_4(model: tuple[str, Path], torchscr
 def test_batched_results_equal_unbatched_results(model: tuple[str, Path], torchscript: bool) -> None:
     _, folder = model
     task = load_task(folder, torchscript=torchscript)
-    samples = [task.prepare(Body(data=images.photo(160, 120, seed=seed))).sample for seed in range(3)]
+    samples = [task.prepare(images.photo(160, 120, seed=seed), DEFAULT).sample for seed in range(3)]
     alone = [task.run_batch([sample], 1)[0] for sample in samples]
     together = task.run_batch(samples, 4)  # three real rows padded to the bucket of four
     assert len(together) == 3
@@ -75,13 +75,15 @@ def test_batched_results_equal_unbatched_results(model: tuple[str, Path], torchs
 def test_the_traced_forward_matches_eager_on_real_images(model: tuple[str, Path]) -> None:
     _, folder = model
     traced, eager = load_task(folder, torchscript=True), load_task(folder, torchscript=False)
-    samples = [traced.prepare(Body(data=data)).sample for data in PICTURES.values()][:4]
-    np.testing.assert_allclose(traced.run_batch(samples, 4), eager.run_batch(samples, 4), rtol=1e-4, atol=1e-5)
+    samples = [traced.prepare(data, DEFAULT).sample for data in PICTURES.values()][:4]
+    np.testing.assert_allclose(
+        traced.run_batch(samples, 4), eager.run_batch(samples, 4), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_warmup_samples_have_the_served_shape(model: tuple[str, Path]) -> None:
     _, folder = model
     task = load_task(folder, torchscript=False)
     (warm,) = task.warmup_samples()
-    real = task.prepare(Body(data=images.photo(300, 200)))
+    real = task.prepare(images.photo(300, 200), DEFAULT)
     assert warm.batch_key == real.batch_key == real.sample.shape

@@ -17,8 +17,8 @@ import pytest
 
 IMAGE_SCRIPTS = Path(__file__).resolve().parents[1] / "bake" / "image"
 sys.path.insert(0, str(IMAGE_SCRIPTS))
-from elf_symbols import strip_symbols
-from slim_venv import slim
+from elf_symbols import strip_symbols  # noqa: E402 - found on the path added above
+from slim_venv import slim  # noqa: E402
 
 SITE_PACKAGES = Path(importlib.util.find_spec("regex").origin).parents[1]  # type: ignore[arg-type,union-attr]
 

@@ -1,4 +1,5 @@
-"""The `kubernetes` target: Knative Service and KServe InferenceService manifests, and `kubectl apply`.
+"""The `kubernetes` target: Knative Service and KServe ServingRuntime + InferenceService manifests, and
+`kubectl apply`.
 
 Manifests are checked field by field, against the vendored Knative/KServe schemas (tests/fixtures/kubernetes,
 strict: an unknown or misplaced field fails), and against the Knative webhook rules a schema cannot express.
@@ -33,10 +34,17 @@ from bake.launch.kubernetes import (
     write_manifests,
 )
 from fly.spec import FlyServiceSpec, concurrency_limits, estimated_memory_mb
+from serve.contract import routes
+from serve.contract.errors import SettingsError
+from serve.contract.settings import ServeSettings
 from tests.fixtures.kube_api import (
+    KNATIVE,
     KNATIVE_SCHEMA,
+    KSERVE,
     KSERVE_SCHEMA,
+    SCHEMAS,
     SCHEMAS_DIR,
+    SERVING_RUNTIME_SCHEMA,
     KubeApiServer,
     schema_errors,
     write_kubeconfig,
@@ -88,17 +96,23 @@ def image_facts(
         commit_sha=SHA,
         task="image-classification",
         device=device,
-        port=port,
         weights={"model.safetensors": "ab" * 32},
         weights_bytes=weights_bytes,
-        serve=SERVE if serve is None else serve,
+        serve=ServeSettings.from_environment({**(SERVE if serve is None else serve), "PORT": str(port)}),
         bake_version="0.1.0",
     )
 
 
+def render_all(device: str = "cpu", **options: Any) -> list[dict[str, Any]]:
+    return render_manifests(image_facts(device), IMAGE, KubernetesOptions(name="resnet-50", **options))
+
+
 def render(device: str = "cpu", **options: Any) -> dict[str, Any]:
-    documents = render_manifests(image_facts(device), IMAGE, KubernetesOptions(name="resnet-50", **options))
-    assert len(documents) == 1
+    """The Knative Service, or with kserve=True the ServingRuntime (which holds the container)."""
+    documents = render_all(device, **options)
+    assert [document["kind"] for document in documents] == (
+        ["ServingRuntime", "InferenceService"] if options.get("kserve") else ["Service"]
+    )
     return documents[0]
 
 
@@ -106,7 +120,7 @@ def container_of(document: dict[str, Any]) -> dict[str, Any]:
     if document["kind"] == "Service":
         containers = document["spec"]["template"]["spec"]["containers"]
     else:
-        containers = document["spec"]["predictor"]["containers"]
+        containers = document["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -158,7 +172,10 @@ def test_container_serves_the_image_with_probes_resources_and_no_idle_exit(devic
     assert container["name"] == "user-container"
     assert container["image"] == IMAGE
     assert container["ports"] == [{"name": "http1", "containerPort": 8080}]
-    assert container["env"] == [{"name": "BAKE_IDLE_TIMEOUT_S", "value": "0"}]
+    assert container["env"] == [
+        {"name": "BAKE_IDLE_TIMEOUT_S", "value": "0"},
+        {"name": "BAKE_MODEL_NAME", "value": "resnet-50"},
+    ]
     assert container["readinessProbe"] == {"httpGet": {"path": "/ready", "port": 8080}}
     assert container["livenessProbe"] == {
         "httpGet": {"path": "/health", "port": 8080},
@@ -183,10 +200,10 @@ def test_container_serves_the_image_with_probes_resources_and_no_idle_exit(devic
 
 def test_cpu_images_ask_for_no_gpu_anywhere() -> None:
     for kserve in (False, True):
-        assert "nvidia.com/gpu" not in keys_anywhere(render("cpu", kserve=kserve))
-        assert "nvidia.com/gpu" in keys_anywhere(render("cuda", kserve=kserve))
+        assert "nvidia.com/gpu" not in keys_anywhere(render_all("cpu", kserve=kserve))
+        assert "nvidia.com/gpu" in keys_anywhere(render_all("cuda", kserve=kserve))
         assert {"tolerations", "nodeSelector", "affinity"}.isdisjoint(
-            keys_anywhere(render("cuda", kserve=kserve))
+            keys_anywhere(render_all("cuda", kserve=kserve))
         )
 
 
@@ -203,18 +220,30 @@ def test_scale_settings_reach_the_annotations() -> None:
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_inference_service_is_the_same_pod_as_a_custom_predictor(device: str) -> None:
-    isvc = render(device, kserve=True, max_scale=3)
+def test_inference_service_runs_the_same_container_through_its_serving_runtime(device: str) -> None:
+    runtime, isvc = render_all(device, kserve=True, max_scale=3)
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert runtime["kind"] == "ServingRuntime"
+    assert (runtime["metadata"]["name"], runtime["metadata"]["namespace"]) == ("resnet-50", "default")
+    assert runtime["metadata"]["labels"] == isvc["metadata"]["labels"]
+    assert runtime["metadata"]["annotations"]["bake.dev/commit-sha"] == SHA
+    assert "serving.kserve.io/deploymentMode" not in runtime["metadata"]["annotations"]
+    spec = dict(runtime["spec"])
+    containers = spec.pop("containers")
+    assert spec == {"supportedModelFormats": [{"name": "bake"}], "protocolVersions": ["v2"]}
+    knative_container = container_of(render(device, max_scale=3))
+    assert containers == [{**knative_container, "name": "kserve-container"}]
+
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["kind"] == "InferenceService"
+    assert isvc["metadata"]["name"] == "resnet-50"
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
     assert annotations["autoscaling.knative.dev/scale-down-delay"] == "5m"
     assert annotations["autoscaling.knative.dev/target-utilization-percentage"] == "100"
     assert annotations["bake.dev/model"] == "microsoft/resnet-50"
-    predictor = dict(isvc["spec"]["predictor"])
-    containers = predictor.pop("containers")
-    assert predictor == {
+    assert isvc["spec"]["predictor"] == {
+        "model": {"modelFormat": {"name": "bake"}, "runtime": "resnet-50", "protocolVersion": "v2"},
         "minReplicas": 0,
         "maxReplicas": 3,
         "scaleMetric": "concurrency",
@@ -222,8 +251,74 @@ def test_inference_service_is_the_same_pod_as_a_custom_predictor(device: str) ->
         "containerConcurrency": 264,
         "timeout": 40,
     }
-    knative_container = container_of(render(device, max_scale=3))
-    assert containers == [{**knative_container, "name": "kserve-container"}]
+    assert "storageUri" not in keys_anywhere(isvc)  # the weights are in the image: no storage initializer
+
+
+def kserve_runtime_problems(isvc: dict[str, Any], runtime: dict[str, Any]) -> list[str]:
+    """Why KServe would not run `isvc` on `runtime`, in the words of its controller's checks
+    (pkg/controller/v1beta1/inferenceservice/components/predictor.go `reconcileModel` and `buildPodSpec`,
+    pkg/apis/serving/v1beta1/predictor_model.go `RuntimeSupportsModel`, pkg/apis/serving/v1alpha1/
+    servingruntime_types.go `IsProtocolVersionSupported`); empty when it would."""
+    model = isvc["spec"]["predictor"]["model"]
+    spec = runtime["spec"]
+    problems = []
+    if model.get("runtime") != runtime["metadata"]["name"]:
+        problems.append("Waiting for runtime to become available")
+    if spec.get("disabled"):
+        problems.append("Specified runtime is disabled")
+    protocols = spec.get("protocolVersions") or []
+    if "protocolVersion" in model and protocols and model["protocolVersion"] not in protocols:
+        problems.append("Specified runtime does not support specified protocol version")
+    wanted = model["modelFormat"]
+    labels = {f"mt:{item['name']}" for item in spec["supportedModelFormats"]} | {
+        f"mt:{item['name']}:{item['version']}" for item in spec["supportedModelFormats"] if "version" in item
+    }
+    label = f"mt:{wanted['name']}" + (f":{wanted['version']}" if "version" in wanted else "")
+    if label not in labels:
+        problems.append("Specified runtime does not support specified framework/version")
+    if "kserve-container" not in [container["name"] for container in spec["containers"]]:
+        problems.append("failed to find kserve-container in ServingRuntime containers")
+    return problems
+
+
+def test_kserve_runs_the_model_on_its_runtime_with_protocol_v2() -> None:
+    runtime, isvc = render_all(kserve=True)
+    assert isvc["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert kserve_runtime_problems(isvc, runtime) == []
+    assert "autoSelect" not in keys_anywhere(runtime)  # no other InferenceService picks this runtime
+    for mutate, problem in [
+        (lambda r, i: r["spec"].update(protocolVersions=["v1"]), "protocol version"),
+        (lambda r, i: i["spec"]["predictor"]["model"].update(runtime="other"), "runtime to become available"),
+        (
+            lambda r, i: i["spec"]["predictor"]["model"]["modelFormat"].update(version="1"),
+            "framework/version",
+        ),
+        (lambda r, i: container_of(r).update(name="user-container"), "kserve-container"),
+    ]:
+        broken_runtime, broken_isvc = copy.deepcopy(runtime), copy.deepcopy(isvc)
+        mutate(broken_runtime, broken_isvc)
+        assert any(problem in found for found in kserve_runtime_problems(broken_isvc, broken_runtime)), (
+            problem
+        )
+
+
+@pytest.mark.parametrize("kserve", [False, True], ids=["knative", "kserve"])
+def test_the_v2_model_name_is_the_name_kserve_routes_by(kserve: bool) -> None:
+    """KServe sends protocol-v2 requests to /v2/models/<model name>/infer (pkg/constants `PredictPath`), the
+    model name being the InferenceService's unless the model's env or args name another
+    (pkg/controller/v1beta1/inferenceservice/utils/utils.go `GetModelName`, `GetPredictorEndpoint`); the
+    runtime, reading the container's environment, serves that same route."""
+    documents = render_manifests(image_facts(), IMAGE, KubernetesOptions("tiny-resnet", kserve=kserve))
+    if kserve:
+        assert {"env", "args"}.isdisjoint(documents[-1]["spec"]["predictor"]["model"])
+    environment = {
+        item["name"]: item["value"] for item in container_of(documents[0])["env"] if "value" in item
+    }
+    settings = ServeSettings.from_environment(environment)
+    assert settings.model_name == documents[-1]["metadata"]["name"] == "tiny-resnet"
+    kserve_route = f"/v2/models/{documents[-1]['metadata']['name']}/infer"
+    assert routes.OIP_INFER.format(model_name=settings.model_name) == kserve_route
 
 
 # --- numbers derived from the image's labels ------------------------------------------------------------
@@ -259,7 +354,9 @@ def test_inference_service_is_the_same_pod_as_a_custom_predictor(device: str) ->
 )
 def test_limits_follow_the_image_labels(serve: dict[str, str], target: int, hard: int, timeout: int) -> None:
     for kserve in (False, True):
-        document = render_manifests(image_facts(serve=serve), IMAGE, KubernetesOptions("m", kserve=kserve))[0]
+        document = render_manifests(image_facts(serve=serve), IMAGE, KubernetesOptions("m", kserve=kserve))[
+            -1
+        ]
         if kserve:
             predictor = document["spec"]["predictor"]
             got = (predictor["scaleTarget"], predictor["containerConcurrency"], predictor["timeout"])
@@ -297,10 +394,11 @@ def test_concurrency_and_memory_are_fly_s_numbers() -> None:
 
 @pytest.mark.parametrize("label", ["eight", "-1", "nan", "0"])
 def test_unusable_serve_label_is_refused(label: str) -> None:
-    with pytest.raises(ConfigError, match="BAKE_MAX_BATCH_SIZE"):
-        render_manifests(
-            image_facts(serve={**SERVE, "BAKE_MAX_BATCH_SIZE": label}), IMAGE, KubernetesOptions("m")
-        )
+    """The labels are read once, with the runtime's parser, before any target sees them."""
+    labels = image_facts().to_labels(base_image="b", source=None)
+    labels["dev.bake.serve"] = json.dumps({**SERVE, "BAKE_MAX_BATCH_SIZE": label})
+    with pytest.raises(SettingsError, match="BAKE_MAX_BATCH_SIZE"):
+        ImageFacts.from_labels(labels)
 
 
 def test_port_knative_reserves_device_and_image_are_checked() -> None:
@@ -332,6 +430,7 @@ def test_extra_env_comes_after_the_idle_override_and_secrets_come_from_secret_re
         document = render(kserve=kserve, **options)
         assert container_of(document)["env"] == [
             {"name": "BAKE_IDLE_TIMEOUT_S", "value": "0"},
+            {"name": "BAKE_MODEL_NAME", "value": "resnet-50"},
             {"name": "BAKE_JPEG_DRAFT", "value": "1"},
             {"name": "BAKE_LOG_LEVEL", "value": "debug"},
             {"name": "BAKE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "resnet-api", "key": "key"}}},
@@ -350,7 +449,8 @@ def test_idle_timeout_cannot_be_turned_back_on() -> None:
     with pytest.raises(ConfigError, match="BAKE_IDLE_TIMEOUT_S=300.*crash"):
         KubernetesOptions("m", env={"BAKE_IDLE_TIMEOUT_S": "300"})
     env = container_of(render(env={"BAKE_IDLE_TIMEOUT_S": "0"}))["env"]
-    assert env == [{"name": "BAKE_IDLE_TIMEOUT_S", "value": "0"}]
+    assert [item["name"] for item in env] == ["BAKE_IDLE_TIMEOUT_S", "BAKE_MODEL_NAME"]
+    assert env[0] == {"name": "BAKE_IDLE_TIMEOUT_S", "value": "0"}
 
 
 @pytest.mark.parametrize(
@@ -366,6 +466,8 @@ def test_idle_timeout_cannot_be_turned_back_on() -> None:
         ({"X": "1"}, {"X": ("s", "k")}, "both env and secret_env"),
         ({}, {"BAKE_API_KEY": ("Bad_Secret", "k")}, "invalid Secret name"),
         ({}, {"BAKE_API_KEY": ("s", "bad/key")}, "invalid Secret key"),
+        ({}, {"BAKE_MODEL_NAME": ("s", "k")}, "BAKE_MODEL_NAME is no secret"),
+        ({}, {"BAKE_IDLE_TIMEOUT_S": ("s", "k")}, "BAKE_IDLE_TIMEOUT_S is no secret"),
     ],
 )
 def test_unusable_environment_is_refused(
@@ -378,6 +480,24 @@ def test_unusable_environment_is_refused(
 def test_offline_flags_may_be_restated() -> None:
     env = container_of(render(env={"HF_HUB_OFFLINE": "1"}))["env"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in env
+
+
+def test_the_model_name_follows_the_service_unless_knative_is_told_otherwise() -> None:
+    env = container_of(render(env={"BAKE_MODEL_NAME": "resnet"}))["env"]
+    assert [item for item in env if item["name"] == "BAKE_MODEL_NAME"] == [
+        {"name": "BAKE_MODEL_NAME", "value": "resnet"}
+    ]
+    restated = container_of(render(kserve=True, env={"BAKE_MODEL_NAME": "resnet-50"}))["env"]
+    assert [item["name"] for item in restated].count("BAKE_MODEL_NAME") == 1
+    with pytest.raises(ConfigError, match="KServe sends requests to /v2/models/resnet-50/infer") as error:
+        KubernetesOptions("resnet-50", kserve=True, env={"BAKE_MODEL_NAME": "resnet"})
+    assert "leave BAKE_MODEL_NAME out" in str(error.value)
+
+
+def test_kserve_refuses_values_it_would_read_as_templates() -> None:
+    with pytest.raises(ConfigError, match="BAKE_LOG_LEVEL a value with '[{][{]'.*Go template"):
+        KubernetesOptions("m", kserve=True, env={"BAKE_LOG_LEVEL": "{{.Name}}"})
+    assert KubernetesOptions("m", env={"BAKE_LOG_LEVEL": "{{.Name}}"}).env  # Knative templates nothing
 
 
 # --- option validation ----------------------------------------------------------------------------------
@@ -432,14 +552,16 @@ def test_invalid_scale_bounds_are_refused(min_scale: int, max_scale: int) -> Non
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("kserve", [False, True], ids=["knative", "kserve"])
 def test_manifests_conform_to_the_published_schemas(device: str, kserve: bool) -> None:
-    document = render(
+    documents = render_all(
         device,
         kserve=kserve,
         env={"BAKE_LOG_LEVEL": "debug"},
         secret_env={"BAKE_API_KEY": ("resnet-api", "key")},
     )
-    assert schema_errors(document, KSERVE_SCHEMA if kserve else KNATIVE_SCHEMA) == []
-    assert knative_webhook_violations(document) == []
+    schemas = [SERVING_RUNTIME_SCHEMA, KSERVE_SCHEMA] if kserve else [KNATIVE_SCHEMA]
+    for document, schema in zip(documents, schemas, strict=True):
+        assert schema_errors(document, schema) == [], document["kind"]
+    assert knative_webhook_violations(documents) == []
 
 
 def test_the_schemas_are_strict() -> None:
@@ -460,27 +582,47 @@ def test_the_schemas_are_strict() -> None:
         mutate(broken)
         assert any(where in error for error in schema_errors(broken, KNATIVE_SCHEMA)), where
     assert revision == render("cuda")["spec"]["template"]["spec"]  # the original is untouched
-    isvc = render(kserve=True)
+    runtime, isvc = render_all(kserve=True)
     for mutate, where in [
         (lambda d: d["spec"]["predictor"].update(scaleMetric="latency"), "scaleMetric"),
         (lambda d: d["spec"]["predictor"].update(minReplicas=-1), "minReplicas"),
         (lambda d: d["spec"]["predictor"].update(terminationGracePeriodSeconds=30), "terminationGrace"),
         (lambda d: d["spec"].update(predictors={}), "predictors"),
-        (lambda d: container_of(d).update(stdin=True), "stdin"),
+        (lambda d: d["spec"]["predictor"]["model"].update(protocolVersion="V2"), "protocolVersion"),
+        (lambda d: d["spec"]["predictor"]["model"].update(name="m"), "'name' was unexpected"),
+        (lambda d: d["spec"]["predictor"]["model"].update(lifecycle={}), "lifecycle"),
+        (lambda d: d["spec"]["predictor"]["model"].update(modelFormat={}), "'name' is a required property"),
+        (lambda d: d["spec"]["predictor"]["model"].update(protocol="v2"), "'protocol' was unexpected"),
     ]:
         broken = copy.deepcopy(isvc)
         mutate(broken)
         assert any(where in error for error in schema_errors(broken, KSERVE_SCHEMA)), where
+    for mutate, where in [
+        (lambda d: container_of(d).update(stdin=True), "stdin"),
+        (lambda d: container_of(d).pop("name"), "'name' is a required property"),
+        (lambda d: d["spec"].update(containers=[]), "containers"),
+        (lambda d: d["spec"].update(protocolVersions=["http"]), "protocolVersions"),
+        (lambda d: d["spec"].update(protocolVersion="v2"), "'protocolVersion' was unexpected"),
+        (lambda d: d["spec"]["supportedModelFormats"][0].update(priority=0), "priority"),
+        (lambda d: d["spec"].update(terminationGracePeriodSeconds=30), "terminationGrace"),
+        (lambda d: d.update(apiVersion="serving.kserve.io/v1beta1"), "apiVersion"),
+    ]:
+        broken = copy.deepcopy(runtime)
+        mutate(broken)
+        assert any(where in error for error in schema_errors(broken, SERVING_RUNTIME_SCHEMA)), where
 
 
 KNATIVE_RESERVED_PORTS = {8008, 8012, 8013, 8022, 9090, 9091}
 KNATIVE_RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 
 
-def knative_webhook_violations(document: dict[str, Any]) -> list[str]:
+def knative_webhook_violations(documents: list[dict[str, Any]]) -> list[str]:
     """The checks of Knative's admission webhook that no schema states (knative/serving
-    pkg/apis/serving/k8s_validation.go and pkg/apis/autoscaling/annotation_validation.go)."""
+    pkg/apis/serving/k8s_validation.go and pkg/apis/autoscaling/annotation_validation.go), on a Knative
+    Service or on what KServe makes of a ServingRuntime and an InferenceService."""
     problems = []
+    document = documents[-1]
+    container = container_of(documents[0])
     if document["kind"] == "Service":
         annotations = document["spec"]["template"]["metadata"]["annotations"]
     else:  # KServe writes these from the predictor's fields and the InferenceService's annotations
@@ -510,7 +652,6 @@ def knative_webhook_violations(document: dict[str, Any]) -> list[str]:
     delay = go_duration_seconds(annotations["autoscaling.knative.dev/scale-down-delay"])
     if not 0 <= delay <= 3600 or delay != round(delay):
         problems.append("scale-down-delay out of 0s..1h or not whole seconds")
-    container = container_of(document)
     port = container["ports"][0]
     if len(container["ports"]) != 1 or port.get("name", "") not in ("", "http1", "h2c"):
         problems.append("one port named '', http1 or h2c")
@@ -531,30 +672,38 @@ def knative_webhook_violations(document: dict[str, Any]) -> list[str]:
     return problems
 
 
-def test_the_webhook_checks_catch_what_knative_refuses() -> None:
-    service = render()
+@pytest.mark.parametrize("kserve", [False, True], ids=["knative", "kserve"])
+def test_the_webhook_checks_catch_what_knative_refuses(kserve: bool) -> None:
+    documents = render_all(kserve=kserve)
     for mutate, problem in [
-        (lambda d: container_of(d)["readinessProbe"].update(timeoutSeconds=1), "periodSeconds is zero"),
-        (lambda d: container_of(d)["ports"][0].update(name="http"), "one port"),
-        (lambda d: container_of(d)["ports"][0].update(containerPort=8012), "reserved port"),
-        (lambda d: container_of(d)["env"].append({"name": "PORT", "value": "1"}), "reserved environment"),
-        (lambda d: container_of(d)["livenessProbe"]["httpGet"].update(port="web"), "probe port"),
+        (lambda d: container_of(d[0])["readinessProbe"].update(timeoutSeconds=1), "periodSeconds is zero"),
+        (lambda d: container_of(d[0])["ports"][0].update(name="http"), "one port"),
+        (lambda d: container_of(d[0])["ports"][0].update(containerPort=8012), "reserved port"),
+        (lambda d: container_of(d[0])["env"].append({"name": "PORT", "value": "1"}), "reserved environment"),
+        (lambda d: container_of(d[0])["livenessProbe"]["httpGet"].update(port="web"), "probe port"),
         (
-            lambda d: d["spec"]["template"]["metadata"]["annotations"].update(
-                {"autoscaling.knative.dev/scale-down-delay": "2h"}
-            ),
+            lambda d: autoscaling_of(d[-1]).update({"autoscaling.knative.dev/scale-down-delay": "2h"}),
             "scale-down-delay",
         ),
-        (
-            lambda d: d["spec"]["template"]["metadata"]["annotations"].update(
-                {"autoscaling.knative.dev/min-scale": "3"}
-            ),
-            "max-scale is less than min-scale",
-        ),
+        (lambda d: scale_bounds(d[-1], min_scale=3), "max-scale is less than min-scale"),
     ]:
-        broken = copy.deepcopy(service)
+        broken = copy.deepcopy(documents)
         mutate(broken)
         assert any(problem in found for found in knative_webhook_violations(broken)), problem
+
+
+def autoscaling_of(document: dict[str, Any]) -> dict[str, str]:
+    """Where the Knative annotations that have no KServe field go."""
+    if document["kind"] == "Service":
+        return document["spec"]["template"]["metadata"]["annotations"]
+    return document["metadata"]["annotations"]
+
+
+def scale_bounds(document: dict[str, Any], *, min_scale: int) -> None:
+    if document["kind"] == "Service":
+        autoscaling_of(document)["autoscaling.knative.dev/min-scale"] = str(min_scale)
+    else:
+        document["spec"]["predictor"]["minReplicas"] = min_scale
 
 
 def go_duration_seconds(text: str) -> float:
@@ -565,7 +714,7 @@ def go_duration_seconds(text: str) -> float:
 
 def test_the_vendored_schemas_are_the_ones_described_in_sources() -> None:
     sources = (SCHEMAS_DIR / "SOURCES.md").read_text()
-    for name in (KNATIVE_SCHEMA, KSERVE_SCHEMA):
+    for name in SCHEMAS:
         section = sources.split(f"## {name}", 1)[1]
         expected = re.search(r"sha256 ([0-9a-f]{64})", section)
         assert expected is not None, name
@@ -578,18 +727,18 @@ def test_the_vendored_schemas_are_the_ones_described_in_sources() -> None:
 def test_yaml_round_trips_with_a_header_and_stable_order() -> None:
     documents = [
         render("cuda", secret_env={"BAKE_API_KEY": ("resnet-api", "key")}),
-        render("cpu", kserve=True),
+        *render_all("cpu", kserve=True),
     ]
     text = manifests_yaml(documents)
     assert list(yaml.safe_load_all(text)) == documents
     lines = text.splitlines()
     assert lines[0].startswith("# Written by bake ") and "kubectl apply -f" in lines[0]
-    assert lines[1] == "# serving.knative.dev/v1 Service default/resnet-50 serving microsoft/resnet-50"
-    assert (
-        lines[2]
-        == "# serving.kserve.io/v1beta1 InferenceService default/resnet-50 serving microsoft/resnet-50"
-    )
-    assert text.count("\n---\n") == 2
+    assert lines[1:4] == [
+        "# serving.knative.dev/v1 Service default/resnet-50 serving microsoft/resnet-50",
+        "# serving.kserve.io/v1alpha1 ServingRuntime default/resnet-50 serving microsoft/resnet-50",
+        "# serving.kserve.io/v1beta1 InferenceService default/resnet-50 serving microsoft/resnet-50",
+    ]
+    assert text.count("\n---\n") == 3
     assert "&id" not in text and "*id" not in text  # shared objects are spelt out, not aliased
     assert text == manifests_yaml(copy.deepcopy(documents))
     first = yaml.safe_load_all(text).__next__()
@@ -692,25 +841,34 @@ def kube_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_kubectl_server_dry_run_sends_exactly_the_manifests(
     kube_env: Path, monkeypatch: pytest.MonkeyPatch, kserve: bool, device: str
 ) -> None:
-    documents = [render(device, kserve=kserve, secret_env={"BAKE_API_KEY": ("resnet-api", "key")})]
+    documents = render_all(device, kserve=kserve, secret_env={"BAKE_API_KEY": ("resnet-api", "key")})
     path = write_manifests(kube_env / "resnet-50.yaml", documents)
     with KubeApiServer() as api:
         monkeypatch.setenv(
             "KUBECONFIG", str(write_kubeconfig(kube_env / "config", {"fake": api.url}, "fake"))
         )
         output = apply_manifests(path, kubectl=KUBECTL, dry_run=True)
-    kind = "inferenceservice.serving.kserve.io" if kserve else "service.serving.knative.dev"
-    assert output.strip() == f"{kind}/resnet-50 created (server dry run)"
-    [created] = api.created()
-    plural = "inferenceservices" if kserve else "services"
-    group = "serving.kserve.io/v1beta1" if kserve else "serving.knative.dev/v1"
-    assert created.path == f"/apis/{group}/namespaces/default/{plural}"
-    assert created.query["dryRun"] == "All"
-    assert created.query["fieldValidation"] == "Strict"
-    sent = copy.deepcopy(created.body)
-    last_applied = sent["metadata"]["annotations"].pop("kubectl.kubernetes.io/last-applied-configuration")
-    assert sent == documents[0]
-    assert yaml.safe_load(last_applied) == documents[0]
+    if kserve:
+        expected = [
+            ("servingruntime.serving.kserve.io", "serving.kserve.io/v1alpha1", "servingruntimes"),
+            ("inferenceservice.serving.kserve.io", "serving.kserve.io/v1beta1", "inferenceservices"),
+        ]
+    else:
+        expected = [("service.serving.knative.dev", "serving.knative.dev/v1", "services")]
+    assert output.strip().splitlines() == [
+        f"{kind}/resnet-50 created (server dry run)" for kind, _, _ in expected
+    ]
+    created = api.created()
+    assert [request.path for request in created] == [
+        f"/apis/{group}/namespaces/default/{plural}" for _, group, plural in expected
+    ]
+    for request, document in zip(created, documents, strict=True):
+        assert request.query["dryRun"] == "All"
+        assert request.query["fieldValidation"] == "Strict"
+        sent = copy.deepcopy(request.body)
+        last_applied = sent["metadata"]["annotations"].pop("kubectl.kubernetes.io/last-applied-configuration")
+        assert sent == document
+        assert yaml.safe_load(last_applied) == document
 
 
 @needs_kubectl
@@ -759,6 +917,43 @@ def test_kubectl_on_a_cluster_without_knative(kube_env: Path, monkeypatch: pytes
         with pytest.raises(LaunchFailed, match="install Knative Serving") as error:
             apply_manifests(path, kubectl=KUBECTL)
     assert 'no matches for kind "Service" in version "serving.knative.dev/v1"' in str(error.value)
+
+
+@needs_kubectl
+def test_kubectl_reports_a_serving_runtime_the_server_refuses(
+    kube_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, isvc = render_all(kserve=True)
+    runtime["spec"]["protocolVersions"] = ["V2"]
+    path = write_manifests(kube_env / "m.yaml", [runtime, isvc])
+    with KubeApiServer() as api:
+        monkeypatch.setenv(
+            "KUBECONFIG", str(write_kubeconfig(kube_env / "config", {"fake": api.url}, "fake"))
+        )
+        with pytest.raises(LaunchFailed) as error:
+            apply_manifests(path, kubectl=KUBECTL, dry_run=True)
+    message = str(error.value)
+    assert 'ServingRuntime "resnet-50" is invalid' in message
+    assert "'V2' is not one of ['v1', 'v2', 'grpc-v1', 'grpc-v2']" in message
+    assert "\n" not in message
+    assert [request.path.rsplit("/", 1)[1] for request in api.created()] == [
+        "servingruntimes",
+        "inferenceservices",
+    ]  # kubectl goes on with the next object, which the server accepts
+
+
+@needs_kubectl
+def test_kubectl_on_a_kserve_without_serving_runtimes(
+    kube_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_manifests(kube_env / "m.yaml", render_all(kserve=True))
+    with KubeApiServer(resources=(KNATIVE, KSERVE)) as api:
+        monkeypatch.setenv(
+            "KUBECONFIG", str(write_kubeconfig(kube_env / "config", {"fake": api.url}, "fake"))
+        )
+        with pytest.raises(LaunchFailed, match="does not know these resources.*KServe") as error:
+            apply_manifests(path, kubectl=KUBECTL)
+    assert 'no matches for kind "ServingRuntime" in version "serving.kserve.io/v1alpha1"' in str(error.value)
 
 
 @needs_kubectl

@@ -69,6 +69,13 @@ def test_launch_waits_for_ready_prints_the_url_and_hints(project: Project, name:
     assert labels["dev.bake.launched"] == "1" and labels["dev.bake.image"] == project.image
     policy = docker("inspect", name, "--format", "{{.HostConfig.RestartPolicy.Name}}").stdout.strip()
     assert policy == b"on-failure"
+    # the endpoint is remembered: `bake bench` without a URL measures it
+    bench = project.bake(
+        "bench", "--json", "--concurrency", "1", "--duration", "1", "--warmup", "0", "--no-plot"
+    )
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    report = json.loads(bench.stdout)
+    assert report["server"]["url"] == url and report["levels"][0]["client"]["requests"] > 0
 
 
 def test_launch_without_an_image_takes_the_last_build(project: Project, name: str) -> None:
@@ -97,9 +104,9 @@ def test_ps_logs_predict_and_stop(project: Project, name: str) -> None:
     assert listed.returncode == 0 and name in listed.stdout and f"http://127.0.0.1:{port}" in listed.stdout
     photo = project.path / "photo.jpg"
     photo.write_bytes(PHOTO)
-    predicted = project.bake("predict", str(photo), "--name", name, "--param", "top_k=2")
+    predicted = project.bake("predict", str(photo), "--name", name, "--param", "top_k=2", "--json")
     assert predicted.returncode == 0, predicted.stderr
-    assert len(json.loads(predicted.stdout)) == 2
+    assert len(json.loads(predicted.stdout)["output"]) == 2
     logs = project.bake("logs", name)
     assert "ready in" in logs.stdout + logs.stderr
     stopped = project.bake("stop", name)
@@ -112,20 +119,24 @@ def test_ps_logs_predict_and_stop(project: Project, name: str) -> None:
 
 def test_idle_container_stops_itself_and_the_next_predict_wakes_it(project: Project, name: str) -> None:
     port = str(free_port())
-    launched = project.bake("launch", project.image, "--name", name, "--host-port", port, "-e", "BAKE_IDLE_TIMEOUT_S=2")
+    launched = project.bake(
+        "launch", project.image, "--name", name, "--host-port", port, "-e", "BAKE_IDLE_TIMEOUT_S=2"
+    )
     assert launched.returncode == 0, launched.stderr[-2000:]
     deadline = time.monotonic() + 60
     while state(name)["Running"]:
         assert time.monotonic() < deadline, "the idle timeout did not stop the container"
         time.sleep(0.5)
     time.sleep(3)
-    assert state(name)["Running"] is False and state(name)["ExitCode"] == 0, "an idle exit must not be restarted"
+    assert state(name)["Running"] is False and state(name)["ExitCode"] == 0, (
+        "an idle exit must not be restarted"
+    )
     photo = project.path / "photo.jpg"
     photo.write_bytes(PHOTO)
     predicted = project.bake("predict", str(photo), "--name", name)
     assert predicted.returncode == 0, predicted.stderr
     assert "is stopped (idle): starting it" in predicted.stderr
-    assert len(json.loads(predicted.stdout)) == 5
+    assert len(predicted.stdout.splitlines()) == 5, "a label a line"
     docker("stop", name)
     woken = project.bake("launch", "--wake", "--name", name)
     assert woken.returncode == 0 and state(name)["Running"] is True
@@ -176,14 +187,28 @@ def remote() -> Iterator[SecondEngine]:
         yield engine
 
 
-def test_remote_engine_gets_the_image_streamed_without_a_registry(project: Project, remote: SecondEngine) -> None:
+def test_remote_engine_gets_the_image_streamed_without_a_registry(
+    project: Project, remote: SecondEngine
+) -> None:
     name = f"bake-remote-{uuid.uuid4().hex[:6]}"
     port = str(free_port())
-    result = project.bake("launch", project.image, "--target", "docker", "--host", remote.host, "--name", name,
-                          "--host-port", port)
+    result = project.bake(
+        "launch",
+        project.image,
+        "--target",
+        "docker",
+        "--host",
+        remote.host,
+        "--name",
+        name,
+        "--host-port",
+        port,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert state(name, remote.host)["Running"] is True
-    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0, "not on the local engine"
+    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0, (
+        "not on the local engine"
+    )
     assert httpx.post(f"http://127.0.0.1:{port}/predict", content=PHOTO).status_code == 200
     listed = project.bake("ps", "--host", remote.host)
     assert name in listed.stdout
@@ -195,12 +220,26 @@ def test_remote_engine_pulls_the_image_through_a_registry(project: Project, remo
     port = str(free_port())
     subprocess.run(["docker", "-H", remote.host, "rmi", "-f", project.image], capture_output=True)
     with LocalRegistry() as registry:
-        result = project.bake("launch", project.image, "--target", "docker", "--host", remote.host, "--name", name,
-                              "--host-port", port, "--registry", registry.address)
+        result = project.bake(
+            "launch",
+            project.image,
+            "--target",
+            "docker",
+            "--host",
+            remote.host,
+            "--name",
+            name,
+            "--host-port",
+            port,
+            "--registry",
+            registry.address,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         repository, tag = project.image.rsplit(":", 1)
         assert registry.manifest_status(repository, tag) == 200
-    running = docker("-H", remote.host, "inspect", name, "--format", "{{.Config.Image}}").stdout.decode().strip()
+    running = (
+        docker("-H", remote.host, "inspect", name, "--format", "{{.Config.Image}}").stdout.decode().strip()
+    )
     assert running == f"{registry.address}/{project.image}"
     assert httpx.post(f"http://127.0.0.1:{port}/predict", content=PHOTO).status_code == 200
     subprocess.run(["docker", "-H", remote.host, "rm", "-f", name], capture_output=True)

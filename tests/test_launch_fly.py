@@ -25,7 +25,9 @@ TOKEN = "FlyV1 fm2_" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    with built_project(tmp_path_factory.mktemp("fly"), "vit", "bake-fly/tiny", "--max-batch-size", "4") as built:
+    with built_project(
+        tmp_path_factory.mktemp("fly"), "vit", "bake-fly/tiny", "--max-batch-size", "4"
+    ) as built:
         yield built
 
 
@@ -52,8 +54,11 @@ def test_a_gpu_image_is_refused_before_anything_else(image: tuple[Path, str], tm
     docker("buildx", "build", "--load", "-t", cuda, str(tmp_path))
     try:
         with FlyApiServer(token=TOKEN) as fly_api:
-            result = run_bake(["launch", cuda, "--target", "fly", "--name", "bake-gpu"],
-                              {"FLY_API_TOKEN": TOKEN, "BAKE_FLY_API_URL": fly_api.url}, path)
+            result = run_bake(
+                ["launch", cuda, "--target", "fly", "--name", "bake-gpu"],
+                {"FLY_API_TOKEN": TOKEN, "BAKE_FLY_API_URL": fly_api.url},
+                path,
+            )
             assert fly_api.requests == [], "no request may reach Fly"
         assert result.returncode == 1
         line = result.stderr.strip().splitlines()[-1]
@@ -65,7 +70,9 @@ def test_a_gpu_image_is_refused_before_anything_else(image: tuple[Path, str], tm
 
 def test_missing_token_is_one_clear_error(image: tuple[Path, str]) -> None:
     path, tag = image
-    result = run_bake(["launch", tag, "--target", "fly", "--name", "bake-notoken"], {"FLY_API_TOKEN": ""}, path)
+    result = run_bake(
+        ["launch", tag, "--target", "fly", "--name", "bake-notoken"], {"FLY_API_TOKEN": ""}, path
+    )
     assert result.returncode == 1
     assert "FLY_API_TOKEN" in result.stderr.strip().splitlines()[-1]
 
@@ -75,7 +82,8 @@ def test_deploy_pushes_the_image_and_creates_a_machine_through_the_api(image: tu
     with LocalRegistry(password=TOKEN) as registry, FlyApiServer(token=TOKEN) as fly_api:
         result = run_bake(
             ["launch", tag, "--target", "fly", "--name", "bake-deployed", "--registry", registry.address],
-            {"FLY_API_TOKEN": TOKEN, "BAKE_FLY_API_URL": fly_api.url, "PATH": "/usr/bin:/bin"}, path,
+            {"FLY_API_TOKEN": TOKEN, "BAKE_FLY_API_URL": fly_api.url, "PATH": "/usr/bin:/bin"},
+            path,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         [machine] = fly_api.machine_list("bake-deployed")

@@ -1,7 +1,8 @@
 """Where the image's packages come from, and the probe of every configured index before a build.
 
 Indexes are real HTTP(S) servers on 127.0.0.1 (tests.fixtures.package_index): one that serves, a closed port,
-a port that accepts connections and never answers, one that answers 503, and one with a self-signed certificate.
+a port that accepts connections and never answers, one that answers 503, and one with a self-signed
+certificate.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from threading import Thread
 
 import pytest
 
-from bake.config import BuildSpec, load_config
+from bake.config import BuildSpec, Config, load_config
+from bake.doctor import check_package_sources
 from bake.env import read_environment
 from bake.errors import BuildFailed
 from bake.package_sources import (
@@ -168,8 +170,8 @@ def test_an_unreachable_torch_index_without_a_local_wheel_stops_the_build(
     assert message.startswith(f"PyTorch's CPU wheel index {closed_url} cannot be reached")
     assert "never takes torch from the package index" in message
     assert (
-        f"pass --torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with a folder holding "
-        f"torch-{CPU_TORCH_VERSION}+cpu-*.whl" in message
+        f"pass --torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with a folder "
+        f"holding torch-{CPU_TORCH_VERSION}+cpu-*.whl" in message
     )
 
 
@@ -238,3 +240,45 @@ def test_defaults_are_pypi_and_pytorchs_cpu_index(tmp_path: Path) -> None:
 def test_redact_keeps_urls_without_credentials() -> None:
     assert redact("https://mirror.example/simple") == "https://mirror.example/simple"
     assert redact("https://token@mirror.example:8443/simple") == "https://***@mirror.example:8443/simple"
+
+
+def doctor_config(tmp_path: Path, **flags: object) -> Config:
+    toml = tmp_path / "bake.toml"
+    toml.write_text("")
+    return load_config(flags, read_environment({}), toml)
+
+
+def test_doctor_names_where_the_packages_and_the_cpu_torch_come_from(
+    tmp_path: Path, index: PackageIndex, closed_url: str
+) -> None:
+    wheels = tmp_path / "wheels"
+    (wheels / f"torch-{CPU_TORCH_VERSION}+cpu-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    environment = read_environment({})
+    local = check_package_sources(
+        doctor_config(tmp_path, pip_index_url=index.url, pip_find_links=str(wheels)), environment
+    )
+    assert (local.status, local.detail) == (
+        "ok",
+        f"packages from {index.url} (uv); torch=={CPU_TORCH_VERSION}+cpu from the --pip-find-links folder",
+    )
+    config = doctor_config(
+        tmp_path, pip_index_url=index.url, pip_extra_index_url=(closed_url,), torch_index_url=index.url
+    )
+    warned = check_package_sources(config, environment)
+    assert warned.status == "warn" and f"torch=={CPU_TORCH_VERSION}+cpu from {index.url}" in warned.detail
+    assert f"the extra package index {closed_url} cannot be reached" in warned.detail and warned.fix
+    cuda = check_package_sources(doctor_config(tmp_path, pip_index_url=index.url, device="cuda"), environment)
+    assert cuda.status == "ok" and cuda.detail.endswith("; the base image's own torch")
+
+
+def test_doctor_fails_when_the_cpu_torch_has_no_reachable_source(
+    tmp_path: Path, index: PackageIndex, closed_url: str
+) -> None:
+    config = doctor_config(tmp_path, pip_index_url=index.url, torch_index_url=closed_url, installer="pip")
+    check = check_package_sources(config, read_environment({}))
+    assert check.status == "fail" and check.detail.startswith(
+        f"PyTorch's CPU wheel index {closed_url} cannot"
+    )
+    assert check.fix.startswith("pass --torch-index-url with a mirror of")
+    remote = check_package_sources(config, read_environment({"DOCKER_HOST": "ssh://builder@box"}))
+    assert remote.status == "warn" and "the remote Docker engine may reach it" in remote.detail

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from serve.errors import BadRequest, InvalidParameters, RequestError
-from serve.payload import binary_request, decode_base64_input, media_type, parse_json
+from serve.payload import binary_request, decode_base64_input, media_type, parse_json, validate
 from serve.tasks.image_classification import ClassificationParameters
 from tests.fixtures.images import photo
 
@@ -52,7 +52,8 @@ def json_body(document: Any) -> bytes:
 
 
 def classify(data: bytes, content_type: str = "", query: Sequence[tuple[str, str]] = ()) -> tuple[bytes, Any]:
-    return binary_request(data, content_type, query, ClassificationParameters)
+    payload, document = binary_request(data, content_type, query)
+    return payload, validate(ClassificationParameters, document, where="parameters")
 
 
 # -- media types -----------------------------------------------------------------------------------

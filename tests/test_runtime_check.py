@@ -1,4 +1,5 @@
-"""The build's runtime check (bake/image/check_runtime.py), run as the build step runs it, on this machine's torch.
+"""The build's runtime check (bake/image/check_runtime.py), run as the build step runs it, on this machine's
+torch.
 
 This environment holds torch 2.13.0+cpu, the CPU build bake's CPU images are tested with, so the check passes
 for a CPU image of that version and fails, with one line naming what is wrong, for another version, for a CUDA
@@ -79,3 +80,17 @@ def test_a_missing_serving_module_fails_with_its_name(tmp_path: Path, task: str)
     (tmp_path / "uvicorn" / "__init__.py").write_text("raise ImportError('uvicorn is broken here')\n")
     line = failure_line(check("--device", "cpu", "--task", task, pythonpath=tmp_path))
     assert line == "bake-check[import]: uvicorn does not import: ImportError: uvicorn is broken here"
+
+
+def test_a_models_extra_packages_are_imported_and_a_missing_one_fails_with_its_module(tmp_path: Path) -> None:
+    imports = [
+        arg for module in ("sentencepiece", "google.protobuf", "ftfy", "bs4") for arg in ("--import", module)
+    ]
+    assert check("--device", "cpu", "--task", "text-to-image", *imports).returncode == 0
+    # diffusers itself imports ftfy when it finds one, so a broken ftfy is shown on the classification task.
+    (tmp_path / "ftfy").mkdir()
+    (tmp_path / "ftfy" / "__init__.py").write_text("raise ImportError('slimmed away')\n")
+    line = failure_line(
+        check("--device", "cpu", "--task", "image-classification", *imports, pythonpath=tmp_path)
+    )
+    assert line == "bake-check[import]: ftfy does not import: ImportError: slimmed away"

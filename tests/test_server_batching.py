@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.settings import Settings
+from serve.contract.settings import Settings
 from tests.fixtures.gated_task import GatedEcho, Gates, registered
 from tests.fixtures.servers import ThreadServer, free_port
 
@@ -99,7 +99,9 @@ def gates_waiting(server: ThreadServer) -> bool:
     return server.runtime.activity.in_flight >= 1
 
 
-async def test_request_past_its_deadline_gets_504_and_the_server_keeps_serving(tmp_path: Path, gates: Gates) -> None:
+async def test_request_past_its_deadline_gets_504_and_the_server_keeps_serving(
+    tmp_path: Path, gates: Gates
+) -> None:
     with ThreadServer(settings(tmp_path, timeout_s=0.5)) as server:
         gates.device.clear()
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -138,7 +140,9 @@ async def test_a_failing_request_does_not_fail_its_batch_mates(tmp_path: Path, g
             assert answers[0].json() == {"output": "ONE"} and answers[2].json() == {"output": "TWO"}
             assert "this input always fails" in answers[1].json()["error"]
             together = {"one", "please fail", "two"}
-            assert any(set(batch) == together for batch in gates.batches), "the three must first share a batch"
+            assert any(set(batch) == together for batch in gates.batches), (
+                "the three must first share a batch"
+            )
             assert (await post(client, "still up")).status_code == 200
 
 

@@ -63,12 +63,16 @@ def start_served(
 
 
 @pytest.fixture(scope="module")
-def served(hub: HubServer, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    hub: HubServer, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     yield from start_served(hub, tiny_models["resnet"], tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")
-def secured(hub: HubServer, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def secured(
+    hub: HubServer, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     yield from start_served(
         hub, tiny_models["resnet"], tmp_path_factory.mktemp("secured"), {"BAKE_API_KEY": API_KEY}
     )
@@ -93,7 +97,12 @@ def test_info_names_the_model_revision_task_device_and_batching(served: Served) 
     assert info["model"] == REPO and info["revision"] == "main" and info["commit_sha"] == served.sha
     assert info["task"] == "image-classification" and info["state"] == "ready"
     assert info["device"] == "cpu" and info["dtype"] == "float32"
-    assert info["batching"] == {"max_batch_size": 4, "max_wait_ms": 20.0, "max_queue": 256, "buckets": [1, 2, 4]}
+    assert info["batching"] == {
+        "max_batch_size": 4,
+        "max_wait_ms": 20.0,
+        "max_queue": 256,
+        "buckets": [1, 2, 4],
+    }
     assert info["task_details"]["num_labels"] == NUM_LABELS and info["auth"] is False
 
 
@@ -103,7 +112,9 @@ def test_info_names_the_model_revision_task_device_and_batching(served: Served) 
     ids=["jpeg", "png", "webp", "gif"],
 )
 @pytest.mark.parametrize("content_type", ["", "image/jpeg", "application/octet-stream"])
-def test_raw_bytes_are_sniffed_whatever_the_content_type(served: Served, data: bytes, content_type: str) -> None:
+def test_raw_bytes_are_sniffed_whatever_the_content_type(
+    served: Served, data: bytes, content_type: str
+) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     response = httpx.post(served.url + "/predict", content=data, headers=headers)
     assert response.status_code == 200
@@ -160,7 +171,9 @@ def test_concurrent_requests_are_batched_and_answered_like_single_ones(served: S
     photos = [images.photo(120 + 8 * i, 100, seed=i) for i in range(12)]
     before = metric(served, "bake_batch_size_sum"), metric(served, "bake_batch_size_count")
     with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda data: httpx.post(served.url + "/predict", content=data).json(), photos))
+        answers = list(
+            pool.map(lambda data: httpx.post(served.url + "/predict", content=data).json(), photos)
+        )
     for data, answer in zip(photos, answers):
         assert_same_scores(answer, served.expected(data))
     requests = metric(served, "bake_batch_size_sum") - before[0]
@@ -196,7 +209,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "request_args", "status", "fragment"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "request_args", "status", "fragment"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_gets_a_clear_json_error_and_the_server_keeps_serving(
     served: Served, case: str, request_args: dict[str, Any], status: int, fragment: str
 ) -> None:
@@ -227,8 +242,12 @@ def test_metrics_count_requests_latency_batches_queue_and_preprocessing(served: 
         "bake_ready",
     ):
         assert name in text, name
-    assert re.search(r'bake_requests_total\{path="/predict",status="200"\} [1-9]', text)
-    assert re.search(r'bake_requests_total\{path="/predict",status="400"\} [1-9]', text)
+    assert re.search(
+        r'bake_requests_total\{path="/predict",protocol="huggingface",status="200"\} [1-9]', text
+    )
+    assert re.search(
+        r'bake_requests_total\{path="/predict",protocol="huggingface",status="400"\} [1-9]', text
+    )
     assert "bake_ready 1.0" in text
 
 
@@ -245,16 +264,26 @@ def test_openapi_describes_predict_and_docs_render(served: Served) -> None:
 def test_without_the_key_only_probes_answer(secured: Served) -> None:
     assert httpx.get(secured.url + "/health").status_code == 200
     assert httpx.get(secured.url + "/ready").status_code == 200
-    for method, path in (("POST", "/predict"), ("POST", "/"), ("GET", "/info"), ("GET", "/metrics"), ("GET", "/docs")):
+    for method, path in (
+        ("POST", "/predict"),
+        ("POST", "/"),
+        ("GET", "/info"),
+        ("GET", "/metrics"),
+        ("GET", "/docs"),
+    ):
         response = httpx.request(method, secured.url + path, content=PHOTO if method == "POST" else None)
         assert response.status_code == 401, path
-        assert response.headers["WWW-Authenticate"] == "Bearer" and "bearer" in response.json()["error"].lower()
+        assert (
+            response.headers["WWW-Authenticate"] == "Bearer" and "bearer" in response.json()["error"].lower()
+        )
 
 
 def test_wrong_key_is_refused_and_right_key_is_served(secured: Served) -> None:
     wrong = httpx.post(secured.url + "/predict", content=PHOTO, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    right = httpx.post(secured.url + "/predict", content=PHOTO, headers={"Authorization": f"Bearer {API_KEY}"})
+    right = httpx.post(
+        secured.url + "/predict", content=PHOTO, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     assert right.status_code == 200
     assert_same_scores(right.json(), secured.expected(PHOTO))
     client = InferenceClient(model=secured.url, token=API_KEY)
@@ -267,7 +296,9 @@ def test_the_key_never_appears_in_responses_or_logs(secured: Served) -> None:
         httpx.get(secured.url + path, headers=auth).text for path in ("/info", "/metrics", "/openapi.json")
     ]
     bodies.append(httpx.post(secured.url + "/predict", content=b"", headers=auth).text)
-    bodies.append(httpx.post(secured.url + "/predict", content=PHOTO, headers={"Authorization": "Bearer x"}).text)
+    bodies.append(
+        httpx.post(secured.url + "/predict", content=PHOTO, headers={"Authorization": "Bearer x"}).text
+    )
     info = json.loads(bodies[0])
     assert info["auth"] is True
     for body in bodies:

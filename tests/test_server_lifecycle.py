@@ -29,7 +29,13 @@ def read_http_response(sock: socket.socket) -> tuple[int, bytes]:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk, "connection closed before the response body"
@@ -58,7 +64,9 @@ def test_sigterm_answers_requests_already_received_refuses_new_ones_and_exits_0(
         )
         queued: dict[str, httpx.Response] = {}
         waiting = threading.Thread(
-            target=lambda: queued.setdefault("response", httpx.post(server.url + "/predict", content=PHOTO, timeout=30))
+            target=lambda: queued.setdefault(
+                "response", httpx.post(server.url + "/predict", content=PHOTO, timeout=30)
+            )
         )
         waiting.start()
         time.sleep(0.5)  # the second request now waits in the batch queue (1.5 s timer)
@@ -77,7 +85,9 @@ def test_sigterm_answers_requests_already_received_refuses_new_ones_and_exits_0(
 
 
 @pytest.mark.slow
-def test_idle_timeout_exits_0_and_probes_do_not_keep_it_alive(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_idle_timeout_exits_0_and_probes_do_not_keep_it_alive(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     env = {"BAKE_MODEL": str(tiny_models["resnet"]), "BAKE_IDLE_TIMEOUT_S": "2"}
     with ServerProcess(env, tmp_path / "server.log") as server:
         httpx.post(server.url + "/predict", content=PHOTO).raise_for_status()
@@ -116,6 +126,8 @@ def test_bad_settings_exit_2_with_one_line_naming_the_variable() -> None:
 
 @pytest.mark.slow
 def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
-    result = run_serve({"BAKE_MODEL": str(tmp_path / "missing-model"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    result = run_serve(
+        {"BAKE_MODEL": str(tmp_path / "missing-model"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    )
     assert result.returncode == 1
     assert "missing-model" in result.stderr and "not a directory" in result.stderr

@@ -1,16 +1,16 @@
-"""Unit tests for `serve.settings`: reading, validating and publishing the runtime's environment."""
+"""Unit tests for `serve.contract.settings`: reading and validating the runtime's environment, and writing the
+image's settings back as variables."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import pytest
 
-from serve.errors import SettingsError
-from serve.settings import Settings
+from serve.contract.errors import SettingsError
+from serve.contract.settings import ServeSettings, Settings, env_name, parse_flag, specs
 
 MODEL = "org/some-model"
 
@@ -32,7 +32,8 @@ def test_defaults() -> None:
     assert (loaded.host, loaded.port) == ("0.0.0.0", 8080)
     assert loaded.max_body_bytes == 20 * 1024 * 1024
     assert loaded.max_image_pixels == 40_000_000
-    assert loaded.workers == 2 * max(1, os.cpu_count() or 1)
+    assert loaded.workers == 0
+    assert loaded.worker_count == 2 * max(1, os.cpu_count() or 1)
     assert (loaded.jpeg_draft, loaded.torchscript) == (False, True)
     assert loaded.cpu_threads == 0
     assert loaded.offline is False
@@ -185,7 +186,7 @@ def test_offline_from_either_variable(hub: str | None, transformers: str | None,
         ("BAKE_MAX_BODY_BYTES", "20MB"),
         ("BAKE_MAX_IMAGE_PIXELS", "0"),
         ("BAKE_MAX_IMAGE_PIXELS", "4e7"),
-        ("BAKE_WORKERS", "0"),
+        ("BAKE_WORKERS", "-1"),
         ("BAKE_WORKERS", "all"),
         ("BAKE_JPEG_DRAFT", "maybe"),
         ("BAKE_JPEG_DRAFT", "2"),
@@ -261,29 +262,48 @@ def test_settings_are_immutable() -> None:
         loaded.port = 1  # type: ignore[misc]
 
 
-def test_public_leaves_the_api_key_out() -> None:
+def test_the_api_key_is_not_in_the_repr() -> None:
     secret = "very-secret-key-123"
-    loaded = settings(BAKE_API_KEY=secret, BAKE_MAX_BATCH_SIZE="4")
-    public = loaded.public()
-    assert "api_key" not in public
-    assert public["auth"] is True
-    assert public["max_batch_size"] == 4
-    assert public["model"] == MODEL
-    assert secret not in json.dumps(public)
+    loaded = settings(BAKE_API_KEY=secret)
     assert secret not in repr(loaded)
     assert loaded.api_key == secret  # still there for the auth middleware
 
 
-def test_public_without_api_key() -> None:
-    public = settings().public()
-    assert public["auth"] is False
-    assert "api_key" not in public
+def test_serve_settings_round_trip_through_their_variables() -> None:
+    chosen = ServeSettings(
+        max_batch_size=4, max_wait_ms=2.5, jpeg_draft=True, default_guidance=0.0, port=9000
+    )
+    variables = chosen.environment()
+    assert variables["BAKE_MAX_BATCH_SIZE"] == "4" and variables["BAKE_JPEG_DRAFT"] == "1"
+    assert variables["PORT"] == "9000"
+    assert ServeSettings.from_environment(variables) == chosen
+    assert "BAKE_DEFAULT_GUIDANCE" not in ServeSettings().environment(), (
+        "unset optional settings are left out"
+    )
 
 
-def test_public_has_every_other_field_and_is_json() -> None:
-    loaded = settings(BAKE_TASK="image-classification", BAKE_DEVICE="cpu", HF_HUB_OFFLINE="1")
-    public = loaded.public()
-    expected = {field.name for field in dataclasses.fields(Settings)} - {"api_key"} | {"auth"}
-    assert set(public) == expected
-    assert json.loads(json.dumps(public)) == public
-    assert (public["task"], public["device"], public["offline"]) == ("image-classification", "cpu", True)
+def test_the_image_settings_are_the_runtime_settings_minus_identity() -> None:
+    """Every variable an image carries is read by the runtime into the same value."""
+    variables = ServeSettings(max_queue=7, log_level="debug").environment()
+    loaded = Settings.from_env({"BAKE_MODEL": MODEL, **variables})
+    for spec in specs(ServeSettings):
+        assert getattr(loaded, spec.key) == getattr(ServeSettings.from_environment(variables), spec.key)
+    assert set(variables) <= {spec.env for spec in specs(Settings)}
+
+
+@pytest.mark.parametrize("text", ["", " ", "maybe", "2", "y"])
+def test_one_flag_parser_refuses_what_is_not_yes_or_no(text: str) -> None:
+    with pytest.raises(SettingsError, match="is not a boolean"):
+        parse_flag(text, "X")
+
+
+def test_construction_checks_values_too() -> None:
+    with pytest.raises(SettingsError, match="BAKE_MAX_BATCH_SIZE=0 is below the minimum 1"):
+        ServeSettings(max_batch_size=0)
+    with pytest.raises(SettingsError, match="BAKE_DTYPE='fp8' is not one of"):
+        ServeSettings(dtype="fp8")
+
+
+def test_env_name() -> None:
+    assert env_name("idle_timeout_s") == "BAKE_IDLE_TIMEOUT_S"
+    assert env_name("device") == "BAKE_DEVICE"

@@ -27,12 +27,13 @@ import torch
 from huggingface_hub import InferenceClient
 from PIL import Image
 
+from serve.contract.settings import Settings
 from serve.device import choose_placement
 from serve.errors import ClientDisconnected, InvalidParameters
+from serve.image_encoding import encode_image
 from serve.model_source import locate_model
-from serve.settings import Settings
-from serve.tasks.base import Body, Prepared
-from serve.tasks.text_to_image import Generated, TextToImage
+from serve.tasks.base import Prepared
+from serve.tasks.text_to_image import Generated, TextToImage, TextToImageParameters
 from tests.fixtures.hub import HubServer, offline_cache
 from tests.fixtures.models import make_text_to_image_pipeline
 from tests.fixtures.servers import ServerProcess
@@ -63,18 +64,12 @@ def task(pipeline_dir: Path) -> TextToImage:
     return load_task(pipeline_dir)
 
 
-def body(prompt: str = "a red fox", accept: str = "", **parameters: Any) -> Body:
-    return Body(json.dumps({"inputs": prompt, "parameters": parameters}).encode(), "application/json", accept)
+def prepare(task: TextToImage, prompt: str = "a red fox", **parameters: Any) -> Prepared:
+    return task.prepare(prompt, TextToImageParameters(**{**SMALL, **parameters}))
 
 
-def prepare(task: TextToImage, prompt: str = "a red fox", accept: str = "", **parameters: Any) -> Prepared:
-    return task.prepare(body(prompt, accept, **{**SMALL, **parameters}))
-
-
-def png_bytes(task: TextToImage, prepared: Prepared, output: Generated) -> bytes:
-    response = task.respond(output, prepared.params, "")
-    assert response.media_type == "image/png"
-    return bytes(response.body)
+def png_bytes(output: Generated) -> bytes:
+    return encode_image(output.images[0], "image/png")
 
 
 def alone(task: TextToImage, prepared: Prepared) -> Generated:
@@ -88,25 +83,25 @@ def pixels(data: bytes) -> np.ndarray:
 # ---- the task, in-process ----
 
 
-def test_png_of_the_asked_size_with_its_seed(task: TextToImage) -> None:
+def test_an_image_of_the_asked_size_with_its_seed(task: TextToImage) -> None:
     prepared = prepare(task, width=48, height=32, seed=7)
-    response = task.respond(alone(task, prepared), prepared.params, "")
-    image = Image.open(io.BytesIO(bytes(response.body)))
-    assert (image.format, image.size, image.mode) == ("PNG", (48, 32), "RGB")
-    assert response.headers["X-Seed"] == "7"
+    generated = task.finish(alone(task, prepared), prepared.params)
+    (image,) = generated.images
+    assert (image.size, image.mode) == ((48, 32), "RGB")
+    assert generated.seed == 7
 
 
 def test_same_seed_same_bytes_other_seed_other_image(task: TextToImage) -> None:
     first, second, other = (prepare(task, seed=seed) for seed in (11, 11, 12))
-    assert png_bytes(task, first, alone(task, first)) == png_bytes(task, second, alone(task, second))
-    assert png_bytes(task, first, alone(task, first)) != png_bytes(task, other, alone(task, other))
+    assert png_bytes(alone(task, first)) == png_bytes(alone(task, second))
+    assert png_bytes(alone(task, first)) != png_bytes(alone(task, other))
 
 
 def test_a_random_seed_is_drawn_when_absent_and_reproduces_the_image(task: TextToImage) -> None:
     drawn = prepare(task)
-    again = prepare(task, seed=drawn.params.seed)
-    assert 0 <= drawn.params.seed < 2**32
-    assert png_bytes(task, drawn, alone(task, drawn)) == png_bytes(task, again, alone(task, again))
+    again = prepare(task, seed=drawn.sample.seed)
+    assert 0 <= drawn.sample.seed < 2**32
+    assert png_bytes(alone(task, drawn)) == png_bytes(alone(task, again))
 
 
 @pytest.mark.parametrize(
@@ -127,7 +122,6 @@ def test_a_batched_request_gets_the_bytes_it_gets_alone(task: TextToImage, extra
             "a lighthouse at night, oil painting",
             seed=2,
             **{**extra, "num_images_per_prompt": 2},
-            accept="application/json",
         ),
         prepare(task, "x", seed=3, **extra),
     ]
@@ -141,7 +135,7 @@ def test_a_batched_request_gets_the_bytes_it_gets_alone(task: TextToImage, extra
 
 
 def test_image_j_of_a_request_is_what_seed_plus_j_gets_alone(task: TextToImage) -> None:
-    several = prepare(task, seed=40, num_images_per_prompt=3, accept="application/json")
+    several = prepare(task, seed=40, num_images_per_prompt=3)
     images = alone(task, several).images
     for index, image in enumerate(images):
         assert image.tobytes() == alone(task, prepare(task, seed=40 + index)).images[0].tobytes()
@@ -161,7 +155,7 @@ def test_images_match_the_diffusers_pipeline_run_directly(task: TextToImage, pip
         **SMALL,
     ).images[0]
     prepared = prepare(task, negative_prompt="snow", seed=5, guidance_scale=6.0)
-    served = pixels(png_bytes(task, prepared, alone(task, prepared)))
+    served = pixels(png_bytes(alone(task, prepared)))
     difference = np.abs(served - np.asarray(expected, dtype=np.int16))
     assert difference.max() <= 1, "only float rounding may differ (the served pipeline is batch-invariant)"
 
@@ -234,7 +228,7 @@ def test_fp16_only_weights_load_with_the_variant(tmp_path: Path) -> None:
     assert task.info().details["variant"] == "fp16" and task.pipe.unet.dtype == torch.float32
     assert load_task(full).info().details["variant"] is None, "full weights are preferred for float32"
     prepared = prepare(task, seed=3)
-    assert Image.open(io.BytesIO(png_bytes(task, prepared, alone(task, prepared)))).size == (32, 32)
+    assert Image.open(io.BytesIO(png_bytes(alone(task, prepared)))).size == (32, 32)
 
 
 def test_settings_set_the_defaults_and_limits(pipeline_dir: Path) -> None:
@@ -244,10 +238,10 @@ def test_settings_set_the_defaults_and_limits(pipeline_dir: Path) -> None:
     details = task.info().details
     assert details["defaults"]["num_inference_steps"] == 3 and details["defaults"]["guidance_scale"] == 0.0
     assert details["limits"]["max_images_per_prompt"] == 4, "never more than the batch size"
-    prepared = task.prepare(body("a fox"))
+    prepared = task.prepare("a fox", TextToImageParameters())
     assert prepared.batch_key.steps == 3 and prepared.batch_key.guidance_scale == 0.0
     with pytest.raises(InvalidParameters, match="over the limit of 5"):
-        task.prepare(body("a fox", num_inference_steps=6))
+        task.prepare("a fox", TextToImageParameters(num_inference_steps=6))
 
 
 def test_attention_slicing_and_vae_tiling_keep_batches_equal_to_lone_requests(pipeline_dir: Path) -> None:
@@ -328,7 +322,9 @@ def test_same_seed_same_bytes_over_http(served: Served) -> None:
 
 
 def test_the_root_path_answers_like_predict(served: Served) -> None:
-    root = httpx.post(served.url + "/", json={"inputs": "a red fox", "parameters": {**SMALL, "seed": 23}}, timeout=60)
+    root = httpx.post(
+        served.url + "/", json={"inputs": "a red fox", "parameters": {**SMALL, "seed": 23}}, timeout=60
+    )
     assert root.status_code == 200 and root.content == served.post(seed=23).content
 
 

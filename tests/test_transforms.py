@@ -452,7 +452,9 @@ def test_a_subclass_overriding_nothing_stays_fast() -> None:
     assert isinstance(transform, FastImageTransform)
     image = image_of((61, 37))
     assert_close(
-        transform.collate([transform.prepare(image)], 1), processor_pixels(processor, image), atol=one_step(processor)
+        transform.collate([transform.prepare(image)], 1),
+        processor_pixels(processor, image),
+        atol=one_step(processor),
     )
 
 

@@ -1,16 +1,17 @@
 """Check the image's Python packages and import them as the server will: the build's `venv` stage runs this.
 
 1. torch is the asked version (when one was asked) and the asked device's build. A CPU image must hold a CPU
-   build and no nvidia-* packages: PyPI's default torch is a CUDA build with 3 GB of NVIDIA libraries, which an
-   index without PyTorch's CPU wheels hands out silently. A CUDA image must hold a CUDA build.
-2. The modules the server imports at start for the task are imported. That writes their bytecode, the only
+   build and no nvidia-* packages: PyPI's default torch is a CUDA build with 3 GB of NVIDIA libraries, which
+   an index without PyTorch's CPU wheels hands out silently. A CUDA image must hold a CUDA build.
+2. The modules the server imports at start for the task are imported, and those of the model's extra packages
+   (--import: they must have survived the install and the slimming). That writes their bytecode, the only
    bytecode the slimmed venv ships, so the server starts from compiled modules on a read-only file system
    (compiling torch and transformers at every start costs seconds). Run it with bytecode writing on.
 
 A failed check prints one line, `bake-check[KIND]: what is wrong`, and exits 1; `bake build` reports that line
 with the fix for KIND (torch-build, torch-version or import). Runs with the image's own virtualenv python.
 
-Usage: python check_runtime.py --device cpu|cuda --task TASK [--torch-version VERSION]
+Usage: python check_runtime.py --device cpu|cuda --task TASK [--torch-version VERSION] [--import MODULE ...]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib
 import importlib.metadata
 import sys
 import time
+from collections.abc import Sequence
 
 SERVING_MODULES = (
     "torch",
@@ -92,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
     parser.add_argument("--task", choices=sorted(TASK_NAMES), required=True)
     parser.add_argument("--torch-version", default="")
+    parser.add_argument(
+        "--import", dest="modules", action="append", default=[], help="a module of the model's extra packages"
+    )
     args = parser.parse_args(argv)
     began = time.perf_counter()
     try:
         torch_version = check_torch(args.device, args.torch_version)
-        imported = import_serving_modules(args.task)
+        imported = import_serving_modules(args.task, args.modules)
     except CheckFailed as failure:
         print(f"bake-check[{failure.kind}]: {' '.join(str(failure).split())}")
         return 1
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_torch(device: str, wanted: str) -> str:
-    """torch's version, if it is `wanted` (any, when empty) and a build for `device`; else raise CheckFailed."""
+    """torch's version if it is `wanted` (any, when empty) and a build for `device`, else CheckFailed."""
     try:
         import torch
     except ImportError as error:
@@ -119,10 +124,14 @@ def check_torch(device: str, wanted: str) -> str:
     cuda = torch.version.cuda
     if device == "cpu":
         nvidia = nvidia_packages()
-        listed = f"{len(nvidia)} nvidia-* packages ({', '.join(nvidia[:3])}{', ...' if len(nvidia) > 3 else ''})"
+        listed = (
+            f"{len(nvidia)} nvidia-* packages ({', '.join(nvidia[:3])}{', ...' if len(nvidia) > 3 else ''})"
+        )
         if cuda:
             extra = f", with {listed}" if nvidia else ""
-            raise CheckFailed("torch-build", f"torch {version} in this CPU image is a CUDA {cuda} build{extra}")
+            raise CheckFailed(
+                "torch-build", f"torch {version} in this CPU image is a CUDA {cuda} build{extra}"
+            )
         if nvidia:
             raise CheckFailed("torch-build", f"this CPU image holds {listed} next to torch {version}")
     elif not cuda:
@@ -136,9 +145,10 @@ def nvidia_packages() -> list[str]:
     return sorted(name for name in names if name.startswith("nvidia-"))
 
 
-def import_serving_modules(task: str) -> int:
-    """Import what the server imports at start for `task`; return how many modules are loaded after."""
-    for target in SERVING_MODULES + TASK_NAMES[task]:
+def import_serving_modules(task: str, extra: Sequence[str] = ()) -> int:
+    """Import what the server imports at start for `task`, and the `extra` modules of the model's packages;
+    return how many modules are loaded after."""
+    for target in (*SERVING_MODULES, *TASK_NAMES[task], *extra):
         module, _, name = target.partition(":")
         try:
             loaded = importlib.import_module(module)

@@ -1,11 +1,12 @@
-"""Drop the symbol tables of a shared library, in pure Python: the build's `venv` stage uses it, never the host.
+"""Drop the symbol tables of a shared library, in pure Python (the build's `venv` stage, never the host).
 
 Wheels ship their shared objects with the full `.symtab`/`.strtab` (and sometimes `.debug_*`): 89 of
 libtorch_cpu.so's 434 MB are symbol names that only a debugger reads. The dynamic loader reads the program
 headers and the segments they map (`.dynsym`, `.dynstr` and the rest of what `dlopen` needs live there), never
 the section header table or the sections outside every segment. So, like `strip`, this keeps every byte up to
 the end of the last segment unchanged, drops the non-loaded symbol and debug sections that lie after it, moves
-the other trailing sections (`.comment`, notes, `.shstrtab`) down and writes a renumbered section header table.
+the other trailing sections (`.comment`, notes, `.shstrtab`) down and writes a renumbered section header
+table.
 
 Only 64-bit little-endian ELF files (x86-64, aarch64) laid out that way are rewritten; anything else (another
 class, a dropped section inside the mapped range, a kept section linking to a dropped one, extended section
@@ -51,7 +52,7 @@ class _Section:
 
 
 def strip_symbols(path: Path) -> int:
-    """Rewrite the ELF file `path` without its symbol and debug sections; return the bytes saved (0: untouched)."""
+    """Rewrite the ELF file `path` without its symbol and debug sections; return the bytes saved (0: none)."""
     with path.open("rb") as elf:
         plan = _plan(elf)
         if plan is None:
@@ -83,7 +84,7 @@ def strip_symbols(path: Path) -> int:
 
 
 def _plan(elf) -> tuple[int, list[_Section], set[int], int] | None:
-    """(end of the last mapped byte, the sections, the indexes to drop, .shstrtab's index), or None to leave it."""
+    """(end of the last mapped byte, the sections, the indexes to drop, .shstrtab's index); None: leave it."""
     raw = elf.read(_HEADER.size)
     if len(raw) < _HEADER.size or raw[:4] != _ELF_MAGIC or raw[4] != 2 or raw[5] != 1:
         return None

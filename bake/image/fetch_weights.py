@@ -30,7 +30,9 @@ HASH_CHUNK = 1 << 20
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=("hub", "local"))
     parser.add_argument("--repo")
     parser.add_argument("--revision")
@@ -121,12 +123,22 @@ def convert_to_safetensors(folder: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         # safetensors refuses shared storage (tied weights): give every tensor its own copy
         tensors = {key: value.detach().contiguous().clone() for key, value in state.items()}
-        _replace(folder, name, lambda destination: save_file(tensors, str(destination), metadata={"format": "pt"}))
+        _replace(
+            folder,
+            name,
+            lambda destination, tensors=tensors: save_file(
+                tensors, str(destination), metadata={"format": "pt"}
+            ),
+        )
     for path in sorted(folder.rglob("*.bin.index.json")):
         name = str(path.relative_to(folder))
         index = json.loads(path.read_text())
         index["weight_map"] = {key: safetensors_name(value) for key, value in index["weight_map"].items()}
-        _replace(folder, name, lambda destination: destination.write_text(json.dumps(index, indent=2)))
+        _replace(
+            folder,
+            name,
+            lambda destination, index=index: destination.write_text(json.dumps(index, indent=2)),
+        )
 
 
 def _replace(folder: Path, name: str, write: Callable[[Path], object]) -> None:

@@ -7,10 +7,11 @@ Removes what no import at serve time touches, so the image ships only what servi
     libbackend_with_compiler.so, loaded only by torch's own tests);
   - `tests` folders inside packages (numpy's, sympy's, ...), and `.pyi` type stubs;
   - the build tools: pip, setuptools and wheel (with their scripts and setuptools' distutils hook);
-  - every `__pycache__`: the bytecode the image ships is written afterwards by the runtime check, which imports
-    exactly what the server imports at start (bake/image/check_runtime.py);
+  - every `__pycache__`: the bytecode the image ships is written afterwards by the runtime check, which
+    imports exactly what the server imports at start (bake/image/check_runtime.py);
   - the symbol tables of shared objects (bake/image/elf_symbols.py): 89 MB in libtorch_cpu.so alone.
-Prints one line per kind of removal with the MiB it freed. Standard library only: the base image's python3 runs it.
+Prints one line per kind of removal with the MiB it freed. Standard library only (the base image's python3
+runs it).
 
 Usage: python3 slim_venv.py VENV
 """
@@ -29,7 +30,7 @@ from elf_symbols import strip_symbols
 TORCH_UNUSED = ("test", "include", "share")
 """Folders of the torch package that serving never reads."""
 TORCH_KEPT_PROGRAMS = {"torch_shm_manager"}
-"""torch/bin programs to keep (torch.multiprocessing's shared-memory manager); the rest are tests and protoc."""
+"""torch/bin programs kept (torch.multiprocessing's shared-memory manager); the rest: tests and protoc."""
 TORCH_TEST_LIBRARIES = ("libaoti_custom_ops.so", "libbackend_with_compiler.so")
 """torch/lib libraries only torch's own tests load (besides every lib*test*.so)."""
 BUILD_TOOLS = ("pip", "setuptools", "wheel")
@@ -78,12 +79,12 @@ def _tests_and_stubs(site_packages: Path) -> Iterator[Path]:
 
 
 def _in_package(path: Path) -> bool:
-    """Whether `path` is inside an importable package (not a top-level `tests` or a .dist-info's license tree)."""
+    """Whether `path` is in an importable package (not a top-level `tests`, not a dist-info's licenses)."""
     return (path.parent / "__init__.py").is_file()
 
 
 def _build_tools(venv: Path, site_packages: Path) -> Iterator[Path]:
-    """Every file the build tools' RECORDs list inside `venv` (their scripts in bin/ too), and their folders."""
+    """Every file the build tools' RECORDs list inside `venv` (their bin/ scripts too), and their folders."""
     for name in BUILD_TOOLS:
         for info in site_packages.glob(f"{name}-*.dist-info"):
             record = info / "RECORD"

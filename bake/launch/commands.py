@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 from python_on_whales import DockerClient
 
 from bake.config import Config
 from bake.docker import docker_client, ensure_engine
 from bake.env import Environment
 from bake.errors import ConfigError, LaunchFailed
-from bake.labels import ImageFacts, TASK
+from bake.labels import ImageFacts
 from bake.launch import docker_target, fly_target, kubernetes
 from bake.launch.images import read_facts
-from bake.state import last_built_tag
+from bake.launch.names import default_name
+from bake.launch.predict import Prediction, ask
+from bake.state import last_built_tag, record_launch
+from fly.auth import require_token
+from serve.contract.errors import require
+from serve.contract.labels import TASK
+from serve.contract.settings import API_KEY_ENV, api_keys
 
 
 @dataclass(frozen=True)
@@ -56,67 +60,126 @@ def choose_image(config: Config, image: str | None) -> str:
 
 
 def launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
-    """Put the image on the configured target and report where it answers."""
+    """Put the image on the configured target, remember where it answers (for `bake bench`), report it."""
+    outcome = _launch(config, env, request, output)
+    if outcome.url:
+        record_launch(project_dir(config), outcome.url, config.launch.target)
+    return outcome
+
+
+def _launch(config: Config, env: Environment, request: LaunchRequest, output: TextIO) -> LaunchOutcome:
     spec = config.launch
     image = choose_image(config, request.image)
+    runtime_env = dict(request.env)
+    if env.api_key and API_KEY_ENV not in runtime_env:
+        runtime_env[API_KEY_ENV] = env.api_key
+    _check_before_work(config, env, request, runtime_env)
     local = docker_client()
     ensure_engine(local)
     facts = read_facts(local, image)
-    runtime_env = dict(request.env)
-    if env.api_key and "BAKE_API_KEY" not in runtime_env:
-        runtime_env["BAKE_API_KEY"] = env.api_key
     if spec.target in ("local", "docker"):
-        return _launch_docker(config, local, image, facts, runtime_env, output)
+        return _launch_docker(config, env, local, image, facts, runtime_env, output)
     if spec.target == "fly":
         result = fly_target.launch_fly(
-            local, facts, image, spec, runtime_env, fly_toml=project_dir(config) / "fly.toml",
-            token=env.fly_api_token, dry_run=request.dry_run, output=output,
+            local,
+            facts,
+            image,
+            spec,
+            runtime_env,
+            fly_toml=project_dir(config) / "fly.toml",
+            token=env.fly_api_token,
+            dry_run=request.dry_run,
+            output=output,
         )
         if request.dry_run:
-            return LaunchOutcome(None, (result.fly_toml_text, f"wrote {result.fly_toml} (dry run: nothing deployed)"))
-        return LaunchOutcome(result.url, (f"deployed {result.app} to Fly ({result.method})", f"url       {result.url}"))
+            return LaunchOutcome(
+                None, (result.fly_toml_text, f"wrote {result.fly_toml} (dry run: nothing deployed)")
+            )
+        return LaunchOutcome(
+            result.url, (f"deployed {result.app} to Fly ({result.method})", f"url       {result.url}")
+        )
     return _launch_kubernetes(config, image, facts, request, runtime_env)
 
 
+def _check_before_work(
+    config: Config, env: Environment, request: LaunchRequest, runtime_env: dict[str, str]
+) -> None:
+    """Refuse what the target would refuse, before the engine, the image or the network is touched."""
+    require(
+        ConfigError,
+        config.launch.target != "docker" or config.launch.docker_host != "",
+        "the docker target needs an engine",
+        "pass --host ssh://user@box or tcp://box:2376",
+    )
+    if config.launch.target == "fly" and not request.dry_run:
+        require_token(env.fly_api_token)
+    if config.launch.target == "kubernetes":
+        _kubernetes_options(config, request, runtime_env, name=config.launch.name or "bake")
+
+
+def _kubernetes_options(
+    config: Config, request: LaunchRequest, env: dict[str, str], *, name: str
+) -> kubernetes.KubernetesOptions:
+    """The manifests' options (checked as they are made: `ConfigError` for anything Kubernetes would
+    refuse)."""
+    if API_KEY_ENV in env:
+        raise ConfigError(
+            "an API key must not be written into Kubernetes manifests",
+            f"store it in a Secret and pass --secret-env {API_KEY_ENV}=SECRET:KEY",
+        )
+    return kubernetes.KubernetesOptions(
+        name=name,
+        namespace=request.namespace,
+        kserve=request.kserve,
+        max_scale=request.max_scale,
+        env=env,
+        secret_env=dict(request.secret_env),
+    )
+
+
 def _launch_docker(
-    config: Config, local: DockerClient, image: str, facts: ImageFacts, env: dict[str, str], output: TextIO
+    config: Config,
+    env: Environment,
+    local: DockerClient,
+    image: str,
+    facts: ImageFacts,
+    runtime_env: dict[str, str],
+    output: TextIO,
 ) -> LaunchOutcome:
     spec = config.launch
-    target = local
+    target, host = local, env.docker_host
     if spec.target == "docker":
-        if not spec.docker_host:
-            raise ConfigError("the docker target needs an engine", "pass --host ssh://user@box or tcp://box:2376")
-        target = docker_client(spec.docker_host)
+        target, host = docker_client(spec.docker_host), spec.docker_host
         ensure_engine(target)
         image = docker_target.transfer_image(local, target, image, registry=spec.registry)
-    name = spec.name or docker_target.default_name(facts)
+    name = spec.name or default_name(facts.model)
     launched = docker_target.launch_container(
-        target, image, facts, name=name, host_port=spec.host_port,
-        address=docker_target.engine_address(spec.docker_host if spec.target == "docker" else ""),
-        env=env, ready_timeout_s=spec.ready_timeout_s, output=output,
+        target,
+        image,
+        facts,
+        name=name,
+        host_port=spec.host_port,
+        address=docker_target.engine_address(host),
+        env=runtime_env,
+        ready_timeout_s=spec.ready_timeout_s,
+        output=output,
     )
     host_flag = f" --host {spec.docker_host}" if spec.target == "docker" else ""
-    return LaunchOutcome(launched.url, (
-        f"{launched.name} is ready at {launched.url} ({launched.ready_seconds:.1f} s)",
-        f"try:      bake predict{host_flag} --name {launched.name} INPUT",
-        f"logs:     bake logs{host_flag} {launched.name}",
-        f"stop:     bake stop{host_flag} {launched.name}",
-    ))
+    return LaunchOutcome(
+        launched.url,
+        (
+            f"{launched.name} is ready at {launched.url} ({launched.ready_seconds:.1f} s)",
+            f"try:      bake predict{host_flag} --name {launched.name} INPUT",
+            f"logs:     bake logs{host_flag} {launched.name}",
+            f"stop:     bake stop{host_flag} {launched.name}",
+        ),
+    )
 
 
 def _launch_kubernetes(
     config: Config, image: str, facts: ImageFacts, request: LaunchRequest, env: dict[str, str]
 ) -> LaunchOutcome:
-    secret_env = dict(request.secret_env)
-    if "BAKE_API_KEY" in env:
-        raise ConfigError(
-            "an API key must not be written into Kubernetes manifests",
-            "store it in a Secret and pass --secret-env BAKE_API_KEY=SECRET:KEY",
-        )
-    options = kubernetes.KubernetesOptions(
-        name=config.launch.name or docker_target.default_name(facts), namespace=request.namespace,
-        kserve=request.kserve, max_scale=request.max_scale, env=env, secret_env=secret_env,
-    )
+    options = _kubernetes_options(config, request, env, name=config.launch.name or default_name(facts.model))
     documents = kubernetes.render_manifests(facts, image, options)
     path = kubernetes.write_manifests(project_dir(config) / "k8s" / f"{options.name}.yaml", documents)
     lines = [f"wrote {path}"]
@@ -127,21 +190,30 @@ def _launch_kubernetes(
     return LaunchOutcome(None, tuple(lines))
 
 
-def engine(config: Config) -> tuple[DockerClient, str]:
-    """The engine the management commands talk to (--host, else local) and its published-port address."""
-    host = config.launch.docker_host
+def engine_host(config: Config, env: Environment) -> str:
+    """The engine the management commands talk to: --host (or bake.toml's), else DOCKER_HOST, else local."""
+    return config.launch.docker_host or env.docker_host
+
+
+def engine(config: Config, env: Environment) -> tuple[DockerClient, str]:
+    """The client of `engine_host` and the address where its containers' published ports answer."""
+    host = engine_host(config, env)
     client = docker_client(host)
     ensure_engine(client)
     return client, docker_target.engine_address(host)
 
 
-def wake(config: Config, name: str | None, output: TextIO) -> LaunchOutcome:
+def wake(config: Config, env: Environment, name: str | None, output: TextIO) -> LaunchOutcome:
     """Start the (idle-stopped) container again and wait for it."""
-    client, address = engine(config)
+    client, address = engine(config, env)
     launched = docker_target.wake(
-        client, _default_container(config, client, name), address=address,
-        ready_timeout_s=config.launch.ready_timeout_s, output=output,
+        client,
+        _default_container(config, client, name),
+        address=address,
+        ready_timeout_s=config.launch.ready_timeout_s,
+        output=output,
     )
+    record_launch(project_dir(config), launched.url, config.launch.target)
     return LaunchOutcome(launched.url, (f"{launched.name} is ready at {launched.url}",))
 
 
@@ -157,36 +229,39 @@ def _default_container(config: Config, client: DockerClient, name: str | None) -
 
 
 def predict(
-    config: Config, env: Environment, *, name: str | None, url: str | None, value: str,
-    parameters: dict[str, Any], output_path: Path | None, stream: TextIO,
-) -> str:
-    """Send one input to a launched server (waking it if it idled out); return what to print."""
+    config: Config,
+    env: Environment,
+    *,
+    name: str | None,
+    url: str | None,
+    value: str,
+    parameters: dict[str, Any],
+    output_path: Path | None,
+    stream: TextIO,
+) -> Prediction:
+    """Send one input to a launched server (waking it if it idled out), or to the server at `url`."""
     task = None
     if url is None:
-        client, address = engine(config)
+        client, address = engine(config, env)
         container_name = _default_container(config, client, name)
         container = docker_target.find(client, container_name)
         task = (container.config.labels or {}).get(TASK)
         if not container.state.running:
             stream.write(f"{container_name} is stopped (idle): starting it\n")
-        url = docker_target.wake(client, container_name, address=address,
-                                 ready_timeout_s=config.launch.ready_timeout_s, output=stream).url
-    headers = {"Authorization": f"Bearer {env.api_key}"} if env.api_key else {}
-    if task == "text-to-image" or (task is None and not Path(value).is_file()):
-        body = {"inputs": value, "parameters": parameters} if parameters else {"inputs": value}
-        response = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600)
-    else:
-        response = httpx.post(f"{url}/predict", content=Path(value).read_bytes(), params=parameters,
-                              headers=headers, timeout=600)
-    if response.status_code != 200:
-        message = response.json().get("error", response.text) if _is_json(response) else response.text
-        raise LaunchFailed(f"the server answered {response.status_code}: {message}", "check the input")
-    if response.headers.get("content-type", "").startswith("image/"):
-        target = output_path or Path("output." + response.headers["content-type"].split("/", 1)[1])
-        target.write_bytes(response.content)
-        return f"wrote {target} ({len(response.content)} bytes)"
-    return json.dumps(response.json(), indent=2)
-
-
-def _is_json(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("application/json")
+        url = docker_target.wake(
+            client,
+            container_name,
+            address=address,
+            ready_timeout_s=config.launch.ready_timeout_s,
+            output=stream,
+        ).url
+    keys = api_keys(env.api_key)
+    return ask(
+        url,
+        task=task,
+        value=value,
+        parameters=parameters,
+        api_key=keys[0] if keys else None,
+        output_path=output_path,
+        stream=stream,
+    )

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -18,8 +20,10 @@ from urllib.parse import urlsplit
 from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException, NoSuchContainer
 
-from bake.errors import LaunchFailed
+from bake.docker import docker_errors, last_line
+from bake.errors import Interrupted, LaunchFailed
 from bake.labels import ImageFacts
+from bake.launch.container_logs import LogFollower
 from bake.launch.readiness import wait_ready
 
 LAUNCHED = "dev.bake.launched"
@@ -27,6 +31,7 @@ LAUNCHED = "dev.bake.launched"
 IMAGE = "dev.bake.image"
 HOST_PORT = "dev.bake.host-port"
 _STOP_MARGIN_S = 5
+_SEE_PS = "see `docker ps -a` and `bake ps`"
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,9 @@ class Launched:
     ready_seconds: float
 
 
-def default_name(facts: ImageFacts) -> str:
-    """bake-<model name>: lower-case, Docker-safe."""
-    base = facts.model.rstrip("/").rsplit("/", 1)[-1].lower()
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in base).strip("-.")
-    return f"bake-{cleaned or 'model'}"
-
-
 def engine_address(docker_host: str) -> str:
-    """The address where a container's published ports answer: the remote host, or 127.0.0.1."""
+    """The address where a container's published ports answer: the engine's host (from --host or
+    DOCKER_HOST), or 127.0.0.1 for a local socket."""
     if not docker_host or docker_host.startswith(("unix://", "npipe://")):
         return "127.0.0.1"
     return urlsplit(docker_host).hostname or "127.0.0.1"
@@ -65,8 +64,10 @@ def launch_container(
     ready_timeout_s: float,
     output: TextIO,
 ) -> Launched:
-    """Replace any container called `name` with one serving `image`, wait for /ready, describe it."""
-    _remove_previous(client, name)
+    """Replace any container called `name` with one serving `image`, wait for /ready (showing its log),
+    describe it."""
+    with docker_errors(f"replace the container {name}", _SEE_PS):
+        _remove_previous(client, name)
     gpus = None
     if facts.device == "cuda":
         _require_nvidia_runtime(client)
@@ -83,33 +84,59 @@ def launch_container(
             restart="on-failure",
             gpus=gpus,
             pull="never",
-            stop_timeout=int(float(facts.serve["BAKE_DRAIN_TIMEOUT_S"])) + _STOP_MARGIN_S,
+            stop_timeout=math.ceil(facts.serve.drain_timeout_s) + _STOP_MARGIN_S,
         )
     except DockerException as error:
         _remove_quietly(client, name)
         raise _run_error(error, image, host_port) from None
     url = f"http://{address}:{host_port}"
-    seconds = wait_ready(url, timeout_s=ready_timeout_s, output=output, died=lambda: _exited(client, name))
+    seconds = _wait(client, name, url, ready_timeout_s, output, since=None)
     return Launched(name=name, url=url, image=image, ready_seconds=seconds)
 
 
-def wake(client: DockerClient, name: str, *, address: str, ready_timeout_s: float, output: TextIO) -> Launched:
+def wake(
+    client: DockerClient, name: str, *, address: str, ready_timeout_s: float, output: TextIO
+) -> Launched:
     """Start a stopped bake container again (after an idle exit) and wait until it is ready."""
     container = find(client, name)
+    started = time.time()
     if not container.state.running:
-        client.container.start(name)
+        with docker_errors(f"start {name}", f"see `bake logs {name}`"):
+            client.container.start(name)
     port = int((container.config.labels or {}).get(HOST_PORT, "0"))
     url = f"http://{address}:{port}"
-    seconds = wait_ready(url, timeout_s=ready_timeout_s, output=output, died=lambda: _exited(client, name))
-    return Launched(name=name, url=url, image=(container.config.labels or {}).get(IMAGE, ""), ready_seconds=seconds)
+    seconds = _wait(client, name, url, ready_timeout_s, output, since=started)
+    return Launched(
+        name=name, url=url, image=(container.config.labels or {}).get(IMAGE, ""), ready_seconds=seconds
+    )
+
+
+def _wait(
+    client: DockerClient, name: str, url: str, timeout_s: float, output: TextIO, *, since: float | None
+) -> float:
+    """`wait_ready` for the container `name`, following its log (from `since`, a Unix time, or its start);
+    Ctrl-C says what is left running."""
+    try:
+        with LogFollower(client, name, since=since) as logs:
+            return wait_ready(
+                url, timeout_s=timeout_s, output=output, died=lambda: _exited(client, name), logs=logs
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"stopped waiting for {name} at {url}; the container keeps starting",
+            f"watch it with `bake logs -f {name}`, or stop it with `bake stop {name}`",
+        ) from None
 
 
 def find(client: DockerClient, name: str) -> Container:
     """The bake container called `name`; `LaunchFailed` if there is none."""
-    try:
-        container = client.container.inspect(name)
-    except NoSuchContainer:
-        raise LaunchFailed(f"no container called {name}", "see `bake ps` for what runs, or launch one") from None
+    with docker_errors(f"inspect the container {name}", _SEE_PS):
+        try:
+            container = client.container.inspect(name)
+        except NoSuchContainer:
+            raise LaunchFailed(
+                f"no container called {name}", "see `bake ps` for what runs, or launch one"
+            ) from None
     if (container.config.labels or {}).get(LAUNCHED) != "1":
         raise LaunchFailed(f"container {name} was not launched by bake", "pass the name of a bake container")
     return container
@@ -117,7 +144,8 @@ def find(client: DockerClient, name: str) -> Container:
 
 def list_launched(client: DockerClient) -> list[Container]:
     """Every container bake launched on this engine, running or stopped."""
-    return client.container.list(all=True, filters={"label": f"{LAUNCHED}=1"})
+    with docker_errors("list the containers", "check `docker ps -a`"):
+        return client.container.list(all=True, filters={"label": f"{LAUNCHED}=1"})
 
 
 def url_of(container: Container, address: str) -> str:
@@ -128,16 +156,31 @@ def url_of(container: Container, address: str) -> str:
 def stop(client: DockerClient, name: str, *, remove: bool) -> None:
     """Stop a bake container gracefully (SIGTERM, drain), optionally removing it."""
     find(client, name)
-    client.container.stop(name)
+    with docker_errors(f"stop {name}", _SEE_PS):
+        client.container.stop(name)
     if remove:
-        client.container.remove(name)
+        with docker_errors(f"remove {name}", _SEE_PS):
+            client.container.remove(name)
+
+
+def print_logs(client: DockerClient, name: str, output: TextIO, *, follow: bool, tail: int | None) -> None:
+    """Write the container's log to `output` (with `follow`, until it stops or Ctrl-C)."""
+    find(client, name)
+    with docker_errors(f"read the log of {name}", _SEE_PS):
+        if not follow:
+            output.write(str(client.container.logs(name, tail=tail)) + "\n")
+            return
+        for _, line in client.container.logs(name, follow=True, stream=True, tail=tail):
+            output.write(line.decode(errors="replace"))
+            output.flush()
 
 
 def transfer_image(source: DockerClient, destination: DockerClient, image: str, *, registry: str) -> str:
     """Make `image` (present on `source`) available on `destination`; return the reference to run there."""
-    wanted = source.image.inspect(image).id
-    if destination.image.exists(image) and destination.image.inspect(image).id == wanted:
-        return image
+    with docker_errors(f"compare {image} on both engines", "check the connection to --host"):
+        wanted = source.image.inspect(image).id
+        if destination.image.exists(image) and destination.image.inspect(image).id == wanted:
+            return image
     try:
         if registry:
             remote = f"{registry.rstrip('/')}/{image}"
@@ -150,7 +193,7 @@ def transfer_image(source: DockerClient, destination: DockerClient, image: str, 
         destination.image.load(saved, quiet=True)
     except DockerException as error:
         raise LaunchFailed(
-            f"cannot move {image} to the target engine: {_last_line(error)}",
+            f"cannot move {image} to the target engine: {last_line(error)}",
             "check --registry (and `docker login` to it), or the connection to --host",
         ) from None
     return image
@@ -163,7 +206,8 @@ def _remove_previous(client: DockerClient, name: str) -> None:
         return
     if (container.config.labels or {}).get(LAUNCHED) != "1":
         raise LaunchFailed(
-            f"a container called {name} exists and was not launched by bake", "pass --name to use another name"
+            f"a container called {name} exists and was not launched by bake",
+            "pass --name to use another name",
         )
     if container.state.running:
         client.container.stop(name)
@@ -171,7 +215,8 @@ def _remove_previous(client: DockerClient, name: str) -> None:
 
 
 def _require_nvidia_runtime(client: DockerClient) -> None:
-    runtimes = client.system.info().runtimes or {}
+    with docker_errors("read the engine's runtimes", "check `docker info`"):
+        runtimes = client.system.info().runtimes or {}
     if "nvidia" not in runtimes:
         raise LaunchFailed(
             "the image was built for CUDA but this Docker engine has no NVIDIA runtime",
@@ -180,13 +225,15 @@ def _require_nvidia_runtime(client: DockerClient) -> None:
 
 
 def _exited(client: DockerClient, name: str) -> str | None:
-    try:
-        state = client.container.inspect(name).state
-    except NoSuchContainer:
-        return "the container was removed"
+    with docker_errors(f"inspect the container {name}", _SEE_PS):
+        try:
+            state = client.container.inspect(name).state
+        except NoSuchContainer:
+            return "the container was removed"
     if state.running or state.restarting:
         return None
-    logs = client.container.logs(name, tail=5)
+    with docker_errors(f"read the log of {name}", _SEE_PS):
+        logs = client.container.logs(name, tail=5)
     last = [line for line in str(logs).splitlines() if line.strip()]
     return f"exit status {state.exit_code}" + (f", last log line: {last[-1].strip()}" if last else "")
 
@@ -197,7 +244,7 @@ def _run_error(error: DockerException, image: str, host_port: int) -> LaunchFail
         return LaunchFailed(f"port {host_port} is already in use", "pass --host-port with a free port")
     if "no such image" in text or "not found" in text:
         return LaunchFailed(f"image {image} is not on this Docker engine", "build it with `bake build` first")
-    return LaunchFailed(f"docker could not start {image}: {_last_line(error)}", "see the message above")
+    return LaunchFailed(f"docker could not start {image}: {last_line(error)}", "see the message above")
 
 
 def _remove_quietly(client: DockerClient, name: str) -> None:
@@ -205,8 +252,3 @@ def _remove_quietly(client: DockerClient, name: str) -> None:
         client.container.remove(name, force=True)
     except DockerException:
         pass
-
-
-def _last_line(error: DockerException) -> str:
-    lines = [line for line in (error.stderr or str(error)).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "unknown error"

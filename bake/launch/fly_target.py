@@ -15,9 +15,11 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from bake.config import LaunchSpec
+from bake.docker import docker_errors
 from bake.errors import LaunchFailed
 from bake.labels import ImageFacts
-from bake.launch.docker_target import default_name
+from bake.launch.container_logs import LogFollower
+from bake.launch.names import default_name
 from bake.launch.readiness import wait_ready
 from fly import FLY_REGISTRY, DeployResult, FlyServiceSpec, check_no_gpu, deploy
 
@@ -25,16 +27,18 @@ _ESTIMATE_BASE_S = 20.0
 _ESTIMATE_BYTES_PER_S = 200 * 2**20
 
 
-def fly_spec(facts: ImageFacts, image: str, launch: LaunchSpec, env: dict[str, str], warmup_s: float) -> FlyServiceSpec:
+def fly_spec(
+    facts: ImageFacts, image: str, launch: LaunchSpec, env: dict[str, str], warmup_s: float
+) -> FlyServiceSpec:
     """What Fly needs to know about `image`, from its labels and the launch settings."""
     serve = facts.serve
     return FlyServiceSpec(
-        app=launch.name or default_name(facts),
+        app=launch.name or default_name(facts.model),
         image=image,
-        max_batch_size=int(serve["BAKE_MAX_BATCH_SIZE"]),
-        max_queue=int(serve["BAKE_MAX_QUEUE"]),
+        max_batch_size=serve.max_batch_size,
+        max_queue=serve.max_queue,
         warmup_seconds=warmup_s,
-        drain_seconds=float(serve["BAKE_DRAIN_TIMEOUT_S"]),
+        drain_seconds=serve.drain_timeout_s,
         weights_bytes=facts.weights_bytes,
         device=facts.device,
         primary_region=launch.fly_region,
@@ -64,12 +68,19 @@ def launch_fly(
     else:
         output.write(f"warm-up measured at {warmup:.1f} s (container start to /ready)\n")
     return deploy(
-        fly_spec(facts, image, launch, env, warmup), token, fly_toml=fly_toml, dry_run=dry_run, docker=client,
-        api_url=launch.fly_api_url, registry=launch.registry or FLY_REGISTRY,
+        fly_spec(facts, image, launch, env, warmup),
+        token,
+        fly_toml=fly_toml,
+        dry_run=dry_run,
+        docker=client,
+        api_url=launch.fly_api_url,
+        registry=launch.registry or FLY_REGISTRY,
     )
 
 
-def measure_warmup(client: DockerClient, image: str, port: int, *, timeout_s: float, output: TextIO) -> float | None:
+def measure_warmup(
+    client: DockerClient, image: str, port: int, *, timeout_s: float, output: TextIO
+) -> float | None:
     """Seconds from `docker run` to /ready answering 200 on this engine, or None if it cannot run here."""
     started = time.monotonic()
     try:
@@ -77,10 +88,15 @@ def measure_warmup(client: DockerClient, image: str, port: int, *, timeout_s: fl
     except DockerException:
         return None
     try:
-        host_port = int(client.container.inspect(container).network_settings.ports[f"{port}/tcp"][0]["HostPort"])
-        wait_ready(f"http://127.0.0.1:{host_port}", timeout_s=timeout_s, output=output)
+        host_port = int(
+            client.container.inspect(container).network_settings.ports[f"{port}/tcp"][0]["HostPort"]
+        )
+        output.write(f"measuring the warm-up: running {image} here until it is ready\n")
+        with LogFollower(client, container.name) as logs:
+            wait_ready(f"http://127.0.0.1:{host_port}", timeout_s=timeout_s, output=output, logs=logs)
         return time.monotonic() - started
-    except (LaunchFailed, KeyError, IndexError, TypeError):
+    except (LaunchFailed, DockerException, KeyError, IndexError, TypeError):
         return None
     finally:
-        client.container.remove(container, force=True)
+        with docker_errors(f"remove the warm-up container {container.name}", "remove it with `docker rm -f`"):
+            client.container.remove(container, force=True)

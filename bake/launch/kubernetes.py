@@ -1,4 +1,5 @@
-"""The `kubernetes` target: a Knative Service (or a KServe InferenceService) for the image, applied with kubectl.
+"""The `kubernetes` target: a Knative Service (or a KServe InferenceService) for the image, applied with
+kubectl.
 
 This is the path for GPU fleets larger than one machine. Everything is derived from what the image says about
 itself (`bake.labels.ImageFacts`), with the same reasoning as the Fly target (`fly.spec`):
@@ -24,10 +25,28 @@ itself (`bake.labels.ImageFacts`), with the same reasoning as the Fly target (`f
 - Idle: `BAKE_IDLE_TIMEOUT_S=0` in the container. Scaling to zero is Knative's job; a container that exits
   by itself, even with status 0, is restarted by the kubelet and ends in CrashLoopBackOff.
 - Secrets (`BAKE_API_KEY`, ...) come from Kubernetes Secrets through `secretKeyRef`, never inline.
+- Model name: `BAKE_MODEL_NAME` is the Service's (or InferenceService's) name, so the Open Inference Protocol
+  route `/v2/models/<name>/infer` is the one KServe builds for that InferenceService.
+
+With `--kserve` there are two objects, in the order they must be applied:
+
+- A ServingRuntime of the same name, `serving.kserve.io/v1alpha1`, that holds the container above (named
+  `kserve-container`, the one KServe's runtime merge looks for), lists one model format, `bake` (no
+  `autoSelect`: only an InferenceService that names this runtime uses it), and `protocolVersions: [v2]`.
+- The InferenceService, whose predictor is a `model` with `modelFormat: {name: bake}`, `runtime: <name>` and
+  `protocolVersion: v2`, and no `storageUri` (the weights are in the image, so no storage initializer runs).
+  A custom `containers:` predictor has no protocol field; `v2` here is what KServe's transformer (the
+  predictor protocol it passes on) and InferenceGraph (a step's URL, `/v2/models/<name>/infer`) go by.
+  The scaling fields stay on the predictor.
+
+KServe re-reconciles an InferenceService when its ServingRuntime's spec changes (since v0.16, the version
+that also names the Knative mode `Knative`), so a new image rolls out by applying both again. KServe reads
+the runtime's container as a Go template (`{{.Name}}` and the like), so `env` values with `{{` are refused.
 
 Field names follow Knative Serving's `serving.knative.dev/v1` API and its webhook's rules
 (knative/serving pkg/apis/serving/k8s_validation.go, pkg/apis/autoscaling/annotation_validation.go) and
-KServe's `serving.kserve.io/v1beta1` API (kserve/kserve pkg/apis/serving/v1beta1/component.go).
+KServe's API (kserve/kserve pkg/apis/serving/v1beta1/component.go, predictor_model.go,
+pkg/apis/serving/v1alpha1/servingruntime_types.go).
 """
 
 from __future__ import annotations
@@ -46,11 +65,19 @@ import yaml
 from bake import __version__
 from bake.errors import ConfigError, LaunchFailed
 from bake.labels import ImageFacts
-from bake.options import find
-from fly.spec import OFFLINE_ENV, Concurrency, estimated_memory_mb
+from bake.launch.names import DNS_1035_LABEL, KSERVE_PREDICTOR_SUFFIX
+from fly.spec import Concurrency, estimated_memory_mb
+from serve.contract import routes
+from serve.contract.errors import require
+from serve.contract.settings import API_KEY_ENV, OFFLINE_ENV, env_name
 
 KNATIVE_API_VERSION = "serving.knative.dev/v1"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+KSERVE_RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
+KSERVE_PROTOCOL = "v2"
+"""KServe's name for the Open Inference Protocol over REST (pkg/constants `ProtocolV2`)."""
+KSERVE_MODEL_FORMAT = "bake"
+"""The one model format bake's ServingRuntimes support: a bake image, weights included."""
 ANNOTATION_PREFIX = "bake.dev/"
 """Where bake's own annotations live (the Kubernetes form of the images' `dev.bake.` labels)."""
 AUTOSCALING = "autoscaling.knative.dev/"
@@ -62,24 +89,22 @@ the mode it recorded, so re-applying there needs the annotation changed to `Serv
 KNATIVE_CONTAINER = "user-container"
 """Knative's default name for the serving container."""
 KSERVE_CONTAINER = "kserve-container"
-"""The container name KServe's custom predictor looks for."""
-KSERVE_PREDICTOR_SUFFIX = "-predictor"
-"""KServe names the predictor's Knative Service `<name>-predictor`, itself a 63-character DNS label."""
+"""The container KServe takes from a ServingRuntime (pkg/constants `InferenceServiceContainerName`)."""
 PORT_NAME = "http1"
 """Knative accepts only "http1" or "h2c" (or no name) for the serving port; the server speaks HTTP/1.1."""
 KNATIVE_RESERVED_PORTS = frozenset({8008, 8012, 8013, 8022, 9090, 9091})
-"""Ports the queue-proxy sidecar listens on (profiling, HTTP/1, HTTP/2, admin, autoscaler and user metrics)."""
+"""Ports the queue-proxy sidecar listens on (profiling, HTTP/1, HTTP/2, admin, autoscaler and user
+metrics)."""
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 """Variables Knative sets itself; PORT is the container port, which is the image's port."""
-IDLE_ENV = "BAKE_IDLE_TIMEOUT_S"
+IDLE_ENV = env_name("idle_timeout_s")
+MODEL_NAME_ENV = env_name("model_name")
 TARGET_UTILIZATION_PERCENT = 100
 TIMEOUT_MARGIN_S = 10
 SCALE_DOWN_DELAY_MAX_S = 3600
 """Knative refuses a scale-down delay longer than its longest window, 1 h."""
 CPU_REQUEST = "1"
 GPU_RESOURCE = "nvidia.com/gpu"
-READY_PATH = "/ready"
-HEALTH_PATH = "/health"
 LIVENESS = {"initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
 """A minute without an answer from /health before the kubelet restarts the container."""
 SECURITY_CONTEXT = {
@@ -91,7 +116,6 @@ SECURITY_CONTEXT = {
 """The "restricted" Pod Security profile; the image runs as uid 10001 and needs no capability."""
 APPLY_TIMEOUT_S = 300
 
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -117,11 +141,12 @@ class KubernetesOptions:
     """How to run the image on a cluster; every value is checked here and a bad one raises `ConfigError`."""
 
     name: str
-    """The Service's (or InferenceService's) name: a DNS-1035 label, which is what Kubernetes requires of
-    the Service objects Knative creates under that name."""
+    """The Service's (or InferenceService's and its ServingRuntime's) name, and the model's name in the Open
+    Inference Protocol: a DNS-1035 label, which is what Kubernetes requires of the Service objects Knative
+    creates under that name."""
     namespace: str = "default"
     kserve: bool = False
-    """Write a KServe InferenceService instead of a Knative Service."""
+    """Write a KServe ServingRuntime and InferenceService instead of a Knative Service."""
     min_scale: int = 0
     max_scale: int = 1
     scale_down_delay: str = "5m"
@@ -133,64 +158,105 @@ class KubernetesOptions:
     """Variable -> (Secret name, key), e.g. {"BAKE_API_KEY": ("resnet-api", "key")}."""
 
     def __post_init__(self) -> None:
-        _require(
-            len(self.name) <= 63 and _DNS_1035_LABEL.match(self.name) is not None,
+        require(
+            ConfigError,
+            len(self.name) <= 63 and DNS_1035_LABEL.match(self.name) is not None,
             f"invalid Kubernetes name {self.name!r}",
             "use at most 63 lowercase letters, digits and dashes, starting with a letter and ending with a "
             "letter or digit",
         )
-        _require(
+        require(
+            ConfigError,
             not self.kserve or len(self.name + KSERVE_PREDICTOR_SUFFIX) <= 63,
             f"the name {self.name!r} is too long for KServe, which adds {KSERVE_PREDICTOR_SUFFIX!r} to it",
             f"use at most {63 - len(KSERVE_PREDICTOR_SUFFIX)} characters",
         )
-        _require(
+        require(
+            ConfigError,
             len(self.namespace) <= 63 and _DNS_1123_LABEL.match(self.namespace) is not None,
             f"invalid namespace {self.namespace!r}",
             "use at most 63 lowercase letters, digits and dashes, starting and ending with a letter or digit",
         )
-        _require(self.min_scale >= 0, f"min_scale is {self.min_scale}", "use 0 (scale to zero) or more")
-        _require(
+        require(
+            ConfigError,
+            self.min_scale >= 0,
+            f"min_scale is {self.min_scale}",
+            "use 0 (scale to zero) or more",
+        )
+        require(
+            ConfigError,
             self.max_scale >= max(1, self.min_scale),
             f"max_scale is {self.max_scale} (min_scale {self.min_scale})",
             "use at least 1 and at least min_scale",
         )
         delay = _duration_seconds(self.scale_down_delay)
-        _require(
+        require(
+            ConfigError,
             delay is not None and 0 <= delay <= SCALE_DOWN_DELAY_MAX_S and delay == round(delay),
             f"invalid scale_down_delay {self.scale_down_delay!r}",
             "use a duration of whole seconds between 0s and 1h, such as 90s, 5m or 1h",
         )
         for name, value in self.env.items():
             _check_env_name(name)
-            _require(
+            require(
+                ConfigError,
                 not _looks_secret(name),
                 f"{name} would be written into the manifest in clear",
                 f"store it in a Secret (kubectl create secret generic NAME --from-literal=KEY=...) and pass "
                 f"{name} as secret_env",
             )
             if name == IDLE_ENV:
-                _require(
+                require(
+                    ConfigError,
                     _is_zero(value),
                     f"{IDLE_ENV}={value} would make the container exit when idle, which Kubernetes restarts "
                     f"as a crash",
                     "leave it out: Knative scales idle services to zero (scale_down_delay)",
                 )
             if name in OFFLINE_ENV:
-                _require(
+                require(
+                    ConfigError,
                     value == OFFLINE_ENV[name],
                     f"env sets {name}={value!r}",
                     f"leave {name} out: a bake image always runs with {name}={OFFLINE_ENV[name]}",
                 )
+            if self.kserve:
+                require(
+                    ConfigError,
+                    name != MODEL_NAME_ENV or value == self.name,
+                    f"env sets {MODEL_NAME_ENV}={value!r}, but KServe sends requests to "
+                    f"/v2/models/{self.name}/infer, after the InferenceService's name",
+                    f"leave {MODEL_NAME_ENV} out: the manifests set it to {self.name!r}",
+                )
+                require(
+                    ConfigError,
+                    "{{" not in value,
+                    f"env gives {name} a value with '{{{{', which KServe reads as a Go template in the "
+                    f"ServingRuntime's container",
+                    "leave the braces out",
+                )
         for name, (secret, key) in self.secret_env.items():
             _check_env_name(name)
-            _require(name not in self.env, f"{name} is in both env and secret_env", "give it only once")
-            _require(
+            require(
+                ConfigError,
+                name not in (IDLE_ENV, MODEL_NAME_ENV),
+                f"{name} is no secret: the manifests set it themselves",
+                f"leave {name} out of secret_env",
+            )
+            require(
+                ConfigError,
+                name not in self.env,
+                f"{name} is in both env and secret_env",
+                "give it only once",
+            )
+            require(
+                ConfigError,
                 len(secret) <= 253 and _DNS_1123_SUBDOMAIN.match(secret) is not None,
                 f"invalid Secret name {secret!r} for {name}",
                 "use the name of a Secret in the same namespace (lowercase letters, digits, '-' and '.')",
             )
-            _require(
+            require(
+                ConfigError,
                 _SECRET_KEY.match(key) is not None,
                 f"invalid Secret key {key!r} for {name}",
                 "use a key of the Secret (letters, digits, '-', '_' and '.')",
@@ -207,8 +273,7 @@ def _concurrency(facts: ImageFacts) -> Concurrency:
     the device and `BAKE_MAX_QUEUE` requests waiting, and answers 503 to the next one; with this limit
     Knative's queue-proxy and activator buffer the excess (and the autoscaler sees it) instead.
     """
-    batch = int(_serve_number(facts, "serve.max_batch_size", minimum=1))
-    queue = int(_serve_number(facts, "serve.max_queue", minimum=1))
+    batch, queue = facts.serve.max_batch_size, facts.serve.max_queue
     return Concurrency(soft_limit=batch, hard_limit=batch + queue)
 
 
@@ -219,12 +284,13 @@ def _timeout_seconds(facts: ImageFacts) -> int:
     rather than the proxy's. Knative also uses this value as the pod's `terminationGracePeriodSeconds` (and
     refuses that field in the Service), so it must cover the drain after SIGTERM as well.
     """
-    longest = max(_serve_number(facts, "serve.timeout_s"), _serve_number(facts, "serve.drain_timeout_s"))
+    longest = max(facts.serve.timeout_s, facts.serve.drain_timeout_s)
     return math.ceil(longest) + TIMEOUT_MARGIN_S
 
 
 def render_manifests(facts: ImageFacts, image: str, options: KubernetesOptions) -> list[dict]:
-    """The objects that run `image` (built by bake, described by `facts`) on a Knative or KServe cluster."""
+    """The objects that run `image` (built by bake, described by `facts`) on a Knative or KServe cluster, in
+    the order to apply them."""
     if not image.strip():
         raise ConfigError("the image reference is empty", "pass the image bake built, pushed to a registry")
     if facts.device not in ("cpu", "cuda"):
@@ -248,8 +314,12 @@ def render_manifests(facts: ImageFacts, image: str, options: KubernetesOptions) 
             ANNOTATION_PREFIX + "version": __version__,
         },
     }
-    build = _inference_service if options.kserve else _knative_service
-    return [build(metadata, facts, image, options)]
+    if options.kserve:
+        return [
+            _serving_runtime(copy.deepcopy(metadata), facts, image, options),
+            _inference_service(metadata, facts, options),
+        ]
+    return [_knative_service(metadata, facts, image, options)]
 
 
 def _knative_service(
@@ -282,23 +352,42 @@ def _knative_service(
     }
 
 
-def _inference_service(
+def _serving_runtime(
     metadata: dict[str, Any], facts: ImageFacts, image: str, options: KubernetesOptions
 ) -> dict:
-    """KServe's custom-container predictor; KServe turns the scaling fields into the Knative annotations, and
-    copies the InferenceService's own annotations (the ones it has no field for) onto the revision."""
+    """The runtime the InferenceService names: the container, the `bake` model format and protocol v2."""
+    return {
+        "apiVersion": KSERVE_RUNTIME_API_VERSION,
+        "kind": "ServingRuntime",
+        "metadata": metadata,
+        "spec": {
+            "supportedModelFormats": [{"name": KSERVE_MODEL_FORMAT}],
+            "protocolVersions": [KSERVE_PROTOCOL],
+            "containers": [_container(KSERVE_CONTAINER, facts, image, options)],
+        },
+    }
+
+
+def _inference_service(metadata: dict[str, Any], facts: ImageFacts, options: KubernetesOptions) -> dict:
+    """A predictor that runs the model on the ServingRuntime of the same name, speaking protocol v2. KServe
+    turns the scaling fields into the Knative annotations, and copies the InferenceService's own annotations
+    (the ones it has no field for) onto the revision."""
     limits = _concurrency(facts)
     metadata["annotations"].update(
         {"serving.kserve.io/deploymentMode": KSERVE_DEPLOYMENT_MODE, **_autoscaling_extras(options)}
     )
     predictor = {
+        "model": {
+            "modelFormat": {"name": KSERVE_MODEL_FORMAT},
+            "runtime": options.name,
+            "protocolVersion": KSERVE_PROTOCOL,
+        },
         "minReplicas": options.min_scale,
         "maxReplicas": options.max_scale,
         "scaleMetric": "concurrency",
         "scaleTarget": limits.soft_limit,
         "containerConcurrency": limits.hard_limit,
         "timeout": _timeout_seconds(facts),
-        "containers": [_container(KSERVE_CONTAINER, facts, image, options)],
     }
     return {
         "apiVersion": KSERVE_API_VERSION,
@@ -324,7 +413,8 @@ def manifests_yaml(documents: list[dict]) -> str:
         model = metadata.get("annotations", {}).get(ANNOTATION_PREFIX + "model")
         served = f" serving {model}" if model else ""
         header.append(
-            f"# {document['apiVersion']} {document['kind']} {metadata['namespace']}/{metadata['name']}{served}"
+            f"# {document['apiVersion']} {document['kind']} "
+            f"{metadata['namespace']}/{metadata['name']}{served}"
         )
     body = yaml.dump_all(
         documents, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=4096, allow_unicode=True
@@ -381,8 +471,9 @@ def _container(name: str, facts: ImageFacts, image: str, options: KubernetesOpti
     limits: dict[str, Any] = {"memory": memory}
     if facts.device == "cuda":
         limits[GPU_RESOURCE] = 1
-    env: list[dict[str, Any]] = [{"name": IDLE_ENV, "value": "0"}]
-    env += [{"name": key, "value": value} for key, value in sorted(options.env.items()) if key != IDLE_ENV]
+    fixed = {IDLE_ENV: "0", MODEL_NAME_ENV: options.env.get(MODEL_NAME_ENV, options.name)}
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in fixed.items()]
+    env += [{"name": key, "value": value} for key, value in sorted(options.env.items()) if key not in fixed]
     env += [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key}}}
         for key, (secret, secret_key) in sorted(options.secret_env.items())
@@ -393,8 +484,8 @@ def _container(name: str, facts: ImageFacts, image: str, options: KubernetesOpti
         "ports": [{"name": PORT_NAME, "containerPort": facts.port}],
         "env": env,
         "resources": {"requests": {"cpu": CPU_REQUEST, "memory": memory}, "limits": limits},
-        "readinessProbe": {"httpGet": {"path": READY_PATH, "port": facts.port}},
-        "livenessProbe": {"httpGet": {"path": HEALTH_PATH, "port": facts.port}, **LIVENESS},
+        "readinessProbe": {"httpGet": {"path": routes.READY, "port": facts.port}},
+        "livenessProbe": {"httpGet": {"path": routes.HEALTH, "port": facts.port}, **LIVENESS},
         "securityContext": copy.deepcopy(SECURITY_CONTEXT),
     }
 
@@ -410,20 +501,6 @@ def _labels(options: KubernetesOptions) -> dict[str, str]:
     return {"app.kubernetes.io/name": options.name, "app.kubernetes.io/managed-by": "bake"}
 
 
-def _serve_number(facts: ImageFacts, option_name: str, *, minimum: float = 0) -> float:
-    """A serve setting the image records in its labels, or bake's default when an older image lacks it."""
-    option = find(option_name)
-    assert option.env is not None
-    text = facts.serve.get(option.env, str(option.default))
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"the image's label says {option.env}={text!r}", "rebuild the image with this bake")
-    return value
-
-
 def _duration_seconds(text: str) -> float | None:
     """Seconds in a Go duration ("90s", "1m30s", "0"), or None when it is not one."""
     if text == "0":
@@ -434,12 +511,14 @@ def _duration_seconds(text: str) -> float | None:
 
 
 def _check_env_name(name: str) -> None:
-    _require(
+    require(
+        ConfigError,
         _ENV_NAME.match(name) is not None,
         f"invalid environment variable name {name!r}",
         "use letters, digits and underscores, not starting with a digit",
     )
-    _require(
+    require(
+        ConfigError,
         name not in KNATIVE_RESERVED_ENV,
         f"{name} is set by Knative itself",
         "leave it out (PORT is the image's port; rebuild with --port to change it)",
@@ -447,7 +526,7 @@ def _check_env_name(name: str) -> None:
 
 
 def _looks_secret(name: str) -> bool:
-    return name == "BAKE_API_KEY" or name.endswith(_SECRET_SUFFIXES)
+    return name == API_KEY_ENV or name.endswith(_SECRET_SUFFIXES)
 
 
 def _is_zero(value: str) -> bool:
@@ -496,8 +575,3 @@ def _apply_failure(reason: str, path: Path, context: str | None) -> LaunchFailed
     return LaunchFailed(
         f"kubectl apply failed: {reason}", f"fix what it reports; the manifests are in {path}"
     )
-
-
-def _require(condition: bool, message: str, fix: str) -> None:
-    if not condition:
-        raise ConfigError(message, fix)

@@ -1,4 +1,5 @@
-"""What every competitor does the standard way: decode a JSON/base64 request, run the processor, rank labels."""
+"""What every competitor does the standard way: decode a JSON/base64 request, run the processor, rank
+labels."""
 
 from __future__ import annotations
 

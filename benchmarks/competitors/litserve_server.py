@@ -43,7 +43,12 @@ class ImageClassifierAPI(ls.LitAPI):
 
 
 if __name__ == "__main__":
-    model_dir, port, max_batch, timeout = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    model_dir, port, max_batch, timeout = (
+        Path(sys.argv[1]),
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+    )
     api = ImageClassifierAPI(model_dir, max_batch, timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30, api_path="/predict")
     server.run(port=port, host="127.0.0.1", log_level="warning", generate_client_file=False)

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from starlette.responses import JSONResponse, Response
 from transformers import AutoModelForImageClassification
 
+from serve.contract.tasks import IMAGE_CLASSIFICATION
 from serve.errors import ModelLoadError
 from serve.imaging import decode_image
-from serve.payload import StrictModel, binary_request
-from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.payload import StrictModel
+from serve.tasks.base import Prepared, Task, TaskInfo
 from serve.tracing import eager_forward, traced_forward
 from serve.transforms import EXAMPLE_INPUT_SIZE, ImageTransform, build_image_transform
 
@@ -32,51 +32,8 @@ class ClassificationParameters(StrictModel):
 class ImageClassification(Task):
     """An `AutoModelForImageClassification` model with its image processor."""
 
-    name = "image-classification"
-    request_openapi = {
-        "required": True,
-        "content": {
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "top_k": {"type": "integer", "minimum": 1},
-                        "function_to_apply": {"type": "string", "enum": ["softmax", "sigmoid", "none"]},
-                    },
-                    "required": ["image"],
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "description": "base64 image bytes or a data: URL"},
-                        "parameters": ClassificationParameters.model_json_schema(),
-                    },
-                }
-            },
-        },
-    }
-    response_openapi = {
-        "description": "Labels and scores, best first",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["label", "score"],
-                        "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
-                    },
-                }
-            }
-        },
-    }
+    name = IMAGE_CLASSIFICATION
+    Parameters = ClassificationParameters
 
     model: torch.nn.Module
     transform: ImageTransform
@@ -89,7 +46,9 @@ class ImageClassification(Task):
                 str(self.source.path), dtype=self.placement.dtype
             )
         except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load an image classifier from {self.source.path}: {error}") from error
+            raise ModelLoadError(
+                f"cannot load an image classifier from {self.source.path}: {error}"
+            ) from error
         self.model = model.to(self.placement.device).eval()
         self._forward = eager_forward(self.model)
         config = model.config
@@ -121,10 +80,11 @@ class ImageClassification(Task):
         self._traced = True
         return True
 
-    def prepare(self, body: Body) -> Prepared:
+    def prepare(self, inputs: bytes, params: ClassificationParameters) -> Prepared:
         """Decode and preprocess the image; batch key is the pixel array's shape."""
-        data, params = binary_request(body.data, body.content_type, body.query, ClassificationParameters)
-        image = decode_image(data, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size)
+        image = decode_image(
+            inputs, max_pixels=self.settings.max_image_pixels, min_size=self._min_decode_size
+        )
         pixels = self.transform.prepare(image)
         return Prepared(sample=pixels, params=params, batch_key=pixels.shape)
 
@@ -135,12 +95,9 @@ class ImageClassification(Task):
         logits = self._forward(pixel_values)[: len(samples)]
         return list(logits.float().cpu().numpy())
 
-    def respond(self, output: np.ndarray, params: ClassificationParameters, accept: str) -> Response:
-        """`[{"label", "score"}, ...]` best first, as the pipeline computes them."""
-        return JSONResponse(self.scores(output, params))
-
-    def scores(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
-        """The top-k labels and scores for one sample's logits."""
+    def finish(self, logits: np.ndarray, params: ClassificationParameters) -> list[dict[str, Any]]:
+        """`[{"label", "score"}, ...]`, the top-k best first, as the pipeline computes them from the
+        logits."""
         function = params.function_to_apply or self._default_function
         if function == "softmax":
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))

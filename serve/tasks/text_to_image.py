@@ -1,13 +1,10 @@
-"""Text-to-image with a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, sd-turbo, ...), answering like the
-Hugging Face Inference API.
+"""Text-to-image with a diffusers pipeline of a family bake serves (`serve.contract.pipelines`: Stable
+Diffusion 1.x/2.x and Turbo, SDXL and Turbo, PixArt-alpha/Sigma, SD3, FLUX), answering like the Hugging Face
+Inference API.
 
-Request: JSON `{"inputs": "<prompt>", "parameters": {"negative_prompt", "num_inference_steps",
-"guidance_scale", "width", "height", "seed", "num_images_per_prompt"}}`, every parameter optional.
-Answer, by `Accept`:
-- `image/png` (the default), `image/jpeg`, `image/webp`: the image's bytes; the seed in `X-Seed`;
-- `application/json`: `{"images": [base64 PNG, ...], "media_type", "seed", "timings"}`;
-- `text/event-stream`: one `progress` event per denoising step, one `image` event per image
-  (`{"index", "image", "media_type", "seed"}`), then `done` (see `serve.streaming`).
+Inputs: the prompt, and the Hugging Face text-to-image parameters (`negative_prompt`, `num_inference_steps`,
+`guidance_scale`, `width`, `height`, `seed`, `num_images_per_prompt`), every one optional. The result: the
+images (PIL), the seed of the first and timings; each protocol encodes them its own way.
 
 Seeds: image j of a request with seed s (drawn at random when absent, and returned) comes from its own
 CPU `torch.Generator` seeded s + j, so it is the image that request seed s + j alone would get, on any
@@ -22,6 +19,14 @@ CPU in float32 the pipeline is made batch-invariant (`serve.batch_invariance`), 
 the same bytes as the image made alone; on CUDA the kernels pick their algorithms by batch size, and
 batched pixels may differ from lone ones by a rounding step.
 
+Families (`serve.contract.pipelines`; a pipeline of another family is refused at load, as at build): `load`
+reads what differs from the pipeline itself, its signature and the family's facts: the native size (the
+denoiser's sample size times the VAE's scale; FLUX's is fixed), the size multiple (16 for SD3 and FLUX), the
+longest prompt (a T5 encoder's `max_sequence_length` when shorter than its tokenizer's), the fewest steps
+(2 for PixArt-alpha with a scheduler that returns no denoised sample), whether a negative prompt is read
+(not by FLUX's distilled guidance) and how steps are reported (PixArt's older `callback`). A request leaves
+out the parameters it does not set, so the pipeline's own defaults apply (PixArt's negative prompt is "").
+
 Cancellation: after every denoising step the task reports progress on each request's channel and, once
 every request of the batch is cancelled (clients gone, deadlines passed), stops the batch there, before
 the remaining steps and the VAE decode.
@@ -29,12 +34,14 @@ the remaining steps and the VAE decode.
 
 from __future__ import annotations
 
-import base64
 import copy
+import dataclasses
+import importlib.util
 import inspect
 import secrets
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,37 +49,35 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from pydantic import ConfigDict, Field
-from starlette.responses import JSONResponse, Response
 
-from serve import streaming
-from serve.accept import preferred_media_type
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
+from serve.contract import pipelines
+from serve.contract.tasks import TEXT_TO_IMAGE
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
-from serve.image_encoding import ENCODINGS, encode_image
-from serve.payload import StrictModel, parse_json, validate
-from serve.tasks.base import Body, Prepared, Task, TaskInfo
+from serve.payload import StrictModel
+from serve.tasks.base import Prepared, Task, TaskInfo
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from PIL import Image
 
-UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-"""Pipeline components the request path never runs (the safety checker and its image processor, the
-IP-Adapter image encoder): never loaded, and never baked (see bake/files.py)."""
-
 SIZE_MULTIPLE = 8
-"""Widths and heights must be multiples of this (the VAE's downsampling)."""
+"""Widths and heights must be multiples of this, or of more where the pipeline needs it (16 for SD3 and FLUX:
+the VAE's downsampling times the transformer's 2x2 patches)."""
 
 WARMUP_STEPS = 2
 """Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
 
-JSON = "application/json"
-MEDIA_TYPES = (*ENCODINGS, JSON, streaming.MEDIA_TYPE)
-"""What a request may ask for in `Accept`; the first is the default."""
-
 _SEED_LIMIT = 2**63
 _RANDOM_SEED_LIMIT = 2**32
+
+
+class TargetSize(StrictModel):
+    """An image size."""
+
+    width: Annotated[int, Field(ge=SIZE_MULTIPLE)]
+    height: Annotated[int, Field(ge=SIZE_MULTIPLE)]
 
 
 class TextToImageParameters(StrictModel):
@@ -87,21 +92,21 @@ class TextToImageParameters(StrictModel):
     guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Classifier-free guidance; above 1 turns guidance on. Default: the model's (see /info)."""
     width: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image width in pixels, a multiple of 8; default: the model's native size."""
+    """Image width in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's native
+    size."""
     height: Annotated[int, Field(ge=SIZE_MULTIPLE)] | None = None
-    """Image height in pixels, a multiple of 8; default: the model's native size."""
+    """Image height in pixels, a multiple of 8 (of 16 for SD3 and FLUX, see /info); default: the model's
+    native size."""
     seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] | None = None
     """Seed of the first image (image j uses seed + j); default: a random one, returned with the answer."""
     num_images_per_prompt: Annotated[int, Field(ge=1)] = 1
-    """Images to make; more than one needs `Accept: application/json` or `text/event-stream`."""
-
-
-class TextToImageRequest(StrictModel):
-    """A text-to-image request body."""
-
-    inputs: Annotated[str, Field(min_length=1)]
-    """The prompt."""
-    parameters: TextToImageParameters | None = None
+    """Images to make (over the Hugging Face routes, more than one needs `Accept: application/json` or
+    `text/event-stream`)."""
+    scheduler: str | None = None
+    """The scheduler (a diffusers class name the pipeline is compatible with, see /info); default: the
+    pipeline's own."""
+    target_size: TargetSize | None = None
+    """The image size as {"width", "height"} (the Hugging Face spec's older form of width and height)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class Recipe:
     guidance_scale: float
     negative: bool
     """Whether the requests have negative prompts (without one, some pipelines guide from zeros)."""
+    scheduler: str
+    """The scheduler's class name."""
 
 
 @dataclass(frozen=True)
@@ -140,14 +147,6 @@ class Generated:
     inference_s: float
 
 
-@dataclass(frozen=True)
-class Reply:
-    """How to answer a request: the negotiated media type and the seed of its first image."""
-
-    media_type: str
-    seed: int
-
-
 class _Abandoned(Exception):
     """Raised between denoising steps to stop a batch nobody waits for any more."""
 
@@ -155,53 +154,16 @@ class _Abandoned(Exception):
 class TextToImage(Task):
     """A diffusers text-to-image pipeline (`AutoPipelineForText2Image`) on one device."""
 
-    name = "text-to-image"
-    respond_on_worker = True
-    request_openapi = {
-        "required": True,
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["inputs"],
-                    "properties": {
-                        "inputs": {"type": "string", "minLength": 1, "description": "The prompt"},
-                        "parameters": TextToImageParameters.model_json_schema(),
-                    },
-                }
-            }
-        },
-    }
-    response_openapi = {
-        "description": "The image (by Accept: PNG by default, JPEG, WebP), JSON with base64 images, or a "
-        "progress stream (text/event-stream)",
-        "headers": {"X-Seed": {"description": "The seed of the image", "schema": {"type": "integer"}}},
-        "content": {
-            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in ENCODINGS},
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["images", "media_type", "seed", "timings"],
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
-                        "media_type": {"type": "string"},
-                        "seed": {"type": "integer"},
-                        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-                    },
-                }
-            },
-            streaming.MEDIA_TYPE: {
-                "schema": {"type": "string", "description": "Server-Sent Events: progress..., image..., done"}
-            },
-        },
-    }
+    name = TEXT_TO_IMAGE
+    Parameters = TextToImageParameters
+    text_input = True
 
     pipe: DiffusionPipeline
 
     def load(self) -> None:
         """Load the pipeline offline onto the device, without unused components; read its defaults."""
         self.pipe = self._from_pretrained().to(self.placement.device)
+        self._size_multiple = max(SIZE_MULTIPLE, self.pipe.vae_scale_factor * self._family.latent_multiple)
         self.pipe.set_progress_bar_config(disable=True)
         if self.settings.attention_slicing:
             self.pipe.enable_attention_slicing()
@@ -213,6 +175,7 @@ class TextToImage(Task):
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
         call = inspect.signature(self.pipe.__call__).parameters
+        self._legacy_callback = "callback_on_step_end" not in call
         self._default_width, self._default_height = _native_size(self.pipe)
         self._default_steps = self.settings.default_steps or min(
             _default(call, "num_inference_steps", 50), self.settings.max_steps
@@ -221,16 +184,28 @@ class TextToImage(Task):
         self._default_guidance = float(
             _default(call, "guidance_scale", 7.5) if guidance is None else guidance
         )
+        self._min_steps = 1 if _makes_images_in_one_step(self.pipe, self._family) else 2
+        if self._min_steps > min(self._default_steps, self.settings.max_steps):
+            raise ModelLoadError(
+                f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} makes no image in 1 "
+                "step: set BAKE_DEFAULT_STEPS and BAKE_MAX_STEPS to 2 or more"
+            )
         self._max_images = min(self.settings.max_images_per_prompt, self.settings.max_batch_size)
-        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe)
+        self._tokenizer, self._max_prompt_tokens = _longest_tokenizer(self.pipe, call)
         self._tokenizer_lock = threading.Lock()
+        self._schedulers = _schedulers(self.pipe.scheduler)
+        self._default_scheduler = type(self.pipe.scheduler).__name__
 
     def _from_pretrained(self) -> DiffusionPipeline:
-        """The pipeline from the model directory, in the compute dtype, its unused components left out."""
+        """The pipeline from the model directory, in the compute dtype, its unused components left out.
+
+        A pipeline bake does not serve, or one whose extra packages are missing, is refused before loading.
+        """
         from diffusers import AutoPipelineForText2Image
 
         index = self.source.read_json("model_index.json") or {}
-        options: dict[str, Any] = {name: None for name in UNUSED_COMPONENTS if name in index}
+        self._family = _served_family(index, self.source.path)
+        options: dict[str, Any] = {name: None for name in pipelines.UNUSED_COMPONENTS if name in index}
         if "requires_safety_checker" in index:
             options["requires_safety_checker"] = False
         self._variant = _weights_variant(self.source.path, self.placement.dtype)
@@ -241,33 +216,37 @@ class TextToImage(Task):
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelLoadError(f"cannot load a text-to-image pipeline from {path}: {error}") from error
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        call = inspect.signature(pipe.__call__).parameters
+        if "callback_on_step_end" not in call and "callback" not in call:
             raise ModelLoadError(f"{type(pipe).__name__} cannot report its denoising steps: not served")
         return pipe
 
-    def prepare(self, body: Body) -> Prepared:
-        """Validate the request and its limits; the batch key is its `Recipe`, its rows its images."""
-        media_type = preferred_media_type(body.accept, MEDIA_TYPES)
-        request = validate(TextToImageRequest, parse_json(body.data))
-        params = request.parameters or TextToImageParameters()
+    def prepare(self, inputs: str, params: TextToImageParameters) -> Prepared:
+        """Check the prompt and the limits; the batch key is the request's `Recipe`, its rows its images."""
+        if not inputs:
+            raise InvalidParameters("inputs: the prompt is empty")
+        target = params.target_size
+        if target is not None and (params.width or params.height):
+            raise InvalidParameters("parameters.target_size: give either target_size or width and height")
+        if params.scheduler is not None and params.scheduler not in self._schedulers:
+            raise InvalidParameters(
+                f"parameters.scheduler: {params.scheduler!r} is not one of this pipeline's schedulers: "
+                f"{', '.join(sorted(self._schedulers))}"
+            )
         recipe = Recipe(
             steps=params.num_inference_steps or self._default_steps,
-            width=params.width or self._default_width,
-            height=params.height or self._default_height,
+            width=params.width or (target.width if target else self._default_width),
+            height=params.height or (target.height if target else self._default_height),
             guidance_scale=self._default_guidance if params.guidance_scale is None else params.guidance_scale,
             negative=params.negative_prompt is not None,
+            scheduler=params.scheduler or self._default_scheduler,
         )
-        self._check_limits(request.inputs, params, recipe)
-        if params.num_images_per_prompt > 1 and media_type in ENCODINGS:
-            raise InvalidParameters(
-                f"parameters.num_images_per_prompt: {media_type} holds one image; send "
-                f"'Accept: {JSON}' or 'Accept: {streaming.MEDIA_TYPE}' to get {params.num_images_per_prompt}"
-            )
+        self._check_limits(inputs, params, recipe)
         seed = secrets.randbelow(_RANDOM_SEED_LIMIT) if params.seed is None else params.seed
         channel = Channel()
         generation = Generation(
             recipe=recipe,
-            prompt=request.inputs,
+            prompt=inputs,
             negative_prompt=params.negative_prompt,
             seed=seed,
             images=params.num_images_per_prompt,
@@ -275,29 +254,37 @@ class TextToImage(Task):
             prepared_at=time.perf_counter(),
         )
         return Prepared(
-            sample=generation,
-            params=Reply(media_type, seed),
-            batch_key=recipe,
-            rows=generation.images,
-            channel=channel,
-            stream=media_type == streaming.MEDIA_TYPE,
+            sample=generation, params=params, batch_key=recipe, rows=generation.images, channel=channel
         )
 
     def _check_limits(self, prompt: str, params: TextToImageParameters, recipe: Recipe) -> None:
         settings = self.settings
+        if recipe.steps < self._min_steps:
+            raise InvalidParameters(
+                f"parameters.num_inference_steps: {type(self.pipe).__name__} with "
+                f"{type(self.pipe.scheduler).__name__} makes no image in {recipe.steps} step; ask for "
+                f"{self._min_steps} or more"
+            )
         if recipe.steps > settings.max_steps:
             raise InvalidParameters(
                 f"parameters.num_inference_steps: {recipe.steps} is over the limit of {settings.max_steps} "
                 "(BAKE_MAX_STEPS)"
             )
         for name, value in (("width", recipe.width), ("height", recipe.height)):
-            if value % SIZE_MULTIPLE:
-                raise InvalidParameters(f"parameters.{name}: {value} is not a multiple of {SIZE_MULTIPLE}")
+            if value % self._size_multiple:
+                raise InvalidParameters(
+                    f"parameters.{name}: {value} is not a multiple of {self._size_multiple}"
+                )
         area = recipe.width * recipe.height
         if area > settings.max_image_area:
             raise InvalidParameters(
                 f"parameters.width x height: {recipe.width}x{recipe.height} = {area} pixels is over the "
                 f"limit of {settings.max_image_area} (BAKE_MAX_IMAGE_AREA)"
+            )
+        if recipe.negative and not self._family.negative_prompt:
+            raise InvalidParameters(
+                f"parameters.negative_prompt: {self._family.pipeline} does not read a negative prompt (its "
+                "guidance is distilled into the model); leave it out"
             )
         if params.num_images_per_prompt > self._max_images:
             raise InvalidParameters(
@@ -329,25 +316,36 @@ class TextToImage(Task):
         rows = [(sample, image) for sample in samples for image in range(sample.images)]
         started = time.perf_counter()
 
-        def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def step(done: int, total: int) -> None:
             for sample in samples:
-                sample.channel.step(index + 1, pipe.num_timesteps)
+                sample.channel.step(done, total)
             if all(sample.channel.cancelled for sample in samples):
                 raise _Abandoned
-            return tensors
 
+        self.pipe.scheduler = self._schedulers[recipe.scheduler]
+        arguments: dict[str, Any] = {
+            "prompt": [sample.prompt for sample, _ in rows],
+            "num_inference_steps": recipe.steps,
+            "guidance_scale": recipe.guidance_scale,
+            "width": recipe.width,
+            "height": recipe.height,
+            "generator": [torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
+            "output_type": "pil",
+        }
+        if recipe.negative:  # else the pipeline's own default: None, or "" (PixArt)
+            arguments["negative_prompt"] = [sample.negative_prompt for sample, _ in rows]
+        if self._legacy_callback:  # PixArt: callback(step, timestep, latents) after each step
+            arguments["callback"] = lambda index, _timestep, _latents: step(index + 1, recipe.steps)
+            arguments["callback_steps"] = 1
+        else:
+
+            def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                step(index + 1, pipe.num_timesteps)
+                return tensors
+
+            arguments["callback_on_step_end"] = on_step_end
         try:
-            images = self.pipe(
-                prompt=[sample.prompt for sample, _ in rows],
-                negative_prompt=[sample.negative_prompt for sample, _ in rows] if recipe.negative else None,
-                num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance_scale,
-                width=recipe.width,
-                height=recipe.height,
-                generator=[torch.Generator().manual_seed(sample.seed + image) for sample, image in rows],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-            ).images
+            images = self.pipe(**arguments).images
         except _Abandoned:
             return [ClientDisconnected() for _ in samples]
         finished = time.perf_counter()
@@ -365,37 +363,6 @@ class TextToImage(Task):
             first += sample.images
         return outputs
 
-    def respond(self, output: Generated, params: Reply, accept: str) -> Response:
-        """The image's bytes in the negotiated format, or JSON with every image in base64 PNG."""
-        started = time.perf_counter()
-        if params.media_type != JSON:
-            data = encode_image(output.images[0], params.media_type)
-            return Response(data, media_type=params.media_type, headers={"X-Seed": str(output.seed)})
-        images = [_base64_png(image) for image in output.images]
-        timings = {
-            "queue_s": output.queue_s,
-            "inference_s": output.inference_s,
-            "encode_s": time.perf_counter() - started,
-        }
-        return JSONResponse(
-            {"images": images, "media_type": "image/png", "seed": output.seed, "timings": timings}
-        )
-
-    def result_events(self, output: Generated, params: Reply) -> list[tuple[str, Any]]:
-        """One `image` event per image: base64 PNG, its index and the seed that makes it alone."""
-        return [
-            (
-                "image",
-                {
-                    "index": index,
-                    "image": _base64_png(image),
-                    "media_type": "image/png",
-                    "seed": output.seed + index,
-                },
-            )
-            for index, image in enumerate(output.images)
-        ]
-
     def warmup_samples(self) -> list[Prepared]:
         """One prompt at the default size and guidance, a few steps."""
         recipe = Recipe(
@@ -404,10 +371,11 @@ class TextToImage(Task):
             height=self._default_height,
             guidance_scale=self._default_guidance,
             negative=False,
+            scheduler=self._default_scheduler,
         )
         sample = Generation(recipe, "a photo of a cat", None, 0, 1, Channel(), time.perf_counter())
         return [
-            Prepared(sample=sample, params=Reply("image/png", 0), batch_key=recipe, channel=sample.channel)
+            Prepared(sample=sample, params=TextToImageParameters(), batch_key=recipe, channel=sample.channel)
         ]
 
     def info(self) -> TaskInfo:
@@ -417,12 +385,14 @@ class TextToImage(Task):
             task=self.name,
             details={
                 "pipeline": type(pipe).__name__,
+                "family": self._family.name,
                 "components": {
                     name: type(component).__name__
                     for name, component in pipe.components.items()
                     if component is not None
                 },
-                "scheduler": type(pipe.scheduler).__name__,
+                "scheduler": self._default_scheduler,
+                "schedulers": sorted(self._schedulers),
                 "variant": self._variant,
                 "defaults": {
                     "width": self._default_width,
@@ -431,9 +401,10 @@ class TextToImage(Task):
                     "guidance_scale": self._default_guidance,
                 },
                 "limits": {
+                    "min_steps": self._min_steps,
                     "max_steps": self.settings.max_steps,
                     "max_image_area": self.settings.max_image_area,
-                    "size_multiple": SIZE_MULTIPLE,
+                    "size_multiple": self._size_multiple,
                     "max_images_per_prompt": self._max_images,
                     "max_prompt_tokens": self._max_prompt_tokens,
                 },
@@ -444,8 +415,18 @@ class TextToImage(Task):
         )
 
 
-def _base64_png(image: Image.Image) -> str:
-    return base64.b64encode(encode_image(image, "image/png")).decode("ascii")
+def _schedulers(default: Any) -> dict[str, Any]:
+    """The schedulers a request may choose: the pipeline's own and every compatible one that this image can
+    make (some need packages the image lacks), each made once from the pipeline's scheduler config."""
+    made = {type(default).__name__: default}
+    for cls in getattr(default, "compatibles", []):
+        if cls.__name__ in made:
+            continue
+        try:
+            made[cls.__name__] = cls.from_config(default.config)
+        except (ImportError, ValueError, TypeError, AttributeError):
+            continue
+    return made
 
 
 def _default(parameters: Any, name: str, fallback: Any) -> Any:
@@ -456,15 +437,57 @@ def _default(parameters: Any, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
+def _served_family(index: dict[str, Any], path: Path) -> pipelines.Family:
+    """The family of the pipeline in `path` (model_index.json: `index`), once it is one bake serves and every
+    package it needs can be imported; else `ModelLoadError` with the reason."""
+    try:
+        family = pipelines.family_of(index)
+    except pipelines.PipelineRefused as refused:
+        raise ModelLoadError(f"cannot serve the pipeline in {path}: {refused}") from None
+    names = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
+    missing = [
+        package for package in pipelines.packages(family, names, index) if not _importable(package.module)
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{family.pipeline} in {path} needs "
+            + ", ".join(f"{package.name} ({package.why})" for package in missing)
+            + f": pip install {' '.join(package.name for package in missing)}"
+        )
+    return family
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
+
+def _makes_images_in_one_step(pipe: Any, family: pipelines.Family) -> bool:
+    """Whether the pipeline can make an image in one step: always, but where it then takes the denoised sample
+    from the scheduler's step output, which must hold more than the next sample (see `pipelines.Family`)."""
+    if not family.one_step_takes_denoised:
+        return True
+    try:
+        returned = typing.get_type_hints(type(pipe.scheduler).step).get("return")
+    except (NameError, TypeError):  # annotations it cannot resolve: assume the worst
+        return False
+    outputs = [kind for kind in typing.get_args(returned) or (returned,) if dataclasses.is_dataclass(kind)]
+    return bool(outputs) and len(dataclasses.fields(outputs[0])) > 1
+
+
 def _native_size(pipe: Any) -> tuple[int, int]:
     """(width, height) the pipeline makes when asked for no size: its sample size times the VAE's scale."""
-    size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    size = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return width * pipe.vae_scale_factor, height * pipe.vae_scale_factor
 
 
-def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
-    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens.
+def _longest_tokenizer(pipe: Any, call: Any) -> tuple[Any, int]:
+    """A private copy of the pipeline's tokenizer reading the longest prompts, and that length in tokens: the
+    tokenizer's window, or the pipeline's `max_sequence_length` if shorter (T5 in PixArt-alpha: 120).
 
     A prompt longer than every text encoder's window would be cut silently, so it is refused instead.
     """
@@ -476,7 +499,9 @@ def _longest_tokenizer(pipe: Any) -> tuple[Any, int]:
     if not tokenizers:
         return None, 0
     longest = max(tokenizers, key=lambda tokenizer: tokenizer.model_max_length)
-    return copy.deepcopy(longest), int(longest.model_max_length)
+    return copy.deepcopy(longest), min(
+        int(longest.model_max_length), _default(call, "max_sequence_length", 2**31)
+    )
 
 
 def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
@@ -486,8 +511,8 @@ def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
     only with the variant. Where both exist, the variant is taken for half-precision compute only.
     """
     weights = [file for file in path.rglob("*") if file.suffix in (".safetensors", ".bin") and file.is_file()]
-    variant = {file.parent for file in weights if ".fp16." in file.name}
-    full = {file.parent for file in weights if ".fp16." not in file.name}
+    variant = {file.parent for file in weights if pipelines.weights_variant(file.name) == "fp16"}
+    full = {file.parent for file in weights if pipelines.weights_variant(file.name) is None}
     if variant - full or (variant and dtype == torch.float16):
         return "fp16"
     return None

@@ -10,10 +10,9 @@ import pytest
 from bake.config import ModelSpec
 from bake.env import read_environment
 from bake.errors import GatedModel, ModelNotFound, RevisionNotFound, UnsupportedModel
-from bake.files import UNUSED_DIFFUSION_COMPONENTS, detect_task, select_files
 from bake.hub import resolve_model
+from serve.contract.files import detect_task, select_files
 from tests.fixtures.hub import HubServer
-from serve.tasks.text_to_image import UNUSED_COMPONENTS
 from tests.fixtures.models import make_image_classifier, make_text_to_image_pipeline
 
 CLASSIFIER_CONFIG = {"architectures": ["ResNetForImageClassification"]}
@@ -24,19 +23,36 @@ def reader(documents: dict[str, dict]) -> object:
 
 
 def test_classifier_takes_configs_and_safetensors_only() -> None:
-    names = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5",
-             "flax_model.msgpack", "onnx/model.onnx", "README.md", ".gitattributes"]
+    names = [
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "onnx/model.onnx",
+        "README.md",
+        ".gitattributes",
+    ]
     selection = select_files(names, "image-classification", device="cpu", read_json=reader({}))
     assert selection.files == ("config.json", "preprocessor_config.json", "model.safetensors")
     assert not selection.convert_to_safetensors
 
 
 def test_sharded_safetensors_come_with_their_index() -> None:
-    names = ["config.json", "preprocessor_config.json", "model-00001-of-00002.safetensors",
-             "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+    names = [
+        "config.json",
+        "preprocessor_config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+    ]
     selection = select_files(names, "image-classification", device="cpu", read_json=reader({}))
     assert selection.files[2:] == (
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
     )
 
 
@@ -95,18 +111,21 @@ def test_diffusion_components_the_runtime_never_loads_are_not_fetched(tmp_path: 
     index = json.loads((folder / "model_index.json").read_text())
     index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
     assert index["safety_checker"][0] is not None and index["feature_extractor"][0] is not None
-    selection = select_files(names, "text-to-image", device="cpu", read_json=reader({"model_index.json": index}))
+    selection = select_files(
+        names, "text-to-image", device="cpu", read_json=reader({"model_index.json": index})
+    )
     assert any(name.startswith("unet/") for name in selection.files)
     for component in ("safety_checker", "feature_extractor", "image_encoder"):
         assert any(name.startswith(f"{component}/") for name in names)
         assert not any(name.startswith(f"{component}/") for name in selection.files), component
-    assert set(UNUSED_DIFFUSION_COMPONENTS) == set(UNUSED_COMPONENTS), "bake and serve must agree"
 
 
 @pytest.fixture(scope="module")
 def published(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("published")
-    folder = make_image_classifier(root / "clf", "resnet", image_size=64, extra_formats=("bin", "flax", "tf", "onnx"))
+    folder = make_image_classifier(
+        root / "clf", "resnet", image_size=64, extra_formats=("bin", "flax", "tf", "onnx")
+    )
     sha = hub.add_repo("resolve/classifier", folder)
     hub.add_repo("resolve/gated", folder, token="gated-token", gated=True)
     bin_only = make_image_classifier(root / "bin", "vit", image_size=64, weights_format="bin")
@@ -118,7 +137,11 @@ def test_hub_model_resolves_to_its_commit_and_needed_files(published: dict[str, 
     environment = read_environment({"HF_ENDPOINT": published["endpoint"]})
     model = resolve_model(ModelSpec("resolve/classifier", "main", None), environment, device="cpu")
     assert model.commit_sha == published["sha"] and model.task == "image-classification"
-    assert [file.path for file in model.files] == ["config.json", "preprocessor_config.json", "model.safetensors"]
+    assert [file.path for file in model.files] == [
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+    ]
     weights = model.files[2]
     assert weights.sha256 is not None and len(weights.sha256) == 64 and weights.size > 0
 
@@ -142,18 +165,29 @@ def test_local_directory_resolves_with_a_content_digest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "token", "error", "fragment"),
     [
-        (ModelSpec("resolve/missing", "main", None), None, ModelNotFound, "set HF_TOKEN if the model is private"),
+        (
+            ModelSpec("resolve/missing", "main", None),
+            None,
+            ModelNotFound,
+            "set HF_TOKEN if the model is private",
+        ),
         (ModelSpec("resolve/classifier", "v9", None), None, RevisionNotFound, "--revision"),
-        (ModelSpec("resolve/classifier", "main", "text-to-image"), None, UnsupportedModel, "--task image-classification"),
+        (
+            ModelSpec("resolve/classifier", "main", "text-to-image"),
+            None,
+            UnsupportedModel,
+            "--task image-classification",
+        ),
         (ModelSpec("resolve/classifier", "main", "translation"), None, UnsupportedModel, "not served"),
-        (ModelSpec("", "main", None), None, ModelNotFound, "--model"),
         (ModelSpec("./not/here", "main", None), None, ModelNotFound, "neither a directory"),
     ],
 )
 def test_resolution_errors_carry_the_fix(
     published: dict[str, str], spec: ModelSpec, token: str | None, error: type[Exception], fragment: str
 ) -> None:
-    environment = read_environment({"HF_ENDPOINT": published["endpoint"], **({"HF_TOKEN": token} if token else {})})
+    environment = read_environment(
+        {"HF_ENDPOINT": published["endpoint"], **({"HF_TOKEN": token} if token else {})}
+    )
     with pytest.raises(error) as raised:
         resolve_model(spec, environment, device="cpu")
     assert fragment in str(raised.value)
