@@ -20,8 +20,10 @@ from bake.errors import BuildFailed, GatedModel
 from bake.hub import ResolvedModel, resolve_model
 from bake.installer import HTTP_RETRIES
 from bake.labels import ImageFacts
-from bake.package_sources import TORCH_CPU_INDEX, check_reachable, configured_sources, is_remote_engine
-from bake.plan import BuildPlan, needs_cpu_torch, plan_build
+from bake.package_sources import TORCH_CPU_INDEX, check_reachable, is_remote_engine
+from bake.plan import COMPILE_REPORT_STAGE, BuildPlan, package_sources, plan_build
+from serve.contract.compiled import Report
+from serve.contract.labels import COMPILED
 
 # The last line of a Python traceback inside a step,
 # e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
@@ -43,6 +45,8 @@ class BuiltImage:
     pushed: bool
     weights_cached: bool
     """Whether the weights stage came entirely from the build cache (nothing was fetched)."""
+    compiled: str
+    """The forward pass the image serves: "torchscript" or "eager: <reason>" (its `labels.COMPILED`)."""
 
     def as_dict(self) -> dict[str, object]:
         """What `bake build --json` prints."""
@@ -58,6 +62,7 @@ class BuiltImage:
             "device": facts.device,
             "weights_bytes": facts.weights_bytes,
             "weights_cached": self.weights_cached,
+            "compiled": self.compiled,
             "labels": self.labels,
         }
 
@@ -76,7 +81,7 @@ def build(config: Config, env: Environment, *, display: BuildDisplay, cache: boo
         )
     display.note(_announcement(model, config))
     sources, warnings = check_reachable(
-        configured_sources(config.build, cpu_torch=needs_cpu_torch(config, model)),
+        package_sources(config, model),
         ca_cert=config.build.ca_cert,
         remote_engine=is_remote_engine(env.docker_host),
     )
@@ -84,7 +89,7 @@ def build(config: Config, env: Environment, *, display: BuildDisplay, cache: boo
         display.warning(warning)
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
         plan = plan_build(config, model, env, Path(tmp), sources)
-        log = run_build(plan, client, display, cache=cache)
+        logs = run_build(plan, client, display, cache=cache)
     size, labels = None, dict(plan.labels)
     if not plan.push:
         with docker_errors(f"inspect the image it built, {plan.tag}", "check `docker image ls`"):
@@ -96,39 +101,86 @@ def build(config: Config, env: Environment, *, display: BuildDisplay, cache: boo
         facts=plan.facts,
         labels=labels,
         pushed=plan.push,
-        weights_cached=log.stage_cached("weights"),
+        weights_cached=logs[0].stage_cached("weights"),
+        compiled=plan.labels[COMPILED],
     )
 
 
 def run_build(
     plan: BuildPlan, client: DockerClient, display: BuildDisplay, *, cache: bool = True
-) -> BuildLog:
+) -> list[BuildLog]:
     """Run `docker buildx build` for `plan`, streaming its plain log to `display`; raise `BuildFailed` with
-    the cause."""
-    log = BuildLog()
+    the cause. Returns the log of each build run.
+
+    When the plan compiles, BuildKit first builds the compile stage's report alone (deps, weights and the
+    compiler: the long steps) and bake reads it, so that the image's label says which forward pass it
+    serves; the image's build then takes those steps from the cache."""
+    logs: list[BuildLog] = []
     try:
         with display:
-            for line in _build_lines(plan, client, cache=cache):
-                display.feed(log, line.rstrip("\n"))
+            if plan.compiles:
+                with tempfile.TemporaryDirectory(prefix="bake-compile-") as report_dir:
+                    _run(plan, client, display, logs, cache=cache, report_dir=Path(report_dir))
+                    report = Report.read(Path(report_dir)) or Report.eager(
+                        "the compile stage wrote no report"
+                    )
+                plan.record_compile(report)
+                display.note(compile_note(report))
+            # After the report's run (with or without the cache), its steps are fresh: the image reuses them.
+            _run(plan, client, display, logs, cache=cache or plan.compiles)
     except DockerException as error:
+        log = logs[-1] if logs else BuildLog()
         display.failed(log)
         raise diagnose(plan, "\n".join(log.tail) + "\n" + (error.stderr or "")) from None
-    return log
+    return logs
 
 
-def _build_lines(plan: BuildPlan, client: DockerClient, *, cache: bool) -> Iterable[str]:
-    """BuildKit's plain progress log of the build of `plan`, line by line."""
+def compile_note(report: Report) -> str:
+    """What `bake build` says about the compile stage's outcome."""
+    if report.compiled:
+        return (
+            f"bake: forward pass compiled at build time ({report.label}, max score difference "
+            f"{report.parity:.1e} against the eager model): the image starts without transformers"
+        )
+    return f"bake: forward pass not compiled, the image loads the model with transformers: {report.reason}"
+
+
+def _run(
+    plan: BuildPlan,
+    client: DockerClient,
+    display: BuildDisplay,
+    logs: list[BuildLog],
+    *,
+    cache: bool,
+    report_dir: Path | None = None,
+) -> None:
+    """One build run, its lines fed to `display` and a new log appended to `logs`: the image, or with
+    `report_dir` the compile report exported there."""
+    log = BuildLog()
+    logs.append(log)
+    for line in _build_lines(plan, client, cache=cache, report_dir=report_dir):
+        display.feed(log, line.rstrip("\n"))
+
+
+def _build_lines(
+    plan: BuildPlan, client: DockerClient, *, cache: bool, report_dir: Path | None = None
+) -> Iterable[str]:
+    """BuildKit's plain progress log of the build of `plan` (or of its compile report into `report_dir`),
+    line by line."""
+    image = report_dir is None
     lines: Iterable[str] = client.buildx.build(
         plan.context,
         file=plan.dockerfile,
-        tags=[plan.tag],
-        labels=plan.labels,
+        tags=[plan.tag] if image else [],
+        labels=plan.labels if image else {},
         build_contexts=plan.build_contexts,
         secrets=plan.secrets,
         allow=plan.allow,
         platforms=[plan.platform] if plan.platform else None,
-        load=not plan.push,
-        push=plan.push,
+        load=image and not plan.push,
+        push=image and plan.push,
+        output={} if image else {"type": "local", "dest": str(report_dir)},
+        target=None if image else COMPILE_REPORT_STAGE,
         provenance=False,
         cache=cache,
         progress="plain",
@@ -160,6 +212,13 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         kind, message = check[-1]
         fix = _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above")
         return BuildFailed(message.strip(), fix)
+    if "sha256 mismatch" in lowered:
+        line = next(line for line in text.splitlines() if "sha256 mismatch" in line.lower())
+        detail = line.split("sha256 mismatch:", 1)[-1].strip()
+        return BuildFailed(
+            f"a downloaded file does not match the Hub's sha256 ({detail})",
+            "check HF_ENDPOINT and any proxy between you and the Hub, then build again",
+        )
     if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"

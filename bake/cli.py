@@ -26,6 +26,7 @@ from bake.bench import command as bench_cli
 from bake.build import BuiltImage, build
 from bake.build_display import PROGRESS_MODES, display_for
 from bake.config import Config, load_config
+from bake.docker import docker_client
 from bake.env import read_environment
 from bake.errors import ConfigError
 from bake.init_config import write_config
@@ -33,8 +34,10 @@ from bake.launch import commands as launch_commands
 from bake.launch import docker_target
 from bake.launch.commands import project_dir
 from bake.options import Option, find, options_for
+from bake.sbom import save_sbom
 from bake.state import record_build
 from serve.contract.errors import FAILURE_EXIT_CODE, INTERRUPTED_EXIT_CODE, UserError
+from serve.contract.image import SBOM as SBOM_IN_IMAGE
 from serve.contract.labels import MODEL
 
 _KINDS = {"str": str, "int": int, "float": float, "list": str}
@@ -178,10 +181,11 @@ def build_command(progress: str, no_cache: bool, as_json: bool, **flags: Any) ->
     display = display_for(progress, sys.stderr)  # type: ignore[arg-type]
     built = build(config, read_environment(), display=display, cache=not no_cache)
     record_build(project_dir(config), built.tag, built.facts.model)
+    sbom = None if built.pushed else save_sbom(docker_client(), built.tag, project_dir(config))
     if as_json:
-        click.echo(json.dumps(built.as_dict(), indent=2))
+        click.echo(json.dumps({**built.as_dict(), "sbom": str(sbom) if sbom else None}, indent=2))
     else:
-        _report(built)
+        _report(built, sbom)
 
 
 def _key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -449,7 +453,7 @@ def _json_value(raw: str) -> Any:
         return raw
 
 
-def _report(built: BuiltImage) -> None:
+def _report(built: BuiltImage, sbom: Path | None) -> None:
     facts = built.facts
     size = f"{built.size_bytes / 2**20:.0f} MiB" if built.size_bytes else "pushed"
     click.echo(f"\nimage     {built.tag} ({size})")
@@ -460,6 +464,8 @@ def _report(built: BuiltImage) -> None:
         + ("file" if len(facts.weights) == 1 else "files")
         + (" (from the build cache)" if built.weights_cached else "")
     )
+    click.echo(f"sbom      {sbom if sbom else 'in the image, ' + SBOM_IN_IMAGE} (CycloneDX)")
+    click.echo(f"forward   {built.compiled}")
     click.echo(f"\nnext:     bake launch {built.tag}")
 
 
@@ -479,7 +485,10 @@ def main() -> None:
         _fail(session, error, str(error), error.exit_code)
     except click.exceptions.Abort as error:  # Ctrl-C (or end of input) where no wait handled it
         _fail(session, error, "interrupted", INTERRUPTED_EXIT_CODE)
-    except click.ClickException as error:  # a usage error: click's own message, with the usage
+    except click.UsageError as error:  # a flag or argument click refuses: one line, with the help to read
+        command = error.ctx.command_path if error.ctx is not None else "bake"
+        _fail(session, error, f"{error.format_message()} (see `{command} --help`)", error.exit_code)
+    except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     except OSError as error:

@@ -11,6 +11,7 @@ relative to the working directory.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class BuildSpec:
     torch_index_url: str
     installer: str
     keep_build_tools: bool
+    compile: bool
+    """Compile the forward pass in a build stage (where the model and device allow it)."""
     push: bool
 
     def __post_init__(self) -> None:
@@ -140,6 +143,9 @@ def load_config(flags: Mapping[str, Any], env: Environment, config_file: Path | 
 
 
 _PATHS_IN_FILE = {"build.ca_cert", "build.pip_find_links", "model.id"}
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_PEM_PROBE_BYTES = 1 << 20
+"""How much of a CA bundle is searched for its first certificate (bundles start with comments, at most)."""
 
 
 def _relative_to(base_dir: Path, value: str, *, must_be_dir: bool) -> str:
@@ -157,21 +163,35 @@ def _relative_to(base_dir: Path, value: str, *, must_be_dir: bool) -> str:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         document = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
-    except (OSError, TOMLKitError) as error:
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read {path}: {error.strerror or error}", "check the path and its permissions"
+        ) from None
+    except (TOMLKitError, UnicodeDecodeError) as error:
         raise ConfigError(
             f"cannot read {path}: {error}", "fix the TOML syntax or regenerate it with `bake init`"
         ) from None
-    known = {option.section for option in OPTIONS}
+    known = sorted({option.section for option in OPTIONS})
     for section, content in document.items():
-        if section not in known or not isinstance(content, dict):
-            raise ConfigError(f"{path}: unknown table [{section}]", f"use one of {', '.join(sorted(known))}")
-        keys = {option.key for option in options_for(section)}
+        if section not in known:
+            raise ConfigError(f"{path}: unknown table [{section}]", _did_you_mean(section, known))
+        if not isinstance(content, dict):
+            raise ConfigError(
+                f"{path}: {section} = {content!r} is not a table", f"write its settings under [{section}]"
+            )
+        keys = sorted(option.key for option in options_for(section))
         for key in content:
             if key not in keys:
-                raise ConfigError(
-                    f"{path}: unknown key {section}.{key}", f"known keys: {', '.join(sorted(keys))}"
-                )
+                raise ConfigError(f"{path}: unknown key {section}.{key}", _did_you_mean(key, keys))
     return document
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    """ "did you mean X?" when a known word is close (difflib), else the list of known words."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return f"use one of {', '.join(known)}"
 
 
 def _pick(
@@ -249,6 +269,7 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
             torch_index_url=build["torch_index_url"],
             installer=build["installer"],
             keep_build_tools=build["keep_build_tools"],
+            compile=build["compile"],
             push=build["push"],
         ),
         serve=ServeSettings(**serve),
@@ -268,13 +289,34 @@ def check_build(config: Config) -> None:
     )
     require(
         ConfigError,
-        build.ca_cert is None or build.ca_cert.is_file(),
-        f"--ca-cert {build.ca_cert} is not a file",
-        "pass a PEM bundle",
+        config.model.local_dir is not None or not config.model.id.startswith((".", "/", "~")),
+        f"--model {config.model.id} is not a directory",
+        "pass the directory of a saved model, or a Hub id ORG/NAME",
     )
+    if build.ca_cert is not None:
+        _check_ca_bundle(build.ca_cert)
     require(
         ConfigError,
         build.pip_find_links is None or build.pip_find_links.is_dir(),
         f"--pip-find-links {build.pip_find_links} is not a directory",
         "pass a directory of wheels",
+    )
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """`ConfigError` unless `path` is a readable file holding at least one PEM certificate."""
+    require(ConfigError, path.is_file(), f"--ca-cert {path} is not a file", "pass a PEM bundle")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_PEM_PROBE_BYTES)
+    except OSError as error:
+        raise ConfigError(
+            f"--ca-cert {path} cannot be read: {error.strerror or error}",
+            "make it readable by this user, or pass another PEM bundle",
+        ) from None
+    require(
+        ConfigError,
+        _PEM_CERTIFICATE in head,
+        f"--ca-cert {path} holds no PEM certificate",
+        "pass a bundle of '-----BEGIN CERTIFICATE-----' blocks (e.g. /etc/ssl/certs/ca-certificates.crt)",
     )

@@ -64,7 +64,7 @@ class ResolvedModel:
     local_dir: Path | None
     gated: bool = False
     packages: tuple[str, ...] = ()
-    """Extra runtime packages the model needs beyond the task's (PyPI names, pinned by the constraints)."""
+    """Extra runtime packages the model needs beyond the task's (PyPI names, `serve.contract.packages`)."""
 
     @property
     def weights_bytes(self) -> int:

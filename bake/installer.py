@@ -42,8 +42,8 @@ class Install:
     requirements: tuple[str, ...]
     """Installer arguments naming what to install: `-r FILE` or requirement specifiers."""
     constraints: str
-    torch_requirement: str | None = None
-    """A CPU torch pin installed first, alone, from the torch sources (None: no CPU torch)."""
+    cpu_builds: tuple[str, ...] = ()
+    """CPU torch (and torchvision) pins installed first, alone, from the torch sources (empty: none)."""
     excludes: str | None = None
     """A file of packages to leave out of the resolution (uv only: pip installs them)."""
     with_pip: bool = False
@@ -83,9 +83,10 @@ class Installer:
             f"python3 -m venv {venv_flags} {spec.venv}",
         ]
         run = f"{_UV} pip install --python {spec.venv}/bin/python" if uv else f"{spec.venv}/bin/pip install"
-        if spec.torch_requirement:
+        if spec.cpu_builds:
             steps.append(
-                f"{run} --no-deps {_secret_args(TORCH_INDEX_SECRET)} {shlex.quote(spec.torch_requirement)}"
+                f"{run} --no-deps {_secret_args(TORCH_INDEX_SECRET)} "
+                + " ".join(map(shlex.quote, spec.cpu_builds))
             )
         if uv and spec.reuse_base_torch and spec.excludes:
             steps.append(

@@ -184,6 +184,15 @@ _MODEL_AND_BUILD: tuple[Option, ...] = (
         "Keep pip, setuptools, torch's headers and tests in the image (not slimmed).",
         env="BAKE_KEEP_BUILD_TOOLS",
     ),
+    Option(
+        "build",
+        "compile",
+        "bool",
+        True,
+        "Compile the forward pass at build time (TorchScript; CPU image classification), so the image "
+        "starts without transformers; --no-compile loads the model with transformers at start.",
+        env="BAKE_COMPILE",
+    ),
     Option("build", "push", "bool", False, "Push the image to its registry after building.", env="BAKE_PUSH"),
 )
 _SERVE: tuple[Option, ...] = tuple(

@@ -1,7 +1,8 @@
 """Where the image's Python packages come from: package indexes, PyTorch's CPU wheels, a local wheel folder.
 
 A CPU image gets a CPU torch of a tested version whatever index is configured: the torch wheel is pinned with
-its `+cpu` label and installed on its own, from a matching wheel in the --pip-find-links folder when there is
+its `+cpu` label (and so is torchvision's, when the model needs it: PyPI's torchvision is built for a CUDA
+torch) and installed on its own, from a matching wheel in the --pip-find-links folder when there is
 one (no network), else from PyTorch's CPU index or the --torch-index-url mirror of it. It never comes from the
 package index: PyPI's (and every PyPI mirror's) torch is a CUDA build with 3 GB of NVIDIA libraries. The
 weights stage's conversion of .bin files uses the same CPU torch, whatever the image's device.
@@ -23,13 +24,16 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from bake.config import BuildSpec
-from bake.errors import BuildFailed
+from bake.errors import BuildFailed, ConfigError
 
 PYPI = "https://pypi.org/simple"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 """PyTorch's index of CPU wheels: where a CPU image's torch comes from unless a wheel folder holds it."""
 CPU_TORCH_VERSION = "2.13.0"
 """The torch version bake is tested with: a CPU image's torch unless --torch-version says otherwise."""
+_TORCHVISION_MINOR_OFFSET = 15
+"""torchvision 0.15 was released with torch 2.0, and every torch 2.x release since has its torchvision
+0.(x + 15) with the same patch number (torch 2.13.0: torchvision 0.28.0)."""
 WHEELS_MOUNT = "/wheels"
 """Where the --pip-find-links folder is mounted in the install steps."""
 PROBE_TIMEOUT_S = 5.0
@@ -49,6 +53,13 @@ class PackageSources:
     """The CPU torch pin (torch==2.13.0+cpu) when the build installs a CPU torch, else None."""
     torch_index_url: str | None
     """The index the CPU torch comes from; None: the wheel folder (a matching wheel is in it)."""
+    torchvision_requirement: str | None = None
+    """The CPU torchvision pin (torchvision==0.28.0+cpu) when the model needs torchvision, else None."""
+
+    @property
+    def cpu_builds(self) -> tuple[str, ...]:
+        """The CPU builds installed first, alone, from the torch sources: torch (and torchvision)."""
+        return tuple(pin for pin in (self.torch_requirement, self.torchvision_requirement) if pin)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -73,20 +84,27 @@ class PackageSources:
     def describe(self) -> str:
         """The sources without credentials, one per line: a deps stage file, so a change rebuilds it."""
         lines = ["packages: " + " ".join(redact(arg) for arg in self.package_args())]
-        if self.torch_requirement:
-            lines.append(f"{self.torch_requirement}: " + " ".join(redact(arg) for arg in self.torch_args()))
+        if self.cpu_builds:
+            lines.append(
+                f"{' '.join(self.cpu_builds)}: " + " ".join(redact(arg) for arg in self.torch_args())
+            )
         return "\n".join(lines) + "\n"
 
 
-def configured_sources(build: BuildSpec, *, cpu_torch: bool) -> PackageSources:
-    """The sources the settings name (nothing probed). `cpu_torch`: the build installs a CPU torch."""
-    torch_requirement = torch_index = None
+def configured_sources(build: BuildSpec, *, cpu_torch: bool, cpu_torchvision: bool = False) -> PackageSources:
+    """The sources the settings name (nothing probed). `cpu_torch`: the build installs a CPU torch;
+    `cpu_torchvision`: and the CPU torchvision that goes with it."""
+    torch_requirement = torchvision_requirement = torch_index = None
     if cpu_torch:
         version = (build.torch_version if build.device == "cpu" else "") or CPU_TORCH_VERSION
         version = version.split("+", 1)[0]
+        wheels = {"torch": version}
+        if cpu_torchvision:
+            wheels["torchvision"] = torchvision_version(version)
+            torchvision_requirement = f"torchvision=={wheels['torchvision']}+cpu"
         torch_requirement = f"torch=={version}+cpu"
-        local = build.pip_find_links is not None and any(
-            build.pip_find_links.glob(f"torch-{version}+cpu-*.whl")
+        local = build.pip_find_links is not None and all(
+            any(build.pip_find_links.glob(f"{name}-{pinned}+cpu-*.whl")) for name, pinned in wheels.items()
         )
         torch_index = None if local else (build.torch_index_url or TORCH_CPU_INDEX)
     return PackageSources(
@@ -95,7 +113,18 @@ def configured_sources(build: BuildSpec, *, cpu_torch: bool) -> PackageSources:
         find_links=build.pip_find_links is not None,
         torch_requirement=torch_requirement,
         torch_index_url=torch_index,
+        torchvision_requirement=torchvision_requirement,
     )
+
+
+def torchvision_version(torch_version: str) -> str:
+    """The torchvision release that goes with `torch_version` (2.13.0 -> 0.28.0)."""
+    major, minor, patch = (torch_version.split("+", 1)[0].split(".") + ["0", "0"])[:3]
+    if major != "2":
+        raise ConfigError(
+            f"no torchvision is known to go with torch {torch_version}", "pass --torch-version 2.x.y"
+        )
+    return f"0.{int(minor) + _TORCHVISION_MINOR_OFFSET}.{patch}"
 
 
 def is_remote_engine(docker_host: str) -> bool:
@@ -144,14 +173,14 @@ def check_reachable(
             extras.append(url)
     sources = replace(sources, extra_index_urls=tuple(extras))
     if sources.torch_requirement and sources.torch_index_url and (reason := probe(sources.torch_index_url)):
-        wheel = sources.torch_requirement.replace("==", "-")
+        wheels = ", ".join(f"{pin.replace('==', '-')}-*.whl" for pin in sources.cpu_builds)
         raise BuildFailed(
             f"PyTorch's CPU wheel index {redact(sources.torch_index_url)} cannot be reached ({reason}), "
             "and a CPU image never takes torch from the package index (its torch is a CUDA build)",
             _index_fix(
                 reason,
                 f"--torch-index-url with a mirror of {TORCH_CPU_INDEX}, or --pip-find-links with "
-                f"a folder holding {wheel}-*.whl",
+                f"a folder holding {wheels}",
             ),
         )
     return sources, warnings

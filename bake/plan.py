@@ -9,6 +9,7 @@ labels and the tag.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import ipaddress
@@ -30,10 +31,13 @@ from bake.hub import ResolvedModel
 from bake.installer import PACKAGE_INDEX_SECRET, TORCH_INDEX_SECRET, Install, Installer
 from bake.labels import ImageFacts
 from bake.package_sources import WHEELS_MOUNT, PackageSources, configured_sources
-from serve.contract import image, pipelines
+from serve.contract import image
+from serve.contract.compiled import COMPILER_FILES, MANIFEST_FILE, REPORT_FILE, Report
+from serve.contract.labels import COMPILED
 from serve.contract.names import model_name
+from serve.contract.packages import BY_NAME as KNOWN_PACKAGES
 from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
-from serve.contract.tasks import TEXT_TO_IMAGE
+from serve.contract.tasks import IMAGE_CLASSIFICATION, TEXT_TO_IMAGE
 
 DEFAULT_BASE_IMAGES = {
     "cpu": "python:3.11-slim-bookworm",
@@ -45,11 +49,15 @@ PyTorch's CUDA runtime image for CUDA (its torch is reused by the virtualenv).""
 _PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
 _IMAGE_FILES = _PACKAGE_DIR / "image"
-_IMAGE_SCRIPTS = ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_runtime.py")
+_IMAGE_SCRIPTS = ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_runtime.py", "sbom.py")
 _IMAGE_LISTS = ("build-tools.txt", "excludes.txt", "constraints.txt")
 _VENV = "/opt/bake/venv"
 _FETCH_VENV = "/opt/bake/fetch"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+COMPILE_REPORT_STAGE = "compile-report"
+"""The Dockerfile stage holding only the compile stage's report, which `bake build` exports and reads before
+it builds the image (the report decides the image's `labels.COMPILED`)."""
+_COMPILER_DIR = "/opt/bake/compiler"
 
 
 @dataclass
@@ -67,6 +75,13 @@ class BuildPlan:
     allow: list[str] = field(default_factory=list)
     platform: str | None = None
     push: bool = False
+    compiles: bool = False
+    """Whether the compile stage runs the compiler (its report then sets `labels.COMPILED`); when not, the
+    label already says why."""
+
+    def record_compile(self, report: Report) -> None:
+        """Label the image with the path the compile stage's `report` says it serves."""
+        self.labels[COMPILED] = report.label
 
 
 def plan_build(
@@ -84,10 +99,11 @@ def plan_build(
     build = config.build
     base_image = build.base_image or DEFAULT_BASE_IMAGES[build.device]
     if sources is None:
-        sources = configured_sources(build, cpu_torch=needs_cpu_torch(config, model))
+        sources = package_sources(config, model)
     context = workdir / "context"
     context.mkdir(parents=True)
     _copy_sources(context)
+    skipped = compile_skipped(config, model)
     (context / "requirements.txt").write_text("\n".join(image_requirements(config, model, sources)) + "\n")
     (context / "package-sources.txt").write_text(
         "# Where the deps stage's packages come from (no credentials): a change here rebuilds the stage.\n"
@@ -122,7 +138,10 @@ def plan_build(
         base_image=base_image,
         platform=build.platform or None,
         push=build.push,
+        compiles=skipped is None,
     )
+    if skipped is not None:
+        plan.record_compile(Report.eager(skipped))
     _add_secrets(plan, config, env, workdir, sources)
     if build.pip_find_links is not None:
         plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
@@ -142,14 +161,62 @@ def plan_build(
             sources=sources,
             network_host=network_host,
             install_network_host=install_network_host,
+            compile_command=compile_command(model, config.serve.max_batch_size, skipped),
         )
     )
     return plan
 
 
-def needs_cpu_torch(config: Config, model: ResolvedModel) -> bool:
-    """Whether the build installs a CPU torch: for a CPU image, and to convert .bin weights (any device)."""
-    return config.build.device == "cpu" or model.convert_to_safetensors
+def package_sources(config: Config, model: ResolvedModel) -> PackageSources:
+    """Where the build of `model` takes its packages from, as configured (not probed yet): a CPU torch for a
+    CPU image and to convert .bin weights (any device), a CPU torchvision for a CPU image that needs one."""
+    return configured_sources(
+        config.build,
+        cpu_torch=config.build.device == "cpu" or model.convert_to_safetensors,
+        cpu_torchvision=config.build.device == "cpu" and "torchvision" in model.packages,
+    )
+
+
+def compile_skipped(config: Config, model: ResolvedModel) -> str | None:
+    """Why this build does not compile the forward pass, or None when it tries (the compiler may still
+    refuse the model, and then says why)."""
+    if not config.build.compile:
+        return "compiling is turned off (--no-compile)"
+    if model.task != IMAGE_CLASSIFICATION:
+        return f"{model.task} models are not compiled"
+    if config.build.device != "cpu":
+        return "a CUDA image is compiled only by a build that sees a GPU, and this build does not"
+    if not config.serve.torchscript:
+        return "serve.torchscript is off"
+    return None
+
+
+def compile_command(model: ResolvedModel, max_batch_size: int, skipped: str | None) -> str:
+    """The compile stage's shell command: run the compiler (if it crashes, a report says so and no manifest
+    is left), or, when `skipped` says why not, only write the report."""
+    if skipped is not None:
+        return f"mkdir -p {image.COMPILED} && {_write_report(Report.eager(skipped))}"
+    if model.local_dir is not None:
+        model_dir, served, commit = image.LOCAL_MODEL, image.LOCAL_MODEL, ""
+    else:
+        repo_dir = f"{image.HF_HOME}/hub/models--{model.id.replace('/', '--')}"
+        model_dir, served, commit = f"{repo_dir}/snapshots/{model.commit_sha}", model.id, model.commit_sha
+    arguments = ["--model-dir", model_dir, "--model", served, "--commit", commit]
+    arguments += ["--max-batch-size", str(max_batch_size), "--out", image.COMPILED]
+    environment = {**OFFLINE_ENV, "PYTHONPATH": _COMPILER_DIR}
+    crashed = Report.eager("the compiler crashed: see the compile step's output")
+    return (
+        " ".join(f"{key}={value}" for key, value in environment.items())
+        + f" {_VENV}/bin/python -m serve.compile "
+        + " ".join(shlex.quote(arg) for arg in arguments)
+        + f" || {{ rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}; }}"
+    )
+
+
+def _write_report(report: Report) -> str:
+    """A shell command writing `report` where the compile stage's report goes."""
+    text = json.dumps(dataclasses.asdict(report))
+    return f"printf '%s\\n' {shlex.quote(text)} > {image.COMPILED}/{REPORT_FILE}"
 
 
 def render_dockerfile(
@@ -162,6 +229,7 @@ def render_dockerfile(
     sources: PackageSources,
     network_host: bool,
     install_network_host: bool,
+    compile_command: str,
 ) -> str:
     """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
     build = config.build
@@ -183,6 +251,8 @@ def render_dockerfile(
             f"{image.HF_HOME}/hub",
         ]
         weights_dir = image.HF_HOME
+    if model.local_dir is None:
+        fetch_args += [f"--sha256={file.path}={file.sha256}" for file in model.files if file.sha256]
     fetch_args += ["--manifest", image.MANIFEST, "--files", *files]
     if model.convert_to_safetensors:
         fetch_args.insert(1, "--convert")
@@ -202,13 +272,13 @@ def render_dockerfile(
             *((sources.torch_requirement, "numpy") if convert else ()),
         ),
         constraints="/opt/bake/constraints.txt",
-        torch_requirement=sources.torch_requirement if convert else None,
+        cpu_builds=(sources.torch_requirement,) if convert and sources.torch_requirement else (),
     )
     deps = Install(
         venv=_VENV,
         requirements=("-r", "/opt/bake/requirements.txt"),
         constraints="/opt/bake/constraints.txt",
-        torch_requirement=sources.torch_requirement if build.device == "cpu" else None,
+        cpu_builds=sources.cpu_builds if build.device == "cpu" else (),
         excludes="/opt/bake/excludes.txt",
         with_pip=build.keep_build_tools,
         reuse_base_torch=build.device == "cuda" and not build.torch_version,
@@ -217,7 +287,7 @@ def render_dockerfile(
     if pinned := _torch_pin(config, sources):
         check_args += ["--torch-version", pinned]
     for name in model.packages:
-        check_args += ["--import", pipelines.EXTRA_PACKAGES[name].module]
+        check_args += ["--import", KNOWN_PACKAGES[name].module]
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
@@ -248,20 +318,34 @@ def render_dockerfile(
         "WEIGHTS_DIR": weights_dir,
         "HF_HOME": image.HF_HOME,
         "MANIFEST": image.MANIFEST,
+        "SBOM": image.SBOM,
+        "SBOM_ARGS": " ".join(
+            shlex.quote(arg)
+            for arg in ("--name", model.id, "--version", model.commit_sha, "--bake-version", __version__)
+        )
+        + f" --out {image.SBOM}",
         "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
         "PORT": str(config.serve.port),
         "HEALTH_START_S": "30",
+        "COMPILED": image.COMPILED,
+        "COMPILER_DIR": _COMPILER_DIR,
+        "COMPILE_REPORT": f"{image.COMPILED}/{REPORT_FILE}",
+        "COMPILE_COMMAND": compile_command,
+        "COMPILE_REPORT_STAGE": COMPILE_REPORT_STAGE,
     }
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
 def image_requirements(config: Config, model: ResolvedModel, sources: PackageSources) -> list[str]:
     """The deps stage's requirements: the runtime's and the model's extra packages, with torch pinned (CPU:
-    the CPU build of the sources)."""
-    pin = _torch_pin(config, sources)
+    the CPU builds of the sources, torchvision's too)."""
+    if config.build.device == "cpu":
+        pins = {_name(pin): pin for pin in sources.cpu_builds}
+    else:
+        pins = {"torch": f"torch=={config.build.torch_version}"} if config.build.torch_version else {}
     return [
-        f"torch=={pin}" if pin and _name(requirement) == "torch" else requirement
+        pins.get(_name(requirement), requirement)
         for requirement in runtime_requirements(model.task, model.packages)
     ]
 
@@ -307,13 +391,19 @@ def is_loopback(url: str) -> bool:
 
 
 def _copy_sources(context: Path) -> None:
-    """The build steps' scripts, the runtime pins and lists, and the `serve` package (not imported)."""
+    """The build steps' scripts, the runtime pins and lists, the compiler's files and the `serve` package (not
+    imported)."""
     for name in _IMAGE_SCRIPTS + _IMAGE_LISTS:
         shutil.copyfile(_IMAGE_FILES / name, context / name)
     spec = importlib.util.find_spec("serve")
     if spec is None or spec.origin is None:
         raise ConfigError("the serve package is not installed next to bake", "reinstall bake")
-    shutil.copytree(Path(spec.origin).parent, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    package = Path(spec.origin).parent
+    shutil.copytree(package, context / "serve", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in COMPILER_FILES:  # the compile stage's only code: other changes do not compile again
+        target = context / "compiler" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package.parent / name, target)
 
 
 def _add_secrets(

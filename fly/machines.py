@@ -4,6 +4,9 @@ asks for.
 Request bodies follow the OpenAPI spec's schemas exactly (CreateAppRequest, CreateMachineRequest,
 UpdateMachineRequest, fly.MachineConfig, assignIPRequest); tests check every request against the spec.
 
+Calls are retried while the API is busy (429, honouring Retry-After) and, when idempotent, while it fails
+(5xx) or cannot be reached, with exponential backoff (`FlyMachines._retry_delay`).
+
 `machine_config(spec)` is the Machines API twin of the fly.toml that `fly.toml` renders: the same image,
 env, guest size, service (ports 80/443, concurrency, /ready check, autostop/autostart/min running) and
 stop signal/timeout, derived by the same functions of `fly.spec`. On the raw API `autostart` defaults to
@@ -12,8 +15,11 @@ false, so it is always set explicitly.
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import random
 import time
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +48,16 @@ PROCESS_GROUP = "app"
 so `flyctl deploy` and `fly scale` treat them as the app's own."""
 WAIT_CALL_MAX_S = 60
 """The Machines API holds a wait request open for at most 60 s."""
+RETRY_ATTEMPTS = 5
+"""Tries per call while the API answers 429 (or 5xx, or nothing, to an idempotent call)."""
+RETRY_BASE_S = 0.5
+"""First backoff between tries (doubling, with jitter) when the API sends no Retry-After."""
+RETRY_MAX_WAIT_S = 30.0
+"""Longest single wait, whatever Retry-After asks for."""
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_RETRIED_5XX = frozenset({500, 502, 503, 504})
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Transport errors that happen before the request leaves: safe to repeat for any method."""
 
 logger = logging.getLogger("fly")
 
@@ -105,8 +121,12 @@ class FlyMachines:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout_s: float = 30.0,
+        attempts: int = RETRY_ATTEMPTS,
+        retry_base_s: float = RETRY_BASE_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._attempts = max(1, attempts)
+        self._retry_base_s = retry_base_s
         self._client = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": authorization_header(token), "User-Agent": "bake-fly"},
@@ -187,13 +207,34 @@ class FlyMachines:
                     raise
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        try:
-            response = self._client.request(method, path, json=json, params=params)
-        except httpx.HTTPError as error:
-            raise FlyError(
-                f"could not reach the Fly Machines API at {self.base_url} ({type(error).__name__}: {error})",
-                "check the network and proxy settings, then retry",
-            ) from None
+        """One API call, retried (see `_retry_delay`) while the API is busy or unreachable."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = self._client.request(method, path, json=json, params=params)
+            except httpx.HTTPError as error:
+                delay = self._retry_delay(method, attempt, error=error)
+                if delay is None:
+                    raise FlyError(
+                        f"could not reach the Fly Machines API at {self.base_url} "
+                        f"({type(error).__name__}: {error})",
+                        "check the network and proxy settings, then retry",
+                    ) from None
+                reason = type(error).__name__
+            else:
+                delay = None if response.is_success else self._retry_delay(method, attempt, response=response)
+                if delay is None:
+                    break
+                reason = str(response.status_code)
+            logger.info(
+                "Fly Machines API %s %s: %s, retrying in %.1f s (attempt %d of %d)",
+                method,
+                path,
+                reason,
+                delay,
+                attempt + 1,
+                self._attempts,
+            )
+            time.sleep(delay)
         if response.is_success:
             return response.json() if response.content else {}
         body = _json_or_none(response)
@@ -209,6 +250,51 @@ class FlyMachines:
         if (body or {}).get("status") == "insufficient_capacity":
             fix = "Fly has no room for this Machine size there: retry later or choose another primary_region"
         raise FlyApiError(method, path, response.status_code, message, fix)
+
+    def _retry_delay(
+        self,
+        method: str,
+        attempt: int,
+        *,
+        response: httpx.Response | None = None,
+        error: httpx.HTTPError | None = None,
+    ) -> float | None:
+        """Seconds to wait before trying again, or None when the call must not be repeated.
+
+        Repeated: any call the API refused as too many (429) or that never reached it (connection refused
+        or timed out before sending); an idempotent call (GET) that failed on the way or got a 5xx. A POST
+        that got a 5xx may have taken effect (a Machine created), so it is not repeated. The wait is the
+        API's `Retry-After` when it sends one (at most `RETRY_MAX_WAIT_S`), else exponential backoff with
+        jitter from `retry_base_s`.
+        """
+        if attempt >= self._attempts:
+            return None
+        idempotent = method in IDEMPOTENT_METHODS
+        if error is not None:
+            if not (idempotent or isinstance(error, _NOT_SENT)):
+                return None
+        elif response is not None:
+            status = response.status_code
+            if not (status == 429 or (idempotent and status in _RETRIED_5XX)):
+                return None
+            if (after := _retry_after_s(response.headers.get("retry-after"))) is not None:
+                return min(after, RETRY_MAX_WAIT_S)
+        return self._retry_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _seg(value: str) -> str:

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from serve import __version__, playground
+from serve.admission import AdmissionMiddleware
 from serve.auth import BearerAuthMiddleware
 from serve.contract import routes
 from serve.errors import ClientDisconnected, InvalidParameters, RequestError, StatusError
@@ -26,6 +27,15 @@ from serve.runtime import Runtime, State
 
 logger = logging.getLogger("serve")
 
+_STATE = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string"}, "error": {"type": "string"}},
+        }
+    }
+}
 CLIENT_CLOSED = 499
 """Status recorded (never delivered) for requests whose client went away, as nginx does."""
 
@@ -56,6 +66,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         protocol.add_routes(app, runtime)
     _add_operational_routes(app, runtime)
     app.openapi = _openapi_builder(app, runtime)  # type: ignore[method-assign]
+    app.add_middleware(AdmissionMiddleware, runtime=runtime, render=error_response)
     if runtime.settings.api_key is not None:
         app.add_middleware(BearerAuthMiddleware, api_key=runtime.settings.api_key, render=error_response)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics, activity=runtime.activity)
@@ -72,7 +83,11 @@ def _add_operational_routes(app: FastAPI, runtime: Runtime) -> None:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(routes.READY, summary="Readiness: the model is loaded and warmed up", responses={503: {}})
+    @app.get(
+        routes.READY,
+        summary="Readiness: the model is loaded and warmed up",
+        responses={503: {"description": "Loading, or the model failed to load", "content": _STATE}},
+    )
     async def ready() -> JSONResponse:
         if runtime.state is State.READY:
             return JSONResponse({"status": "ready"})
@@ -110,10 +125,58 @@ def _openapi_builder(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, A
             return schema
         for protocol in PROTOCOLS.values():
             protocol.document(schema, task)
+        _document_errors(schema)
         app.openapi_schema = schema
         return schema
 
     return build
+
+
+_ERRORS = {
+    400: "Malformed request: empty, unparseable or undecodable input",
+    401: "Missing or wrong bearer key (when BAKE_API_KEY is set)",
+    404: "No such model, version or prediction",
+    408: "The body did not arrive within the request's deadline",
+    413: "Body, image or request too large",
+    415: "Not an input of a supported type",
+    422: "Invalid parameters",
+    500: "The model failed on this input, or an unexpected error (the message names an incident id)",
+    503: "Loading, queue full or shutting down (see Retry-After)",
+    504: "Deadline exceeded",
+}
+_ANY_ROUTE_ERRORS = (401, 500, 503)
+_FASTAPI_422 = "HTTPValidationError"
+"""The schema FastAPI documents its own 422 with: the server answers it in the protocol's shape instead."""
+_BODY_ERRORS = (400, 408, 413, 415, 422, 504)
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Document every error status each operation can answer, in the shape of the protocol it belongs to
+    (replacing FastAPI's own 422, whose shape only Cog shares)."""
+    for path, operations in schema["paths"].items():
+        if path in routes.OPEN_PATHS:
+            continue
+        error_schema = for_path(path).error_schema
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            statuses = set(_ANY_ROUTE_ERRORS)
+            if "{" in path:
+                statuses.add(404)
+            if "requestBody" in operation or method in ("post", "put"):
+                statuses.update(_BODY_ERRORS)
+            if _FASTAPI_422 in responses.get("422", {}).get("content", {}).get("application/json", {}).get(
+                "schema", {}
+            ).get("$ref", ""):
+                del responses["422"]
+                statuses.add(422)
+            for status in sorted(statuses):
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": _ERRORS[status],
+                        "content": {"application/json": {"schema": error_schema}},
+                    },
+                )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -5,10 +5,11 @@ means the same bytes. Float arithmetic is not associative, so that holds only if
 row in the same order whatever the batch size. Four kinds of CPU kernels do not (torch 2.13, MKL 2024.2,
 oneDNN 3.12, measured on an AVX2 machine; each difference is ~1e-7, enough to flip rounded pixels):
 
-- MKL's sgemm takes a small-matrix path below about 12 rows, a different one for each row count: linear
-  layers that see one row per sample (a UNet's time embedding and `time_emb_proj`s, SDXL's
-  `add_embedding`) round differently at every batch size. From 12 rows on, a row's result is the same
-  whatever the row count (checked up to 16384 rows). Fix: pad such inputs with zero rows to `MIN_GEMM_ROWS`.
+- MKL's sgemm chooses its kernel and blocking by the row count: below about 12 rows a small-matrix path
+  (a different one per row count), and on AVX-512 machines larger products too (32 rows round differently
+  than 128). Linear layers would round a sample's rows differently at every batch size. Fix: each sample's
+  rows are multiplied alone (the same product alone and in a batch), padded with zero rows to
+  `MIN_GEMM_ROWS` when fewer (a UNet's time embedding, SDXL's `add_embedding`: one row per sample).
 - ATen convolves a single sample of at most `NATIVE_CONV_MAX_ELEMENTS` input values with its own kernel,
   and anything larger or batched with oneDNN (`ConvParams::use_mkldnn`): a UNet's or VAE's 4-channel
   `conv_in` rounds differently alone. Fix: such a single sample is convolved next to a zero sample.
@@ -83,15 +84,21 @@ def make_batch_invariant(module: torch.nn.Module) -> int:
 
 def _linear(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(inputs: torch.Tensor) -> torch.Tensor:
-        features = inputs.shape[-1]
-        rows = inputs.numel() // features if features else 0
-        if rows == 0 or rows >= MIN_GEMM_ROWS:
+        if inputs.dim() < 2 or inputs.shape[0] == 0 or inputs.shape[-1] == 0:
             return F.linear(inputs, layer.weight, layer.bias)
-        flat = inputs.reshape(rows, features)
-        padded = torch.cat([flat, flat.new_zeros(MIN_GEMM_ROWS - rows, features)])
-        return F.linear(padded, layer.weight, layer.bias)[:rows].reshape(*inputs.shape[:-1], -1)
+        return torch.cat([_sample_linear(layer, sample) for sample in inputs.split(1)])
 
     return forward
+
+
+def _sample_linear(layer: torch.nn.Linear, sample: torch.Tensor) -> torch.Tensor:
+    """`layer` applied to one sample's rows in one product of at least `MIN_GEMM_ROWS` rows."""
+    features = sample.shape[-1]
+    flat = sample.reshape(-1, features)
+    rows = flat.shape[0]
+    if rows < MIN_GEMM_ROWS:
+        flat = torch.cat([flat, flat.new_zeros(MIN_GEMM_ROWS - rows, features)])
+    return F.linear(flat, layer.weight, layer.bias)[:rows].reshape(*sample.shape[:-1], -1)
 
 
 def _conv2d(layer: torch.nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:

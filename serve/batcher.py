@@ -27,7 +27,10 @@ Semantics (the one place they are written down):
   runtime tells the task through each request's `serve.channel.Channel`, and a task whose work has steps
   stops the batch at the next step once all of its requests are cancelled.
 - One request never fails its batch-mates: on device out-of-memory the batch is split in halves and
-  retried; on any other error every member is retried alone, so only the culprit gets the error.
+  retried; on any other error every member is retried alone, so only the culprit gets the error: the
+  `RequestError` the run raised for it (e.g. the task's `InferenceFailed` for scores that are not numbers),
+  or an `InferenceFailed` with an incident id that the server's log line (holding the traceback) names too.
+  Either is counted as an inference failure.
 - `close()` stops taking requests and dispatches everything still queued without waiting for timers.
 - A caller may pass a `BatchReport`: once its batch has run it says how many requests the batch held, how
   long this one waited for the device and how long the batch ran (response headers, for people watching).
@@ -36,24 +39,23 @@ Semantics (the one place they are written down):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from serve.contract.batching import bucket_sizes
+from serve.errors import DeadlineExceeded, InferenceFailed, Overloaded, RequestError
+
+logger = logging.getLogger("serve")
 
 RunBatch = Callable[[Sequence[Any], int], list[Any]]
 """`run(samples, batch_size)`: one forward pass over `samples` padded to `batch_size` rows."""
-
-
-def bucket_sizes(max_batch_size: int) -> list[int]:
-    """The batch sizes the device runs: powers of two below `max_batch_size`, then `max_batch_size`."""
-    sizes = [1 << i for i in range(max_batch_size.bit_length()) if (1 << i) < max_batch_size]
-    return [*sizes, max_batch_size]
 
 
 @dataclass
@@ -86,6 +88,10 @@ class BatchStats:
     """Called with (number of requests, seconds on the device) after each dispatched batch."""
     on_queue_wait: Callable[[float], None] | None = None
     """Called with the seconds each request waited in the queue."""
+    on_failure: Callable[[str], None] | None = None
+    """Called once per request that failed alone, with why: "error" or "out_of_memory"."""
+    on_split: Callable[[], None] | None = None
+    """Called each time a batch is split in halves after running out of device memory."""
     recent_batch_s: float = field(default=0.0)
     """Exponentially weighted mean of recent batch durations (seconds)."""
 
@@ -155,13 +161,7 @@ class Batcher:
         """
         if not 1 <= rows <= self.max_batch_size:
             raise ValueError(f"a sample of {rows} rows does not fit a batch of {self.max_batch_size}")
-        if self._closing or self._wakeup is None:
-            raise Overloaded("the server is shutting down: retry on another replica", retry_after_s=1)
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(
-                f"the queue is full ({self.max_queue} requests waiting): retry later",
-                retry_after_s=self._retry_after(),
-            )
+        self.check_room()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Entry(sample, key, rows, future, time.monotonic(), report))
         self._wakeup.set()
@@ -172,6 +172,18 @@ class Batcher:
             raise DeadlineExceeded(
                 "the request was not answered within its deadline (BAKE_TIMEOUT_S)"
             ) from None
+
+    def check_room(self, coming: int = 0) -> None:
+        """Raise `Overloaded` unless the queue has room for one more request beside `coming` others already on
+        their way to it (being preprocessed), and is not closing. Refusing before preprocessing keeps the
+        work spent on requests that will be refused near zero."""
+        if self._closing or self._wakeup is None:
+            raise Overloaded("the server is shutting down: retry on another replica", retry_after_s=1)
+        if len(self._queue) + coming >= self.max_queue:
+            raise Overloaded(
+                f"the queue is full ({self.max_queue} requests waiting): retry later",
+                retry_after_s=self._retry_after(),
+            )
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
@@ -261,15 +273,32 @@ class Batcher:
             if self._is_oom(error):
                 self._on_oom()
                 if len(entries) == 1:
-                    return [InferenceFailed("the device ran out of memory even for a batch of one")]
+                    return [self._failed(error, "out_of_memory", "the device ran out of memory for it alone")]
+                if self.stats.on_split is not None:
+                    self.stats.on_split()
                 half = len(entries) // 2
                 return self._run_isolated(entries[:half]) + self._run_isolated(entries[half:])
             if len(entries) == 1:
-                return [InferenceFailed(f"inference failed: {type(error).__name__}: {error}")]
+                if isinstance(error, RequestError):  # the task's own answer, e.g. scores that are not numbers
+                    self._count_failure("rejected_output")
+                    return [error]
+                return [self._failed(error, "error", f"{type(error).__name__}: {error}")]
             return [outcome for entry in entries for outcome in self._run_isolated([entry])]
         if len(outputs) != len(samples):
             raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(samples)} samples")
         return outputs
+
+    def _failed(self, error: Exception, reason: str, what: str) -> InferenceFailed:
+        """The error of a request that failed alone: logged with its traceback under a new incident id,
+        counted, and answered with that id."""
+        incident = uuid.uuid4().hex[:12]
+        logger.error("inference failed (incident %s): %s", incident, what, exc_info=error)
+        self._count_failure(reason)
+        return InferenceFailed(f"inference failed (incident {incident}): {what}")
+
+    def _count_failure(self, reason: str) -> None:
+        if self.stats.on_failure is not None:
+            self.stats.on_failure(reason)
 
     def _bucket(self, size: int) -> int:
         return next(bucket for bucket in self.buckets if bucket >= size)

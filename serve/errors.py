@@ -40,6 +40,13 @@ class Unauthorized(RequestError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class RequestTimeout(RequestError):
+    """The request's body did not arrive in time (408); the connection is closed after the answer."""
+
+    status = 408
+    headers = {"Connection": "close"}
+
+
 class PayloadTooLarge(RequestError):
     """The body or the image it holds is larger than the configured caps (413)."""
 

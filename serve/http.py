@@ -4,23 +4,35 @@ leaves."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
 
-from serve.errors import ClientDisconnected, PayloadTooLarge
+from serve.errors import ClientDisconnected, PayloadTooLarge, RequestTimeout
 
 T = TypeVar("T")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, *, deadline: float) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes, and (408) when it has
+    not all arrived by `deadline` (`time.monotonic()` seconds: a client trickling its body holds nothing for
+    longer than a request may take)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
             f"the body is {declared} bytes, over the limit of {limit} (BAKE_MAX_BODY_BYTES)"
         )
+    try:
+        return await asyncio.wait_for(_read(request, limit), timeout=max(deadline - time.monotonic(), 0.0))
+    except asyncio.TimeoutError:
+        raise RequestTimeout(
+            "the request's body did not arrive within the request's deadline (BAKE_TIMEOUT_S)"
+        ) from None
+
+
+async def _read(request: Request, limit: int) -> bytes:
     chunks = []
     size = 0
     async for chunk in request.stream():

@@ -18,6 +18,13 @@ from serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 """Image formats the runtime decodes (Pillow format names)."""
 
+_SIGNATURES = (
+    ("JPEG", b"\xff\xd8\xff"),
+    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("GIF", b"GIF8"),
+    ("WebP", b"RIFF"),
+    ("BMP", b"BM"),
+)
 _ORIENTATION = 0x0112  # the EXIF tag
 # JPEG's decoder can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling).
 _JPEG_SCALES = (8, 4, 2)
@@ -40,6 +47,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: tuple[int, int] | No
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"the image has too many pixels: {error}") from None
     except UnidentifiedImageError:
+        if (kind := _signature(data)) is not None:
+            raise BadRequest(f"the image is corrupt: its {kind} header cannot be read") from None
         raise UnsupportedMediaType(
             "the body is not an image in a supported format: send JPEG, PNG, WebP, GIF or BMP bytes"
         ) from None
@@ -59,6 +68,14 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: tuple[int, int] | No
         return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadRequest(f"the image is truncated or corrupt: {error}") from None
+
+
+def _signature(data: bytes) -> str | None:
+    """The supported format whose magic bytes `data` starts with, if any (tells corrupt from foreign)."""
+    for kind, magic in _SIGNATURES:
+        if data.startswith(magic) and (kind != "WebP" or data[8:12] == b"WEBP"):
+            return kind
+    return None
 
 
 def _draft(image: Image.Image, min_size: tuple[int, int]) -> None:

@@ -57,6 +57,18 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=self.registry,
         )
+        self.inference_failures = Counter(
+            "bake_inference_failures",
+            "Requests the model failed on even when run alone, by reason (error, out_of_memory, "
+            "rejected_output: scores that are not numbers)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.out_of_memory_splits = Counter(
+            "bake_out_of_memory_splits",
+            "Batches split in halves and retried after the device ran out of memory",
+            registry=self.registry,
+        )
         self.inference_steps = Counter(
             "bake_inference_steps",
             "Steps of step-by-step inference (diffusion denoising) run on the device, counted per request",

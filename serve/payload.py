@@ -51,12 +51,23 @@ def parse_json(data: bytes) -> Any:
     if not data:
         raise BadRequest("the request body is empty: send a JSON object")
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_unique_keys)
     except (
         ValueError,
         RecursionError,
-    ) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting
+    ) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints, deep nesting, duplicate keys
         raise BadRequest(f"the body is not valid JSON: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice: parsers disagree on which value wins, so the request is
+    ambiguous (and proxies or clients in front may have read the other one)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {duplicate!r} appears twice in one object")
+    return document
 
 
 def validate(model: type[ParamsT], document: Any, *, where: str = "") -> ParamsT:

@@ -29,11 +29,12 @@ from serve.contract.settings import Settings
 from serve.device import Placement, choose_placement, is_out_of_memory, release_cached_memory
 from serve.errors import DeadlineExceeded, Overloaded, ServeError
 from serve.lifecycle import Activity, exit_when_idle
+from serve.memory import release_when_quiet
 from serve.metrics import Metrics
 from serve.model_source import ModelSource, locate_model
 from serve.payload import validate
 from serve.tasks import Prepared, Task, task_class
-from serve.threads import choose_cpu_threads
+from serve.threads import choose_cpu_threads, lower_thread_priority
 
 logger = logging.getLogger("serve")
 T = TypeVar("T")
@@ -67,7 +68,9 @@ class Runtime:
         self.activity = Activity()
         self.metrics = Metrics(max_batch_size=settings.max_batch_size)
         self._on_exit = on_exit or (lambda: None)
-        self._cpu = ThreadPoolExecutor(settings.worker_count, thread_name_prefix="bake-cpu")
+        self._cpu = ThreadPoolExecutor(
+            settings.worker_count, thread_name_prefix="bake-cpu", initializer=lower_thread_priority
+        )
         self._device = ThreadPoolExecutor(1, thread_name_prefix="bake-device")
         self.batcher = Batcher(
             self._run_batch,
@@ -78,9 +81,14 @@ class Runtime:
             is_out_of_memory=is_out_of_memory,
             on_out_of_memory=self._release_memory,
             stats=BatchStats(
-                on_batch=self.metrics.observe_batch, on_queue_wait=self.metrics.queue_wait.observe
+                on_batch=self.metrics.observe_batch,
+                on_queue_wait=self.metrics.queue_wait.observe,
+                on_failure=lambda reason: self.metrics.inference_failures.labels(reason).inc(),
+                on_split=self.metrics.out_of_memory_splits.inc,
             ),
         )
+        self._preparing = 0
+        """Requests being preprocessed: they count against the queue bound before they reach it."""
         self.metrics.watch_queue(lambda: self.batcher.depth)
 
     @asynccontextmanager
@@ -88,10 +96,12 @@ class Runtime:
         """ASGI lifespan: start loading, the batcher and the idle watch; drain and stop on shutdown."""
         self.batcher.start()
         loader = asyncio.create_task(self._load(), name="bake-load")
+        releaser = asyncio.create_task(release_when_quiet(self.activity), name="bake-release-memory")
         try:
             yield
         finally:
             loader.cancel()
+            releaser.cancel()
             await self.batcher.close()
             self._cpu.shutdown(wait=False, cancel_futures=True)
             self._device.shutdown(wait=True)
@@ -149,9 +159,9 @@ class Runtime:
                     task.run_batch([prepared.sample] * size, size)
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
-            probe = [samples[0].sample] * size
+            sample = samples[0].sample
             self.cpu_threads = choose_cpu_threads(
-                lambda: task.run_batch(probe, size), size, settings.cpu_threads
+                lambda n: task.run_batch([sample] * n, n), size, settings.cpu_threads
             )
         self.task = task
 
@@ -170,6 +180,12 @@ class Runtime:
                 raise Overloaded(f"the model failed to load: {self.error}", retry_after_s=60)
             raise Overloaded("the model is still loading: retry in a few seconds", retry_after_s=5)
         return self.task
+
+    def admit(self) -> None:
+        """`Overloaded` (503, with Retry-After) when the queue has no room for one more request, counting
+        those being preprocessed; nothing while the model loads (the routes say that themselves)."""
+        if self.task is not None:
+            self.batcher.check_room(self._preparing)
 
     def parameters(self, document: Mapping[str, Any] | None, *, where: str = "parameters") -> BaseModel:
         """`document` validated as the served task's parameters (`InvalidParameters`, 422, naming each
@@ -200,8 +216,12 @@ class Runtime:
         return await self.run(prepared, deadline=deadline, on_step=on_step, report=report)
 
     async def prepare(self, inputs: bytes | str, params: BaseModel, *, deadline: float) -> Prepared:
-        """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`)."""
+        """Decode, preprocess and check one input on the CPU pool (`params` come from `parameters()`).
+
+        A request that would find the queue full is refused (503) before any preprocessing."""
         task = self.ready_task()
+        self.batcher.check_room(self._preparing)
+        self._preparing += 1
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
@@ -213,6 +233,7 @@ class Runtime:
                 "preprocessing did not finish within the deadline (BAKE_TIMEOUT_S)"
             ) from None
         finally:
+            self._preparing -= 1
             self.metrics.preprocess.observe(time.perf_counter() - started)
 
     async def run(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -46,20 +47,43 @@ releases the GIL in every torch op and must get it back quickly; 0.5 ms measured
 and tail latency (2 cores, tiny ResNet: 152 req/s, p99 154 ms; 143 req/s, p99 179 ms at 5 ms)."""
 
 
+WORKER_NICENESS = 5
+"""How much lower the CPU preprocessing threads run than the event loop (Linux thread niceness)."""
+
+
+def lower_thread_priority(niceness: int = WORKER_NICENESS) -> None:
+    """Run the calling thread `niceness` steps below the rest of the process (a no-op where unsupported).
+
+    The event loop only parses requests and answers them, but it must do so at once: under overload the CPU
+    workers keep every core busy decoding images, and at equal priority the loop waits its turn behind them
+    for tens of milliseconds, even to refuse a request (503). Below it, they yield to it and use the rest.
+    """
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
+        )
+    except (AttributeError, OSError):
+        pass
+
+
 def configure_interpreter() -> None:
     """Shorten the GIL switch interval for the server process."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
-def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configured: int) -> int:
+def choose_cpu_threads(run_batch: Callable[[int], object], batch_size: int, configured: int) -> int:
     """Set torch's intra-op thread count for CPU inference and return it.
 
-    `configured` > 0 is used as is. 0 first times `run_batch` (one warmed-up batch of `batch_size`) on every
-    core: a forward pass still costing `DEVICE_BOUND_S` per sample there is device-bound and keeps every core,
-    without the single-thread timing (for ResNet-50 on 2 cores that timing alone took 2 s of start-up, and a
-    forward pass that slow is in practice always helped by more cores). Otherwise it times the batch on one
-    thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core if
-    they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S` on).
+    `run_batch(n)` runs one warmed-up batch of n samples. `configured` > 0 is used as is. 0 first times one
+    sample on every core: if that alone costs `DEVICE_BOUND_S` per sample of a `batch_size` batch, the batch
+    would too (it costs at least as much), so the pass is device-bound and keeps every core without running
+    the batch (a random-weight EfficientNet-B7 takes seconds a sample: a batch of 4 first made start-up that
+    much slower). Otherwise it times a batch of `batch_size` on every core: from `DEVICE_BOUND_S` per sample
+    the pass keeps every core, untimed on one thread (for ResNet-50 on 2 cores the single-thread timing alone
+    took 2 s of start-up, and a forward pass that slow is in practice always helped by more cores), then on
+    one thread: under `COMPUTE_BOUND_S` per sample the pass stays on one thread; a slower one gets every core
+    if they run the batch at least `MIN_SPEEDUP` times faster (`DEVICE_BOUND_SPEEDUP` from `DEVICE_BOUND_S`
+    on).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if configured > 0 or cores == 1:
@@ -67,17 +91,25 @@ def choose_cpu_threads(run_batch: Callable[[], object], batch_size: int, configu
         torch.set_num_threads(threads)
         return threads
     torch.set_num_threads(cores)
-    all_cores = _time(run_batch) / batch_size
+    alone = _time(lambda: run_batch(1))
+    if alone >= DEVICE_BOUND_S * batch_size or batch_size == 1:
+        all_cores = alone / batch_size  # the batch would cost at least as much per sample
+    else:
+        all_cores = _time(lambda: run_batch(batch_size)) / batch_size
     if all_cores >= DEVICE_BOUND_S:
         logger.info("forward pass on %d CPU threads (%.1f ms per sample on them)", cores, all_cores * 1e3)
         return cores
+
+    def run() -> object:
+        return run_batch(batch_size)
+
     torch.set_num_threads(1)
-    single = _best_time(run_batch)
+    single = _best_time(run)
     per_sample = single / batch_size
     threads = 1
     if per_sample >= COMPUTE_BOUND_S:
         torch.set_num_threads(cores)
-        speedup = single / _best_time(run_batch)
+        speedup = single / _best_time(run)
         needed = DEVICE_BOUND_SPEEDUP if per_sample >= DEVICE_BOUND_S else MIN_SPEEDUP
         threads = cores if speedup >= needed else 1
         logger.info(

@@ -5,74 +5,102 @@ microseconds instead of thousands of times per batch (on a small CPU machine the
 is what a busy server waits for), and freezing folds batch norms into convolutions. Tracing can be wrong
 for models with data-dependent control flow, so the traced forward is only used after it matched the
 eager one at every batch size the server will run; otherwise the eager model stays.
+
+A forward pass takes the model's keyword inputs (`pixel_values`, or e.g. SigLIP 2's patches, attention mask
+and spatial shapes) and returns its first output, the logits.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 logger = logging.getLogger("serve")
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+Inputs = Mapping[str, torch.Tensor]
+Forward = Callable[[Inputs], torch.Tensor]
 
 
 class _LogitsOnly(torch.nn.Module):
-    """Adapts a transformers model to `tensor -> tensor`, which tracing handles best."""
+    """Adapts a transformers model to `tensors -> logits` (positional inputs in `names` order), which tracing
+    handles best."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, names: Sequence[str]) -> None:
         super().__init__()
         self.model = model
+        self.names = tuple(names)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, return_dict=False)[0]
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors, strict=True)), return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class TracedForward:
+    """A frozen TorchScript module taking the model's inputs positionally, called with them by name."""
+
+    module: torch.jit.ScriptModule
+    names: tuple[str, ...]
+    """The inputs' names, in the module's argument order."""
+
+    def __call__(self, inputs: Inputs) -> torch.Tensor:
+        return self.module(*(inputs[name] for name in self.names))
 
 
 def eager_forward(model: torch.nn.Module) -> Forward:
     """The model's own forward pass, returning its first output (the logits)."""
-    adapter = _LogitsOnly(model)
-    return adapter.forward
+
+    def forward(inputs: Inputs) -> torch.Tensor:
+        return model(**inputs, return_dict=False)[0]
+
+    return forward
 
 
 @torch.inference_mode()
 def traced_forward(
-    model: torch.nn.Module, distinct: torch.Tensor, batch_sizes: Sequence[int], *, rtol: float, atol: float
-) -> Forward | None:
+    model: torch.nn.Module, distinct: Inputs, batch_sizes: Sequence[int], *, rtol: float, atol: float
+) -> TracedForward | None:
     """A frozen TorchScript forward equivalent to `model` at every one of `batch_sizes`, or None if it is not.
 
     `distinct` holds a few different inputs (rows). A checked batch of size n is made of rows
-    `i % len(distinct)`, so every batch mixes different inputs. The eager model runs once, on `distinct`.
+    `i % rows`, so every batch mixes different inputs. The eager model runs once, on `distinct`.
     The trace is made on the smallest batch size above 1 (a batch of one invites shape specialisation, e.g. by
     `squeeze`), with the rows in reverse order, so that a value it froze from its example data (a Python
     branch or number read from a tensor) meets other data in the check; it must reproduce the eager rows at
     every batch size. The checked runs are also the trace's warm-up at every batch size (its first run at a
     shape is the slow, profiling one).
     """
+    names = tuple(distinct)
+    rows = len(next(iter(distinct.values())))
     expected = eager_forward(model)(distinct)
     sizes = sorted(set(batch_sizes))
 
-    def batch(rows: torch.Tensor, size: int) -> torch.Tensor:
-        return rows[torch.arange(size, device=rows.device) % len(rows)]
+    def batch(inputs: Inputs, size: int, *, reverse: bool = False) -> tuple[torch.Tensor, ...]:
+        order = torch.arange(size) % rows
+        order = rows - 1 - order if reverse else order
+        return tuple(inputs[name][order.to(inputs[name].device)] for name in names)
 
     trace_size = next((size for size in sizes if size > 1), sizes[0])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings are what the check below is for
-            example = batch(distinct.flip(0), trace_size)
-            traced = torch.jit.trace(_LogitsOnly(model).eval(), (example,), check_trace=False)
+            example = batch(distinct, trace_size, reverse=True)
+            traced = torch.jit.trace(_LogitsOnly(model, names).eval(), example, check_trace=False)
             traced = torch.jit.freeze(traced)
     except Exception as error:  # tracing fails in many model-specific ways; the eager model then stays
-        logger.warning("TorchScript tracing failed, serving the eager model: %s", error)
+        logger.warning("TorchScript tracing failed, serving the eager model: %s", _last_line(error))
         return None
     for size in sizes:
-        wanted = batch(expected, size)
+        wanted = expected[torch.arange(size, device=expected.device) % rows]
         try:
-            actual = traced(batch(distinct, size))
+            actual = traced(*batch(distinct, size))
         except Exception as error:  # a trace that cannot run a batch size is not used at all
-            logger.warning("traced model fails at batch size %d, serving the eager model: %s", size, error)
+            logger.warning(
+                "traced model fails at batch size %d, serving the eager model: %s", size, _last_line(error)
+            )
             return None
         if actual.shape != wanted.shape or not torch.allclose(actual, wanted, rtol=rtol, atol=atol):
             same_shape = actual.shape == wanted.shape
@@ -83,4 +111,10 @@ def traced_forward(
                 difference,
             )
             return None
-    return traced
+    return TracedForward(traced, names)
+
+
+def _last_line(error: Exception) -> str:
+    """The error's last line: what went wrong, without the TorchScript traceback above it."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__

@@ -81,14 +81,20 @@ def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_
         ("base", "tools"),
         ("tools", "deps"),
         ("deps", "venv"),
+        ("venv", "sbom"),
         ("tools", "fetcher"),
         ("fetcher", "weights"),
+        ("deps", "compile"),
+        ("scratch", "compile-report"),
         ("base", "runtime"),
     ]
     runtime = stage(text, "runtime")
     assert runtime.index("--from=venv /opt/bake/venv") < runtime.index("--from=weights")
     assert (
-        runtime.index("--from=weights") < runtime.index("COPY --link serve") < runtime.index("ENV BAKE_MODEL")
+        runtime.index("--from=weights")
+        < runtime.index("--from=compile")
+        < runtime.index("COPY --link serve")
+        < runtime.index("ENV BAKE_MODEL")
     )
     assert "--from=deps" not in runtime and "--from=tools" not in runtime, "no installer reaches the image"
 
@@ -293,6 +299,35 @@ def test_a_models_extra_packages_are_installed_kept_and_checked_in_the_slim_venv
         "--import ftfy --import bs4 --import sentencepiece --import google.protobuf\n" in venv + "\n"
     )
     assert venv.index("slim_venv.py") < venv.index("check_runtime.py"), "checked after slimming"
+
+
+def test_a_cpu_image_that_needs_torchvision_gets_its_cpu_build_with_torch(tmp_path: Path) -> None:
+    built = plan(tmp_path, model=hub_model(packages=("timm", "torchvision")))
+    requirements = (built.context / "requirements.txt").read_text().splitlines()
+    assert f"torch=={CPU_TORCH_VERSION}+cpu" in requirements and "torchvision==0.28.0+cpu" in requirements
+    assert "timm" in requirements
+    text = built.dockerfile.read_text()
+    deps = stage(text, "deps")
+    assert (
+        f"--no-deps $(cat /run/secrets/torch_index) torch=={CPU_TORCH_VERSION}+cpu torchvision==0.28.0+cpu"
+        in deps
+    )
+    assert "--import timm --import torchvision" in stage(text, "venv")
+    cuda = plan(tmp_path / "cuda", model=hub_model(packages=("timm", "torchvision")), device="cuda")
+    assert "torchvision" in (cuda.context / "requirements.txt").read_text().splitlines(), (
+        "a CUDA image takes torchvision from the package index, like its torch"
+    )
+
+
+def test_every_extra_package_a_model_may_need_is_known_to_the_build() -> None:
+    from serve.contract import pipelines
+    from serve.contract.models import IMAGE_CLASSIFIERS
+    from serve.contract.packages import BY_NAME
+
+    used = {package for kind in IMAGE_CLASSIFIERS.values() for package in kind.packages}
+    used |= {package for family in pipelines.FAMILIES for package in family.packages}
+    used |= set(pipelines.SENTENCEPIECE)
+    assert used and all(BY_NAME[package.name].module == package.module for package in used)
 
 
 def test_the_pip_installer_uses_the_virtualenvs_own_pip(tmp_path: Path) -> None:

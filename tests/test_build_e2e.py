@@ -1,10 +1,13 @@
 """`bake build` end to end with a real Docker engine and BuildKit.
 
 A tiny model published on the local Hub (privately: the build needs a token) is built into an image,
-which then serves with `--network none --read-only` as a non-root user, answers like transformers'
-pipeline on the same weights, carries its provenance in labels, and holds only the files it needs: a slim
-virtualenv (no installer, no build tools, no tests, no symbol tables) whose bytecode is what the server
-imports.
+which then serves with `--network none --read-only` as a non-root user (also with every capability dropped
+and no-new-privileges), answers like transformers' pipeline on the same weights, carries its provenance in
+labels, and holds only the files it needs: a slim virtualenv (no installer, no build tools, no tests, no
+symbol tables) whose bytecode is what the server imports. The token is nowhere: not in a layer, the history,
+a label, the build's output, the build cache (the download cache mount) or an error. Next to the project the
+build writes the image's SBOM (CycloneDX), and pip-audit finds no known vulnerability with a fix among the
+image's Python packages.
 """
 
 from __future__ import annotations
@@ -14,17 +17,23 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 from PIL import Image
 from transformers import pipeline
 
+from serve.contract.image import SBOM
 from tests.fixtures import images
 from tests.fixtures.docker import (
     build_settings_toml,
@@ -337,3 +346,160 @@ def test_the_server_starts_from_compiled_bytecode(built: Built) -> None:
     assert len(compiled) > 2000, len(compiled)
     model_specific = [path for path in from_source if path.startswith("transformers/models/resnet/")]
     assert len(from_source) - len(model_specific) <= 10, from_source
+
+
+def test_the_image_serves_with_every_capability_dropped_read_only_and_no_new_privileges(
+    built: Built,
+) -> None:
+    name = f"bake-e2e-hardened-{uuid.uuid4().hex[:8]}"
+    docker(
+        "run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", built.tag,
+    )  # fmt: skip
+    try:
+        result = predict_inside(name, PHOTO)
+        assert_same_scores(result["answer"], reference(built.model_dir, PHOTO))
+        status = docker("exec", name, "cat", "/proc/1/status").stdout.decode()
+        assert re.search(r"^Uid:\s+10001\s", status, re.MULTILINE), "PID 1 runs as the image's user"
+        assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE) and re.search(
+            r"^NoNewPrivs:\s+1$", status, re.M
+        )
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_the_token_is_in_no_label_log_line_or_build_cache(
+    built: Built, project: Project, tmp_path: Path
+) -> None:
+    assert TOKEN not in built.output, "the build's output (every log line of every step)"
+    assert not any(TOKEN in value for value in labels(built.tag).values())
+    # The weights step downloads through a BuildKit cache mount that outlives the build: grep it from a
+    # probe build that mounts the same cache (the token reaches the probe as a secret, never a layer).
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {ensure_base_image()}\n"
+        f"ARG NONCE={uuid.uuid4().hex}\n"
+        "RUN --mount=type=cache,target=/root/.cache/huggingface,sharing=locked \\\n"
+        "    --mount=type=secret,id=token \\\n"
+        "    find /root/.cache/huggingface -type f | grep -q . && echo CACHE-HAS-'FILES'; \\\n"
+        "    if grep -rqF -f /run/secrets/token /root/.cache/huggingface; then echo TOKEN-'FOUND'; fi\n"
+    )
+    probe = subprocess.run(
+        [
+            "docker",
+            "buildx",
+            "build",
+            "--progress",
+            "plain",
+            "--secret",
+            f"id=token,src={secret}",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "CACHE-HAS-FILES" in probe.stderr and "TOKEN-FOUND" not in probe.stderr
+    assert TOKEN not in probe.stderr
+
+
+def test_a_wrong_token_is_refused_without_repeating_it(project: Project) -> None:
+    wrong = "hf_wrong_token_" + uuid.uuid4().hex
+    result = project.bake("build", "--model", REPO, "--tag", "bake-e2e/never:1", HF_TOKEN=wrong)
+    assert result.returncode == 1
+    assert wrong not in result.stdout + result.stderr and wrong[-12:] not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("bake: error: ")
+
+
+def sbom_of(built: Built, project: Project) -> dict:
+    line = next(line for line in built.output.splitlines() if line.startswith("sbom "))
+    path = Path(line.split()[1])
+    assert path.parent == project.path / ".bake" / "sbom" and path.is_file()
+    return json.loads(path.read_text())
+
+
+def test_the_build_writes_the_images_sbom_next_to_the_project(built: Built, project: Project) -> None:
+    document = sbom_of(built, project)
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(document)) is None
+    assert document["metadata"]["component"]["name"] == REPO
+    assert document["metadata"]["component"]["version"] == built.sha
+    versions = {
+        c["name"].lower(): c["version"] for c in document["components"] if "pkg:pypi/" in c.get("purl", "")
+    }
+    inside = docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "/opt/bake/venv/bin/python", built.tag, "-c",
+        "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name'].lower(): d.version "
+        "for d in m.distributions()}))",
+    ).stdout  # fmt: skip
+    installed = json.loads(inside)
+    for name in ("torch", "transformers", "fastapi", "uvicorn", "pillow", "safetensors"):
+        assert versions[name] == installed[name], name
+    assert any(c.get("purl", "").startswith("pkg:deb/debian/libc6@") for c in document["components"])
+    in_image = docker("run", "--rm", "--entrypoint", "cat", built.tag, SBOM).stdout
+    assert json.loads(in_image)["serialNumber"] == document["serialNumber"]
+
+
+def test_pip_audit_finds_no_known_vulnerability_with_a_fix_in_the_image(
+    built: Built, project: Project, tmp_path: Path
+) -> None:
+    """pip-audit (PyPI's vulnerability records) over every Python package of the image, pinned as the SBOM
+    lists it. Where a network hides a version's record (this one passes PyPI's per-project JSON but not the
+    per-version one), the project's record applies to a pin that is the project's latest release, and the
+    packages left unaudited are printed by name (docs/reliability.md records which, and the full audit)."""
+    document = sbom_of(built, project)
+    pins = sorted(
+        {
+            (c["name"], c["version"].split("+", 1)[0])
+            for c in document["components"]
+            if "pkg:pypi/" in c.get("purl", "")
+        }
+    )
+    requirements = tmp_path / "image-requirements.txt"
+    requirements.write_text("".join(f"{name}=={version}\n" for name, version in pins))
+    report = audit(requirements, tmp_path)
+    fixable = [
+        f"{dep['name']} {dep['version']}: {vuln['id']} (fixed in {', '.join(vuln['fix_versions'])})"
+        for dep in report
+        for vuln in dep.get("vulns", [])
+        if vuln.get("fix_versions")
+    ]
+    audited = [dep for dep in report if "skip_reason" not in dep]
+    unaudited = sorted(dep["skip_reason"].rsplit(": ", 1)[-1] for dep in report if "skip_reason" in dep)
+    print(
+        f"pip-audit: {len(audited)} of {len(pins)} packages audited, {len(fixable)} fixable vulnerabilities;"
+        f" not audited: {', '.join(unaudited) or 'none'}"
+    )
+    assert not fixable, fixable
+    assert audited, "at least the packages whose pin is their latest release are audited"
+
+
+def audit(requirements: Path, tmp_path: Path) -> list[dict]:
+    """pip-audit's report (one entry per package), completed from PyPI's per-project records where the
+    per-version ones cannot be fetched."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("pip-audit")),
+            "--requirement", str(requirements), "--no-deps", "--disable-pip", "--format", "json",
+            "--progress-spinner", "off", "--cache-dir", str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads(result.stdout)["dependencies"]
+    for dep in report:
+        if "skip_reason" not in dep:
+            continue
+        name, version = dep["name"], dep["skip_reason"].rsplit("(", 1)[-1].rstrip(")")
+        project = httpx.get(f"https://pypi.org/pypi/{name}/json", timeout=30)
+        if project.status_code == 200 and project.json()["info"]["version"] == version:
+            vulns = project.json().get("vulnerabilities") or []
+            dep.pop("skip_reason")
+            dep |= {
+                "version": version,
+                "vulns": [{"id": v["id"], "fix_versions": v.get("fixed_in") or []} for v in vulns],
+            }
+    return report

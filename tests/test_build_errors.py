@@ -1,8 +1,8 @@
 """`bake build` failures: one line on stderr, naming the problem and the fix, and a non-zero exit status.
 
-Each cause is produced for real: a Hub that lacks the model or revision, a gated or private repository,
-no engine behind DOCKER_HOST, an engine without the buildx plugin (hidden in a private mount namespace),
-a base image that cannot be pulled, and an engine whose disk is really full.
+Each cause is produced for real: a Hub that lacks the model or revision, a gated or private repository, a
+model type bake refuses, no engine behind DOCKER_HOST, an engine without the buildx plugin (hidden in a
+private mount namespace), a base image that cannot be pulled, and an engine whose disk is really full.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.classifier_zoo import config_only_repo
 from tests.fixtures.docker import build_settings_toml, ensure_base_image, run_bake
 from tests.fixtures.dockerd import SecondEngine
 from tests.fixtures.hub import HubServer
@@ -33,6 +34,7 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     hub.add_repo("errors/classifier", folder)
     hub.add_repo("errors/private", folder, token=TOKEN)
     hub.add_repo("errors/gated", folder, token=TOKEN, gated=True)
+    hub.add_repo("errors/dinat", config_only_repo("dinat", path / "dinat"))
     bert = path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(
@@ -80,6 +82,11 @@ def only_line(result: subprocess.CompletedProcess[str]) -> None:
             ["image-classification model", "--task image-classification"],
         ),
         (["--model", "errors/bert"], {}, ["BertForMaskedLM", "bake serves these tasks"]),
+        (
+            ["--model", "errors/dinat"],
+            {},
+            ["dinat models are not served", "natten<0.20", "no build option adds it"],
+        ),
         (["--model", "./missing/dir"], {}, ["neither a directory nor a Hugging Face model id"]),
     ],
     ids=[
@@ -90,6 +97,7 @@ def only_line(result: subprocess.CompletedProcess[str]) -> None:
         "gated-wrong-token",
         "wrong-task",
         "unservable-architecture",
+        "refused-model-type",
         "missing-directory",
     ],
 )

@@ -29,6 +29,7 @@ from bake.package_sources import (
     configured_sources,
     probe,
     redact,
+    torchvision_version,
 )
 from tests.fixtures.package_index import PackageIndex, self_signed_certificate
 from tests.fixtures.servers import free_port
@@ -229,6 +230,30 @@ def test_the_cpu_torch_pin(
     sources = configured_sources(spec, cpu_torch=device == "cpu" or convert)
     assert sources.torch_requirement == pin
     assert sources.torch_args() == ([] if pin is None else ["--index-url", TORCH_CPU_INDEX])
+
+
+@pytest.mark.parametrize(
+    ("torch", "torchvision"), [("2.13.0", "0.28.0"), ("2.9.1", "0.24.1"), ("2.0.1+cpu", "0.15.1")]
+)
+def test_torchvision_goes_with_its_torch_release(torch: str, torchvision: str) -> None:
+    assert torchvision_version(torch) == torchvision
+
+
+def test_a_cpu_torchvision_comes_with_the_cpu_torch_and_a_local_folder_must_hold_both(tmp_path: Path) -> None:
+    wheels = tmp_path / "local"
+    wheels.mkdir()
+    (wheels / f"torch-{CPU_TORCH_VERSION}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    spec = build_spec(tmp_path, pip_find_links=str(wheels))
+    sources = configured_sources(spec, cpu_torch=True, cpu_torchvision=True)
+    assert sources.cpu_builds == (f"torch=={CPU_TORCH_VERSION}+cpu", "torchvision==0.28.0+cpu")
+    assert sources.torch_args() == ["--index-url", TORCH_CPU_INDEX, "--find-links", "/wheels"], (
+        "the folder lacks torchvision's wheel"
+    )
+    assert f"torch=={CPU_TORCH_VERSION}+cpu torchvision==0.28.0+cpu: --index-url" in sources.describe()
+    (wheels / "torchvision-0.28.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    local = configured_sources(spec, cpu_torch=True, cpu_torchvision=True)
+    assert local.torch_args() == ["--no-index", "--find-links", "/wheels"]
+    assert configured_sources(spec, cpu_torch=True).cpu_builds == (f"torch=={CPU_TORCH_VERSION}+cpu",)
 
 
 def test_defaults_are_pypi_and_pytorchs_cpu_index(tmp_path: Path) -> None:

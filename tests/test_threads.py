@@ -19,9 +19,9 @@ def four_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def forward(one_thread_s: float, all_cores_s: float) -> Callable[[], None]:
-    """A fake batch taking `one_thread_s` on one torch thread and `all_cores_s` on more."""
-    return lambda: time.sleep(one_thread_s if torch.get_num_threads() == 1 else all_cores_s)
+def forward(one_thread_s: float, all_cores_s: float) -> Callable[[int], None]:
+    """A fake batch taking `one_thread_s` per sample on one torch thread and `all_cores_s` on more."""
+    return lambda size: time.sleep(size * (one_thread_s if torch.get_num_threads() == 1 else all_cores_s))
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,37 @@ def test_a_device_bound_forward_pass_is_never_timed_on_one_thread() -> None:
     """A forward pass slow even on every core keeps them without the costly single-thread timing."""
     thread_counts: list[int] = []
 
-    def run_batch() -> None:
+    def run_batch(size: int) -> None:
         thread_counts.append(torch.get_num_threads())
-        time.sleep(0.06)
+        time.sleep(0.06 * size)
 
     assert threads.choose_cpu_threads(run_batch, 1, configured=0) == 4
     assert thread_counts == [4]
+
+
+def test_a_very_slow_forward_pass_is_timed_on_one_sample_only() -> None:
+    """One sample costing the device-bound time of a whole probe batch decides: the batch is never run."""
+    sizes: list[int] = []
+
+    def run_batch(size: int) -> None:
+        sizes.append(size)
+        time.sleep(0.25 * size)
+
+    assert threads.choose_cpu_threads(run_batch, 4, configured=0) == 4
+    assert sizes == [1]
+
+
+@pytest.mark.parametrize(("one_thread_s", "all_cores_s", "expected"), [(0.004, 0.001, 1), (0.030, 0.015, 4)])
+def test_a_cheap_forward_pass_is_timed_at_the_probe_batch_size(
+    one_thread_s: float, all_cores_s: float, expected: int
+) -> None:
+    sizes: list[tuple[int, int]] = []
+    fake = forward(one_thread_s, all_cores_s)
+
+    def run_batch(size: int) -> None:
+        sizes.append((size, torch.get_num_threads()))
+        fake(size)
+
+    assert threads.choose_cpu_threads(run_batch, 4, configured=0) == expected
+    assert sizes[:2] == [(1, 4), (4, 4)]  # one sample first, then the probe batch on every core
+    assert (4, 1) in sizes  # and the probe batch on one thread

@@ -35,20 +35,43 @@ class BranchesOnData(Linear):
         return (logits * 2 if float(pixel_values[0].sum()) > 0 else logits * 3,)
 
 
-def distinct_rows() -> torch.Tensor:
+def distinct_rows() -> dict[str, torch.Tensor]:
     """Two inputs of opposite sign, so that a batch's first row decides the branch of `BranchesOnData`."""
     row = torch.rand(1, 2, 3) + 0.1
-    return torch.cat([row, -row])
+    return {"pixel_values": torch.cat([row, -row])}
+
+
+class TwoInputs(torch.nn.Module):
+    """A model with a second keyword input (as SigLIP 2's attention mask), which the trace must carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(6, 3)
+
+    def forward(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, return_dict: bool = True
+    ) -> tuple[torch.Tensor]:
+        return (self.layer(pixel_values.flatten(1)) * pixel_mask,)
 
 
 def test_a_faithful_trace_is_used_and_equals_eager_at_every_batch_size() -> None:
     model = Linear().eval()
-    rows = distinct_rows()
-    traced = traced_forward(model, rows, BATCH_SIZES, rtol=1e-5, atol=1e-6)
-    assert isinstance(traced, torch.jit.ScriptModule)
+    traced = traced_forward(model, distinct_rows(), BATCH_SIZES, rtol=1e-5, atol=1e-6)
+    assert traced is not None
     for size in BATCH_SIZES:
         batch = torch.rand(size, 2, 3)
-        torch.testing.assert_close(traced(batch), model(batch)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(traced({"pixel_values": batch}), model(batch)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_every_keyword_input_reaches_the_traced_model() -> None:
+    model = TwoInputs().eval()
+    rows = {**distinct_rows(), "pixel_mask": torch.tensor([[1.0], [0.0]])}
+    traced = traced_forward(model, rows, BATCH_SIZES, rtol=1e-5, atol=1e-6)
+    assert traced is not None
+    batch = {"pixel_values": torch.rand(4, 2, 3), "pixel_mask": torch.tensor([[0.0], [1.0], [2.0], [1.0]])}
+    logits = traced(batch)
+    assert not logits[0].any()  # masked by the second input, not by a constant frozen from the example
+    torch.testing.assert_close(logits, model(**batch)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_trace_that_froze_the_batch_size_is_refused() -> None:

@@ -4,9 +4,12 @@ It runs with the weights stage's own small virtualenv (huggingface_hub, safetens
 .bin weights must be converted) and imports nothing from bake. Two modes:
 
   hub:   download exactly FILES of REPO at COMMIT with huggingface_hub into a BuildKit cache mount (so a
-         rebuild of this stage never downloads twice), then copy them into a fresh Hugging Face cache under
-         OUT (blobs/, snapshots/COMMIT/, refs/REVISION) holding those files and nothing else. The token, if
-         any, is read from the BuildKit secret file /run/secrets/hf_token and never written anywhere.
+         rebuild of this stage never downloads twice), check every file given with --sha256 against the
+         sha256 the Hub published for it (LFS metadata: huggingface_hub itself checks sizes only), then copy
+         them into a fresh Hugging Face cache under OUT (blobs/, snapshots/COMMIT/, refs/REVISION) holding
+         those files and nothing else. A file that does not match is removed from the download cache and the
+         step fails. The token, if any, is read from the BuildKit secret file /run/secrets/hf_token and never
+         written anywhere.
   local: copy FILES from SOURCE (a named build context) into OUT.
 
 With --convert, PyTorch .bin weights are rewritten as safetensors (and the .bin files dropped). A manifest
@@ -43,9 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--convert", action="store_true")
+    parser.add_argument(
+        "--sha256", action="append", default=[], metavar="FILE=HEX", help="the Hub's sha256 of FILE"
+    )
     args = parser.parse_args(argv)
     if args.mode == "hub":
-        folder = fetch_from_hub(args.repo, args.revision, args.commit, args.files, args.cache, args.out)
+        expected = dict(item.split("=", 1) for item in args.sha256)
+        folder = fetch_from_hub(
+            args.repo, args.revision, args.commit, args.files, args.cache, args.out, expected=expected
+        )
     else:
         folder = copy_local(args.source, args.files, args.out)
     if args.convert:
@@ -62,8 +71,18 @@ def make_world_readable(root: Path) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def fetch_from_hub(repo: str, revision: str, commit: str, files: list[str], cache: Path, out: Path) -> Path:
-    """Download `files` at `commit` into `cache`, then lay out a minimal HF cache for them under `out`."""
+def fetch_from_hub(
+    repo: str,
+    revision: str,
+    commit: str,
+    files: list[str],
+    cache: Path,
+    out: Path,
+    *,
+    expected: dict[str, str] | None = None,
+) -> Path:
+    """Download `files` at `commit` into `cache`, check them against the `expected` sha256 of each (file ->
+    hex digest), then lay out a minimal HF cache for them under `out`."""
     from huggingface_hub import snapshot_download
 
     token = TOKEN_FILE.read_text().strip() if TOKEN_FILE.is_file() else ""
@@ -73,6 +92,7 @@ def fetch_from_hub(repo: str, revision: str, commit: str, files: list[str], cach
     missing = [name for name in files if not (snapshot / name).is_file()]
     if missing:
         raise SystemExit(f"the download lacks {', '.join(missing)} (is the revision complete?)")
+    verify(snapshot, expected or {})
     repo_dir = out / ("models--" + repo.replace("/", "--"))
     target = repo_dir / "snapshots" / commit
     for name in files:
@@ -90,6 +110,22 @@ def fetch_from_hub(repo: str, revision: str, commit: str, files: list[str], cach
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(commit)
     return target
+
+
+def verify(snapshot: Path, expected: dict[str, str]) -> None:
+    """Exit (failing the build step) if a file's sha256 differs from the Hub's, after deleting the bad copy
+    from the download cache so that the next build downloads it again."""
+    for name, digest in sorted(expected.items()):
+        path = snapshot / name
+        actual = sha256(path)
+        if actual != digest.lower():
+            blob = path.resolve()
+            path.unlink()
+            blob.unlink(missing_ok=True)
+            raise SystemExit(
+                f"sha256 mismatch: {name} downloaded with sha256 {actual}, but the Hub published {digest}: "
+                "the download was altered or corrupted on the way (a mirror or proxy?); it was discarded"
+            )
 
 
 def copy_local(source: Path, files: list[str], out: Path) -> Path:

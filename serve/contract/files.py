@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from serve.contract import pipelines
 from serve.contract.errors import UnsupportedModel
+from serve.contract.models import classifier_configs, image_classifier, is_image_classifier
 from serve.contract.tasks import IMAGE_CLASSIFICATION, TASKS, TEXT_TO_IMAGE
 
 _CLASSIFIER_CONFIGS = ("config.json", "preprocessor_config.json")
@@ -40,9 +41,9 @@ def detect_task(names: Iterable[str], read_json: Callable[[str], dict | None]) -
             "the model has neither config.json nor model_index.json",
             "bake serves transformers image classifiers and diffusers text-to-image pipelines",
         )
-    architectures = config.get("architectures") or []
-    if any(name.endswith("ForImageClassification") for name in architectures):
+    if is_image_classifier(config):
         return IMAGE_CLASSIFICATION
+    architectures = config.get("architectures") or []
     raise UnsupportedModel(
         f"cannot serve architectures {architectures or '(none listed)'}",
         f"bake serves these tasks: {', '.join(TASKS)}; pass --task if the model fits one of them",
@@ -55,14 +56,20 @@ def select_files(
     """The files `task` needs out of a repository's `names` (paths relative to its root)."""
     names = sorted(set(names))
     if task == IMAGE_CLASSIFICATION:
-        return _select_classifier(names)
+        return _select_classifier(names, read_json("config.json") if "config.json" in names else None)
     if task == TEXT_TO_IMAGE:
         return _select_diffusion(names, device=device, read_json=read_json)
     raise UnsupportedModel(f"task {task!r} is not served", f"use one of: {', '.join(TASKS)}")
 
 
-def _select_classifier(names: list[str]) -> Selection:
-    missing = [name for name in _CLASSIFIER_CONFIGS if name not in names]
+def _select_classifier(names: list[str], config: dict | None) -> Selection:
+    """The configs and weights of an image classifier, and the packages its model type needs
+    (`serve.contract.models`, which also refuses the types bake cannot serve)."""
+    configs, packages = _CLASSIFIER_CONFIGS, ()
+    if config is not None:
+        kind = image_classifier(config)
+        configs, packages = classifier_configs(kind), tuple(package.name for package in kind.packages)
+    missing = [name for name in configs if name not in names]
     if "config.json" in missing:
         raise UnsupportedModel("the model has no config.json", "is this a transformers image classifier?")
     if missing:
@@ -76,7 +83,7 @@ def _select_classifier(names: list[str]) -> Selection:
             "the model has no PyTorch weights (model.safetensors or pytorch_model.bin)",
             "bake serves PyTorch models; export the weights with save_pretrained()",
         )
-    return Selection(files=(*_CLASSIFIER_CONFIGS, *weights), convert_to_safetensors=convert)
+    return Selection(files=(*configs, *weights), convert_to_safetensors=convert, packages=packages)
 
 
 def _weights_in(names: list[str], folder: str, *, variants: bool = False) -> tuple[list[str], bool]:

@@ -1,8 +1,9 @@
 """Which diffusers text-to-image pipelines bake serves, what each one needs, and why the others are refused.
 
-`bake build` consults this before building anything (which files to bake, which extra packages the image
-needs, a one-line refusal otherwise) and the runtime at load (the same refusal, then the family's facts), so
-that a pipeline bake cannot serve fails at build time, never at request time. Standard library only.
+`bake build` consults this before building anything (which files to bake, which extra packages of
+`serve.contract.packages` the image needs, a one-line refusal otherwise) and the runtime at load (the same
+refusal, then the family's facts), so that a pipeline bake cannot serve fails at build time, never at request
+time. Standard library only.
 
 A pipeline is recognised by the `_class_name` of its `model_index.json`. Only the text-to-image classes of
 the families below are served, each one covered by tests of a tiny random-weight pipeline shaped like its
@@ -15,28 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Package:
-    """A Python package the runtime imports: its name on PyPI and the module it provides."""
-
-    name: str
-    module: str
-    why: str
-
-
-SENTENCEPIECE = (
-    Package("sentencepiece", "sentencepiece", "reads a SentencePiece tokenizer that has no tokenizer.json"),
-    Package("protobuf", "google.protobuf", "parses the SentencePiece model file"),
-)
-"""What transformers needs to turn a `*.model` SentencePiece file into a tokenizer (T5 in PixArt repos)."""
-
-CAPTION_CLEANING = (
-    Package("ftfy", "ftfy", "PixArt cleans prompts (clean_caption=True) with it"),
-    Package("beautifulsoup4", "bs4", "PixArt cleans prompts (clean_caption=True) with it"),
-)
-"""What PixArt pipelines clean prompts with, as their training captions were; without them diffusers skips the
-cleaning with a warning on every call."""
+from serve.contract.packages import CAPTION_CLEANING, SENTENCEPIECE, Package
 
 
 @dataclass(frozen=True)
@@ -109,11 +89,6 @@ FAMILIES = (
     ),
 )
 """The served families (docs/models-text-to-image.md lists the Hub repos each covers)."""
-EXTRA_PACKAGES = {
-    package.name: package
-    for package in (*SENTENCEPIECE, *(package for family in FAMILIES for package in family.packages))
-}
-"""Every extra package a served pipeline may need (see `packages`), by its PyPI name."""
 
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 """Components the request path never runs (the safety checker and its image processor, the IP-Adapter image

@@ -79,3 +79,9 @@ def protocol_of(path: str) -> str | None:
         if any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes):
             return protocol
     return None
+
+
+def runs_the_model(method: str, path: str) -> bool:
+    """Whether a request asks for a prediction, and so will wait in the batch queue: a POST or PUT on a route
+    of a protocol, but for cancelling a Cog prediction."""
+    return method in ("POST", "PUT") and protocol_of(path) is not None and not path.endswith("/cancel")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from serve.contract import image
 from serve.contract.errors import SettingsError
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -315,6 +316,12 @@ class Settings(ServeSettings):
     api_key: str | None = field(default=None, repr=False)
     """`BAKE_API_KEY`: when set, every route but /health and /ready needs `Authorization: Bearer <key>`."""
     host: str = setting("0.0.0.0", "BAKE_HOST", "The address to bind.")
+    compiled: str = setting(
+        image.COMPILED,
+        "BAKE_COMPILED",
+        "Directory of the forward pass compiled at build time; served when it was made for this model, "
+        "device and torch (else the model loads with transformers).",
+    )
     offline: bool = False
     """`HF_HUB_OFFLINE` or `TRANSFORMERS_OFFLINE`: never touch the network to find the model."""
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from serve import outbound
@@ -28,6 +29,8 @@ class Protocol:
     """Describe the protocol's requests and responses for the served task in the OpenAPI document."""
     routes: tuple[str, ...]
     """The route templates it serves, for /info."""
+    error_schema: dict[str, Any]
+    """The JSON schema of its error bodies (`error_response`), for the OpenAPI document."""
 
 
 async def binary_input(runtime: Runtime, text: str) -> bytes:
@@ -43,3 +46,23 @@ async def binary_input(runtime: Runtime, text: str) -> bytes:
             url, policy, max_bytes=settings.max_body_bytes, timeout_s=settings.remote_input_timeout_s
         )
     )
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` inlined: embedded in the OpenAPI document, pydantic's local
+    references (`#/$defs/...`) would point at the document's root, where nothing is."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref", "")
+        if reference.startswith("#/$defs/"):
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            return {**inline(definitions[reference.removeprefix("#/$defs/")]), **inline(rest)}
+        return {key: inline(value) for key, value in node.items()}
+
+    return inline(schema)

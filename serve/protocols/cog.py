@@ -44,7 +44,7 @@ from serve.errors import ClientDisconnected, InferenceFailed, InvalidParameters,
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import encode_image
 from serve.payload import parse_json
-from serve.protocols.base import Protocol, binary_input
+from serve.protocols.base import Protocol, binary_input, model_schema
 from serve.runtime import Runtime, State
 from serve.tasks.text_to_image import Generated
 
@@ -151,13 +151,13 @@ class Predictions:
                     lambda: outbound.post_json(url, payload, self._webhooks, timeout_s=WEBHOOK_TIMEOUT_S)
                 )
             except RequestError as error:  # the policy refused the URL: said once, in the log
-                logger.warning("webhook of prediction %s not sent: %s", prediction.id, error.message)
+                logger.warning("webhook of prediction %r not sent: %s", prediction.id, error.message)
                 return
             if status and status != 429 and status < 500:
                 return
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.1 * 2**attempt)
-        logger.warning("webhook %s of prediction %s failed (last status %s)", event, prediction.id, status)
+        logger.warning("webhook %s of prediction %r failed (last status %s)", event, prediction.id, status)
 
 
 def add_routes(app: FastAPI, runtime: Runtime) -> None:
@@ -181,7 +181,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         }
 
     async def create(request: Request, prediction_id: str | None) -> Response:
-        body = await read_body(request, runtime.settings.max_body_bytes)
+        body = await read_body(request, runtime.settings.max_body_bytes, deadline=runtime.deadline())
         try:
             cog_request = PredictionRequest.model_validate(parse_json(body))
         except ValidationError as error:
@@ -257,7 +257,7 @@ async def _arguments(runtime: Runtime, document: dict[str, Any]) -> tuple[bytes 
     known = set(task.Parameters.model_fields)
     dropped = sorted(set(document) - known - {name})
     if dropped:
-        logger.info("dropping unknown Cog input fields: %s", ", ".join(dropped))
+        logger.info("dropping unknown Cog input fields: %s", ", ".join(map(repr, dropped)))  # repr: one line
     params = runtime.parameters({key: document[key] for key in document if key in known}, where="input")
     inputs = value if task.text_input else await binary_input(runtime, value)
     return inputs, params
@@ -333,7 +333,7 @@ def document(schema: dict[str, Any], task: str) -> None:
     """Cog's schemas for the served task: Input, Output, PredictionRequest, PredictionResponse, Status, ..."""
     from serve.tasks import TASKS
 
-    parameters = TASKS[task].Parameters.model_json_schema()
+    parameters = model_schema(TASKS[task].Parameters)
     name = INPUT_FIELD.get(task, "input")
     described = {
         "image": {
@@ -419,4 +419,34 @@ PROTOCOL = Protocol(
     error_response=error_response,
     document=document,
     routes=(routes.COG_HEALTH, routes.COG_PREDICTIONS, routes.COG_PREDICTION, routes.COG_CANCEL),
+    error_schema={
+        "title": "CogError",
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["detail"],
+                "properties": {
+                    "detail": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["loc", "msg", "type"],
+                            "properties": {
+                                "loc": {"type": "array", "items": {"type": "string"}},
+                                "msg": {"type": "string"},
+                                "type": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+            },
+            {
+                "type": "object",
+                "required": ["error", "status"],
+                "properties": {"error": {"type": "string"}, "status": {"const": "failed"}},
+            },
+            {"type": "object", "required": ["id", "status", "error"], "description": "A failed prediction"},
+            {"type": "object", "maxProperties": 0, "description": "No such prediction"},
+        ],
+    },
 )

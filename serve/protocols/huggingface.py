@@ -39,7 +39,7 @@ from serve.errors import InvalidParameters, RequestError
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import ENCODINGS, encode_image
 from serve.payload import StrictModel, binary_request, parse_json, validate
-from serve.protocols.base import Protocol
+from serve.protocols.base import Protocol, model_schema
 from serve.runtime import Runtime
 from serve.tasks import TASKS
 from serve.tasks.text_to_image import Generated
@@ -68,7 +68,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
     async def predict(request: Request) -> Response:
         deadline = runtime.deadline()
         task = runtime.ready_task()
-        data = await read_body(request, runtime.settings.max_body_bytes)
+        data = await read_body(request, runtime.settings.max_body_bytes, deadline=deadline)
         inputs: bytes | str
         if task.text_input:
             body = validate(TextRequest, parse_json(data))
@@ -93,7 +93,6 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
             methods=["POST"],
             summary="Run the model on one input (Hugging Face Inference API)",
             operation_id="predict" if path == routes.PREDICT else "predict_root",
-            openapi_extra={"responses": ERROR_RESPONSES},
         )
 
 
@@ -178,7 +177,7 @@ def _base64_png(image: Any) -> str:
 
 
 def _classification_request() -> dict[str, Any]:
-    parameters = TASKS[IMAGE_CLASSIFICATION].Parameters.model_json_schema()
+    parameters = model_schema(TASKS[IMAGE_CLASSIFICATION].Parameters)
     binary = {"schema": {"type": "string", "format": "binary"}}
     multipart = {"image": {"type": "string", "format": "binary"}, **parameters["properties"]}
     return {
@@ -198,7 +197,7 @@ def _classification_request() -> dict[str, Any]:
 
 def _text_to_image_request() -> dict[str, Any]:
     prompt = {"type": "string", "minLength": 1, "description": "The prompt"}
-    parameters = TASKS[TEXT_TO_IMAGE].Parameters.model_json_schema()
+    parameters = model_schema(TASKS[TEXT_TO_IMAGE].Parameters)
     return {"required": True, "content": _json_envelope(prompt, parameters)}
 
 
@@ -214,18 +213,11 @@ def _json_envelope(inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[s
     return {JSON: {"schema": schema}}
 
 
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-ERROR_RESPONSES = {
-    str(code): {"description": text, "content": {JSON: {"schema": ERROR_SCHEMA}}}
-    for code, text in {
-        400: "Empty, malformed or undecodable input",
-        401: "Missing or wrong bearer key (when BAKE_API_KEY is set)",
-        413: "Body or image too large",
-        415: "Not an input of a supported type",
-        422: "Invalid parameters",
-        503: "Queue full, loading or shutting down (see Retry-After)",
-        504: "Deadline exceeded",
-    }.items()
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+    "title": "Error",
 }
 _REQUESTS = {IMAGE_CLASSIFICATION: _classification_request, TEXT_TO_IMAGE: _text_to_image_request}
 _BATCH_HEADERS = {
@@ -284,4 +276,5 @@ PROTOCOL = Protocol(
     error_response=error_response,
     document=document,
     routes=routes.PREDICT_PATHS,
+    error_schema=ERROR_SCHEMA,
 )

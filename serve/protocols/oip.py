@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -35,10 +36,11 @@ from starlette.responses import JSONResponse, Response
 from serve import __version__
 from serve.contract import routes
 from serve.contract.tasks import TEXT_TO_IMAGE
-from serve.errors import BadRequest, InvalidParameters, RequestError, StatusError
+from serve.errors import BadRequest, InvalidParameters, PayloadTooLarge, RequestError, StatusError
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import encode_image
 from serve.payload import parse_json
+from serve.protocols import huggingface
 from serve.protocols.base import Protocol
 from serve.runtime import Runtime, State
 from serve.tasks.text_to_image import Generated
@@ -49,6 +51,8 @@ EXTENSIONS = ["binary_tensor_data"]
 _PROTOCOL_PARAMETERS = {"binary_data_output", "content_type", "headers"}
 """Request parameters of the protocol itself, not of the model."""
 _LENGTH = struct.Struct("<I")
+_END = object()
+_JSON_TYPES = {str: "string", dict: "object", list: "array"}
 
 
 def add_routes(app: FastAPI, runtime: Runtime) -> None:
@@ -94,7 +98,9 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         model(model_name, model_version)
         deadline = runtime.deadline()
         task = runtime.ready_task()
-        header, tensors = _parse(await read_body(request, runtime.settings.max_body_bytes), request)
+        header, tensors = _parse(
+            await read_body(request, runtime.settings.max_body_bytes, deadline=deadline), request
+        )
         parameters = {
             key: value
             for key, value in (header.get("parameters") or {}).items()
@@ -104,9 +110,14 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         name = "prompt" if task.text_input else "image"
         if name not in tensors:
             raise BadRequest(f"inputs: send one input named {name!r} (BYTES)")
-        elements = [_decode_element(element, text=task.text_input) for element in tensors[name]]
-        if not elements:
+        if not tensors[name]:
             raise BadRequest(f"inputs: {name!r} holds no elements")
+        if len(tensors[name]) > runtime.settings.max_queue:
+            raise PayloadTooLarge(
+                f"inputs: {name!r} holds {len(tensors[name])} elements, more than the server queues at once "
+                f"({runtime.settings.max_queue}, BAKE_MAX_QUEUE): split the request"
+            )
+        elements = [_decode_element(element, text=task.text_input) for element in tensors[name]]
         if task.name == TEXT_TO_IMAGE and getattr(params, "num_images_per_prompt", 1) != 1:
             raise InvalidParameters("parameters.num_images_per_prompt: send one prompt per image instead")
         results = await until_disconnected(
@@ -174,6 +185,9 @@ def _parse(body: bytes, request: Request) -> tuple[dict[str, Any], dict[str, lis
         header, binary = parse_json(body[: int(declared)]), body[int(declared) :]
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise BadRequest("the request must be a JSON object with an 'inputs' list")
+    _require_type(header, "id", str, "the request's")
+    _require_type(header, "parameters", dict, "the request's")
+    _require_type(header, "outputs", list, "the request's")
     tensors: dict[str, list[Any]] = {}
     offset = 0
     for tensor in header["inputs"]:
@@ -182,22 +196,34 @@ def _parse(body: bytes, request: Request) -> tuple[dict[str, Any], dict[str, lis
         name = tensor["name"]
         if tensor.get("datatype") != "BYTES":
             raise BadRequest(f"input {name!r}: datatype must be BYTES, not {tensor.get('datatype')!r}")
+        _require_type(tensor, "parameters", dict, f"input {name!r}:")
+        shape = tensor.get("shape")
+        if shape is not None and not (
+            isinstance(shape, list) and all(type(side) is int and side >= 0 for side in shape)
+        ):
+            raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {name!r}: binary_data_size {size!r} does not fit the body")
             tensors[name] = _unpack_bytes(binary[offset : offset + size], name)
             offset += size
-        elif "data" in tensor:
-            tensors[name] = list(_flatten(tensor["data"]))
+        elif isinstance(tensor.get("data"), list):
+            tensors[name] = _flatten(tensor["data"])
         else:
-            raise BadRequest(f"input {name!r} has neither 'data' nor binary data")
-        expected = int(np.prod(tensor["shape"])) if isinstance(tensor.get("shape"), list) else None
-        if expected is not None and expected != len(tensors[name]):
+            raise BadRequest(f"input {name!r} has no 'data' list nor binary data")
+        if shape is not None and math.prod(shape) != len(tensors[name]):
             raise BadRequest(
-                f"input {name!r}: shape {tensor['shape']} holds {expected} elements, not {len(tensors[name])}"
+                f"input {name!r}: shape {shape} holds {math.prod(shape)} elements, not {len(tensors[name])}"
             )
     return header, tensors
+
+
+def _require_type(document: dict[str, Any], key: str, kind: type, owner: str) -> None:
+    """`BadRequest` unless `document[key]` is absent, null or of type `kind`."""
+    value = document.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BadRequest(f"{owner} {key!r} must be a JSON {_JSON_TYPES[kind]}, not {type(value).__name__}")
 
 
 def _unpack_bytes(data: bytes, name: str) -> list[bytes]:
@@ -215,12 +241,19 @@ def _unpack_bytes(data: bytes, name: str) -> list[bytes]:
     return elements
 
 
-def _flatten(data: Any) -> Any:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _flatten(data: list[Any]) -> list[Any]:
+    """The elements of a (nested) tensor, row-major; iterative, so deep nesting cannot exhaust the stack."""
+    elements: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            elements.append(item)
+    return elements
 
 
 def _decode_element(element: Any, *, text: bool) -> bytes | str:
@@ -350,6 +383,16 @@ def document(schema: dict[str, Any], task: str) -> None:
             "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/InferenceTensor"}},
         },
     }
+    readiness = {
+        "description": "Not ready",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["ready"], "properties": {"ready": {"const": False}}}
+            }
+        },
+    }
+    for path in (routes.OIP_READY, routes.OIP_MODEL_READY, routes.OIP_VERSION_READY):
+        schema["paths"][path]["get"]["responses"]["503"] = readiness
     for path in (routes.OIP_INFER, routes.OIP_VERSION_INFER):
         operation = schema["paths"][path]["post"]
         operation["requestBody"] = {"content": {"application/json": {"schema": request}}}
@@ -372,4 +415,5 @@ PROTOCOL = Protocol(
         routes.OIP_MODEL_READY,
         routes.OIP_INFER,
     ),
+    error_schema=huggingface.ERROR_SCHEMA,
 )

@@ -27,11 +27,28 @@ from serve.errors import InvalidParameters, RequestError, StatusError
 from serve.http import read_body, until_disconnected
 from serve.image_encoding import encode_image
 from serve.payload import StrictModel, parse_json, validate
-from serve.protocols.base import Protocol
+from serve.protocols.base import Protocol, model_schema
 from serve.runtime import Runtime
 from serve.tasks.text_to_image import Generated
 
 _FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+ERROR_SCHEMA = {
+    "type": "object",
+    "title": "OpenAIError",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 _ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
@@ -78,7 +95,10 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         task = runtime.ready_task()
         if task.name != TEXT_TO_IMAGE:
             raise StatusError(f"{runtime.settings.model} is an {task.name} model: it makes no images", 404)
-        body = validate(ImagesRequest, parse_json(await read_body(request, runtime.settings.max_body_bytes)))
+        body = validate(
+            ImagesRequest,
+            parse_json(await read_body(request, runtime.settings.max_body_bytes, deadline=deadline)),
+        )
         if body.model not in (None, runtime.model_name, runtime.settings.model):
             raise StatusError(
                 f"the model {body.model!r} is not served here; this server serves {runtime.model_name!r}", 404
@@ -130,8 +150,10 @@ def error_response(error: RequestError) -> Response:
 def document(schema: dict[str, Any], task: str) -> None:
     """The images request as this server takes it."""
     operation = schema["paths"][routes.OPENAI_IMAGES]["post"]
-    operation["requestBody"] = {
-        "content": {"application/json": {"schema": ImagesRequest.model_json_schema()}}
+    operation["requestBody"] = {"content": {"application/json": {"schema": model_schema(ImagesRequest)}}}
+    operation["responses"]["404"] = {
+        "description": "The model named is not served here, or makes no images",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
     }
 
 
@@ -141,4 +163,5 @@ PROTOCOL = Protocol(
     error_response=error_response,
     document=document,
     routes=(routes.OPENAI_IMAGES, routes.OPENAI_MODELS),
+    error_schema=ERROR_SCHEMA,
 )

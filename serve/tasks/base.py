@@ -73,8 +73,8 @@ class Task(ABC):
     def optimize(self, batch_sizes: Sequence[int]) -> bool:
         """After `load`, specialise the forward pass for these batch sizes (default: nothing to do).
 
-        Returns True when doing so already ran the forward pass now in use at every batch size, on inputs
-        of the served shape, so that no separate warm-up is needed.
+        Returns True when doing so already warmed up the forward pass now in use (at every batch size, or at
+        those worth it), on inputs of the served shape, so that no separate warm-up is needed.
         """
         return False
 

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import inspect
+import re
 import secrets
 import threading
 import time
@@ -52,7 +52,7 @@ from pydantic import ConfigDict, Field
 
 from serve.batch_invariance import make_batch_invariant
 from serve.channel import Channel
-from serve.contract import pipelines
+from serve.contract import packages, pipelines
 from serve.contract.tasks import TEXT_TO_IMAGE
 from serve.errors import ClientDisconnected, InvalidParameters, ModelLoadError
 from serve.payload import StrictModel
@@ -69,7 +69,13 @@ the VAE's downsampling times the transformer's 2x2 patches)."""
 WARMUP_STEPS = 2
 """Denoising steps of each warm-up batch: enough to run every component, few enough to start fast."""
 
+MAX_PROMPT_CHARS = 16_384
+"""Longest prompt (or negative prompt) read, in characters: text encoders read 77 tokens (a few hundred
+characters); anything this long is refused before the tokenizer spends time on it."""
+
 _SEED_LIMIT = 2**63
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+"""C0 controls but tab and line breaks, DEL, and lone surrogates (not text: they cannot even be encoded)."""
 _RANDOM_SEED_LIMIT = 2**32
 
 
@@ -292,6 +298,7 @@ class TextToImage(Task):
                 f"{self._max_images} (BAKE_MAX_IMAGES_PER_PROMPT, at most BAKE_MAX_BATCH_SIZE)"
             )
         for where, text in (("inputs", prompt), ("parameters.negative_prompt", params.negative_prompt)):
+            _check_text(where, text or "")
             tokens = self._count_tokens(text) if text else 0
             if tokens > self._max_prompt_tokens:
                 raise InvalidParameters(
@@ -445,23 +452,10 @@ def _served_family(index: dict[str, Any], path: Path) -> pipelines.Family:
     except pipelines.PipelineRefused as refused:
         raise ModelLoadError(f"cannot serve the pipeline in {path}: {refused}") from None
     names = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
-    missing = [
-        package for package in pipelines.packages(family, names, index) if not _importable(package.module)
-    ]
+    missing = packages.missing(pipelines.packages(family, names, index))
     if missing:
-        raise ModelLoadError(
-            f"{family.pipeline} in {path} needs "
-            + ", ".join(f"{package.name} ({package.why})" for package in missing)
-            + f": pip install {' '.join(package.name for package in missing)}"
-        )
+        raise ModelLoadError(packages.missing_message(f"{family.pipeline} in {path}", missing))
     return family
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is missing
-        return False
 
 
 def _makes_images_in_one_step(pipe: Any, family: pipelines.Family) -> bool:
@@ -516,3 +510,16 @@ def _weights_variant(path: Path, dtype: torch.dtype) -> str | None:
     if variant - full or (variant and dtype == torch.float16):
         return "fp16"
     return None
+
+
+def _check_text(where: str, text: str) -> None:
+    """Refuse a prompt that is far too long, or holds characters that are no text (422)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidParameters(
+            f"{where}: the prompt is {len(text)} characters long, over the limit of {MAX_PROMPT_CHARS}; "
+            "shorten it"
+        )
+    if (match := _CONTROL_CHARACTERS.search(text)) is not None:
+        raise InvalidParameters(
+            f"{where}: the prompt holds the control character U+{ord(match.group()):04X}; remove it"
+        )

@@ -1,0 +1,80 @@
+"""The server the reliability benchmarks load: `python -m serve` with a tiny image classifier, and what they
+send it (a photo-sized JPEG over the Hugging Face route), plus a sampler of its memory and queue."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from benchmarks.openloop import post_request
+from tests.fixtures import images
+from tests.fixtures.models import make_image_classifier
+from tests.fixtures.servers import ServerProcess
+
+PHOTO_SIZE = (1600, 1200)
+"""A camera-sized photo: decoding it is most of a request's cost (as a real model's forward pass would be),
+so the load is about the server's work, not about the load generator's HTTP speed on a 2-core machine."""
+PHOTO = images.photo(*PHOTO_SIZE, seed=1)
+REQUEST = post_request("/predict", PHOTO, "image/jpeg")
+SERVER_ENV = {"BAKE_MAX_BATCH_SIZE": "16", "BAKE_MAX_WAIT_MS": "5"}
+"""The tiny regime of `benchmarks.serving`; the queue bound and deadline are the defaults (256, 30 s)."""
+
+
+@contextmanager
+def tiny_server(**env: str) -> Iterator[ServerProcess]:
+    """A running server with a tiny random-weight ResNet (settings: `SERVER_ENV`, then `env`)."""
+    with tempfile.TemporaryDirectory(prefix="bake-reliability-") as tmp:
+        model = make_image_classifier(Path(tmp) / "resnet", "resnet", num_labels=10)
+        with ServerProcess(
+            {**SERVER_ENV, "BAKE_MODEL": str(model), **env}, Path(tmp) / "server.log"
+        ) as server:
+            yield server
+
+
+@dataclass
+class Sampler:
+    """Samples the server's resident memory and queue depth every `interval_s` from a thread."""
+
+    url: str
+    pid: int
+    interval_s: float = 1.0
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
+    """(seconds since start, RSS in MiB, queue depth)"""
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._process = psutil.Process(self.pid)
+
+    def rss_mib(self) -> float:
+        """The server's resident memory now."""
+        return self._process.memory_info().rss / 2**20
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    text = client.get(self.url + "/metrics").text
+                    match = re.search(r"^bake_queue_depth (\S+)$", text, re.MULTILINE)
+                    depth = float(match.group(1)) if match else float("nan")
+                except httpx.HTTPError:
+                    depth = float("nan")
+                self.samples.append((time.monotonic() - start, self.rss_mib(), depth))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
