@@ -205,11 +205,15 @@ def compile_command(model: ResolvedModel, max_batch_size: int, skipped: str | No
     arguments += ["--max-batch-size", str(max_batch_size), "--out", image.COMPILED]
     environment = {**OFFLINE_ENV, "PYTHONPATH": _COMPILER_DIR}
     crashed = Report.eager("the compiler crashed: see the compile step's output")
+    # A crash (even before the compiler made its output folder) leaves a report and no manifest.
+    on_crash = (
+        f"mkdir -p {image.COMPILED} && rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}"
+    )
     return (
         " ".join(f"{key}={value}" for key, value in environment.items())
         + f" {_VENV}/bin/python -m serve.compile "
         + " ".join(shlex.quote(arg) for arg in arguments)
-        + f" || {{ rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}; }}"
+        + f" || {{ {on_crash}; }}"
     )
 
 

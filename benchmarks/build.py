@@ -9,7 +9,7 @@ One run, for one model published on a local Hub (tests.fixtures.hub) under fresh
      BuildKit layer of any stage can come from the cache, with its own repo id, so the weights are downloaded,
      and with PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 in that base's environment, so neither installer has a download
      cache. The deps step's own time and the installer's summary lines are read from BuildKit's progress
-     output.
+     output (both of its runs when bake compiles: the compile report's, then the image's).
   2. rebuild after a code-only change (uv path): the `serve` package bake copies into the image is found with
      `importlib.util.find_spec("serve")`, so every build runs with PYTHONPATH on a temporary copy of `serve`
      (then this checkout, for bake); a comment line is added to one of its modules between the uv build and
@@ -50,19 +50,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bake.build import BuildLog
+from bake.buildkit_log import BuildLog
 from benchmarks.report import machine, write_report
 from benchmarks.serving import REGIMES, make_model
+from serve.contract.image import COMPILED
 from tests.fixtures import images
 from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image, run_bake
 from tests.fixtures.hub import HubServer
 from tests.fixtures.servers import REPO_ROOT
 
-STAGES = ("tools", "deps", "venv", "fetcher", "weights", "runtime")
+STAGES = ("tools", "deps", "venv", "sbom", "fetcher", "weights", "compile", "runtime")
 """The stages whose steps can come from the cache (the base stage is only a FROM of the base image)."""
 PATHS = {"pip": ("--installer", "pip", "--keep-build-tools"), "uv": ()}
 """The two cold builds: the image as bake built it before slimming (pip, nothing removed), and the default."""
-PARTS = ("base", "venv", "weights", "bake")
+PARTS = ("base", "venv", "weights", "compiled", "bake")
 REBUILD_TARGET_S = 5.0
 COLD_BUILD_TARGET = 0.60
 """The uv path's cold build against the pip path's."""
@@ -74,6 +75,9 @@ _STEP_DONE = re.compile(r"^#(\d+) DONE ([\d.]+)s$")
 _PIP_FETCH = re.compile(r"^\s*(Using cached|Downloading) (\S+)")
 _UV_SUMMARY = re.compile(r"^(Resolved|Prepared|Installed) \d+ packages? in [\d.]+m?s$")
 _WEIGHTS_COPY = re.compile(r"^COPY /opt/bake/(hf|model) ")
+_COMPILED_COPY = re.compile(rf"^COPY {COMPILED} ")
+_NEXT_RUN = re.compile(r"^bake: forward pass .*$", re.MULTILINE)
+"""bake build's note between its two BuildKit runs (the compile report's, then the image's)."""
 _VENV_LAYER = re.compile(r"^COPY /opt/bake/venv ")
 _READY_IN = re.compile(r"ready in ([\d.]+) s")
 
@@ -241,26 +245,29 @@ def bake_build(bench: Bench, project: Path, env: dict[str, str], path: str, kind
     seconds = time.perf_counter() - began
     if result.returncode != 0:
         raise RuntimeError(f"bake build ({kind}) failed:\n{result.stderr[-4000:]}")
-    log = BuildLog()
-    lines = result.stderr.splitlines()
-    for line in lines:
-        log.feed(line)
+    runs = []  # BuildKit numbers the steps of each of its runs from 1: one log per run
+    for text in _NEXT_RUN.split(result.stderr):
+        log, lines = BuildLog(), text.splitlines()
+        for line in lines:
+            log.feed(line)
+        runs.append((log, lines))
     return BuildRun(
         seconds=seconds,
-        stages_cached=stages_cached(log),
-        weights_cached=log.stage_cached("weights"),
-        deps_step_s=steps_seconds(log, lines, "deps"),
-        venv_steps_s=steps_seconds(log, lines, "venv"),
-        installer_lines=installer_lines(log, lines),
+        stages_cached=stages_cached([log for log, _ in runs]),
+        weights_cached=runs[0][0].stage_cached("weights"),
+        deps_step_s=sum(steps_seconds(log, lines, "deps") for log, lines in runs),
+        venv_steps_s=sum(steps_seconds(log, lines, "venv") for log, lines in runs),
+        installer_lines=installer_lines(*next((run for run in runs if deps_ran(run[0])), runs[0])),
     )
 
 
-def stages_cached(log: BuildLog) -> dict[str, str]:
-    """Per stage of the Dockerfile, how many of its steps came from the cache, as "cached/steps"."""
+def stages_cached(logs: list[BuildLog]) -> dict[str, str]:
+    """Per stage of the Dockerfile, how many of its steps came from the cache in all runs, as
+    "cached/steps"."""
     counts = {}
     for stage in STAGES:
-        steps = [step for step, name in log.stage_of_step.items() if name == stage]
-        counts[stage] = f"{sum(step in log.cached_steps for step in steps)}/{len(steps)}"
+        steps = [(log, step) for log in logs for step, name in log.stage_of_step.items() if name == stage]
+        counts[stage] = f"{sum(step in log.cached_steps for log, step in steps)}/{len(steps)}"
     return counts
 
 
@@ -270,6 +277,11 @@ def steps_seconds(log: BuildLog, lines: list[str], stage: str) -> float:
     return sum(
         float(done.group(2)) for line in lines if (done := _STEP_DONE.match(line)) and done.group(1) in steps
     )
+
+
+def deps_ran(log: BuildLog) -> bool:
+    """Whether a step of the deps stage ran (was not taken from the cache) in the run `log` read."""
+    return any(step not in log.cached_steps for step, name in log.stage_of_step.items() if name == "deps")
 
 
 def installer_lines(log: BuildLog, lines: list[str]) -> list[str]:
@@ -361,6 +373,8 @@ def layer_split(tag: str, base_image: str) -> dict[str, int]:
     for size, created_by in entries[base_entries:]:
         if _WEIGHTS_COPY.match(created_by):
             split["weights"] += size
+        elif _COMPILED_COPY.match(created_by):
+            split["compiled"] += size
         elif _VENV_LAYER.match(created_by):
             split["venv"] += size
         else:

@@ -84,7 +84,7 @@ def test_stages_are_deps_then_weights_then_runtime_and_weights_do_not_depend_on_
         ("venv", "sbom"),
         ("tools", "fetcher"),
         ("fetcher", "weights"),
-        ("deps", "compile"),
+        ("venv", "compile"),
         ("scratch", "compile-report"),
         ("base", "runtime"),
     ]

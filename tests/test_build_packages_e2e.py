@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from bake.build import BuildLog
 from tests.fixtures import images
 from tests.fixtures.docker import (
     BASE_IMAGE,
     HOST_CA_BUNDLE,
     LOCAL_WHEELS,
     TORCH_VERSION,
+    buildkit_runs,
     docker,
     ensure_base_image,
     predict_inside,
@@ -92,10 +92,9 @@ def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) ->
 
 
 def deps_cached(result: subprocess.CompletedProcess[str]) -> bool:
-    log = BuildLog()
-    for line in result.stderr.splitlines():
-        log.feed(line)
-    return log.stage_cached("deps")
+    """Whether every BuildKit run of the build (a compiling build has two) took the deps stage from cache."""
+    runs = [log for log in buildkit_runs(result.stderr) if "deps" in log.stage_of_step.values()]
+    return bool(runs) and all(log.stage_cached("deps") for log in runs)
 
 
 @pytest.fixture(scope="module")
