@@ -110,8 +110,8 @@ def test_quiet_json_build_says_what_was_built(project: Project, tag: str) -> Non
 def test_no_cache_runs_every_step_again(project: Project, tag: str) -> None:
     result = run_bake(["build", "--model", project.model, "--tag", tag, "--no-cache"], {}, project.path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # Two BuildKit runs: the compile report's (deps, weights, compile), then the image's, which takes the
-    # steps the first one has just run from the cache.
+    # Two BuildKit runs: the compile report's (deps, sbom, weights, compile), then the image's, which takes
+    # the steps the first one has just run from the cache.
     report_run, image_run = BuildLog(), BuildLog()
     first, note, second = result.stderr.partition("bake: forward pass compiled at build time")
     assert note, "the tiny classifier compiles"
@@ -120,7 +120,7 @@ def test_no_cache_runs_every_step_again(project: Project, tag: str) -> None:
             log.feed(line)
     cached = {report_run.steps[number].title for number in report_run.cached_steps}
     assert all(title.startswith("[base 1/1] FROM ") for title in cached), f"only the base image: {cached}"
-    assert {"deps", "fetcher", "weights", "compile"} <= set(report_run.stage_of_step.values())
+    assert {"deps", "sbom", "fetcher", "weights", "compile"} <= set(report_run.stage_of_step.values())
     ran = {step.title for step in report_run.steps.values()}
     reused = {image_run.steps[number].title for number in image_run.cached_steps}
     assert {title for title in reused if not title.startswith("[runtime")} <= ran

@@ -104,7 +104,7 @@ def test_a_bad_bake_toml_is_one_line_exit_2_and_nothing_is_written(
             {},
             "--ca-cert /no/such.pem is not a file",
         ),
-        (["build", "--modle", "org/name"], {}, "Did you mean one of: '--model'"),
+        (["build", "--modle", "org/name"], {}, "'--model'"),  # among click's did-you-mean suggestions
         (
             ["launch", "--target", "fly", "--dry-run", "--fly-region", "Paris"],
             {},
