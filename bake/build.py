@@ -18,14 +18,20 @@ from bake.docker import docker_client, docker_errors, ensure_engine
 from bake.env import Environment
 from bake.errors import BuildFailed, GatedModel
 from bake.hub import ResolvedModel, resolve_model
+from bake.installer import HTTP_RETRIES
 from bake.labels import ImageFacts
-from bake.plan import COMPILE_REPORT_STAGE, BuildPlan, plan_build
+from bake.package_sources import TORCH_CPU_INDEX, check_reachable, is_remote_engine
+from bake.plan import COMPILE_REPORT_STAGE, BuildPlan, package_sources, plan_build
 from serve.contract.compiled import Report
 from serve.contract.labels import COMPILED
 
 # The last line of a Python traceback inside a step,
 # e.g. "#13 1.502 ModuleNotFoundError: No module named 'x'".
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
+# The runtime check's verdict (bake/image/check_runtime.py): "#21 3.1 bake-check[torch-build]: torch ...".
+_CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
+# The resolver's reason for an unsatisfiable install: uv's "╰─▶ Because ..." or pip's "ERROR: Could not ...".
+_UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,15 @@ def build(config: Config, env: Environment, *, display: BuildDisplay, cache: boo
             f"accept its terms at {env.hf_endpoint}/{model.id}, then set HF_TOKEN",
         )
     display.note(_announcement(model, config))
+    sources, warnings = check_reachable(
+        package_sources(config, model),
+        ca_cert=config.build.ca_cert,
+        remote_engine=is_remote_engine(env.docker_host),
+    )
+    for warning in warnings:
+        display.warning(warning)
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
-        plan = plan_build(config, model, env, Path(tmp))
+        plan = plan_build(config, model, env, Path(tmp), sources)
         logs = run_build(plan, client, display, cache=cache)
     size, labels = None, dict(plan.labels)
     if not plan.push:
@@ -195,11 +208,10 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         return BuildFailed(
             "the Hub refused the download: the model is gated", "set HF_TOKEN to a token with access"
         )
-    if "could not find a version" in lowered or "no matching distribution" in lowered:
-        return BuildFailed(
-            "pip could not install the runtime's Python packages",
-            "check --pip-index-url/--pip-find-links, and --ca-cert behind a TLS-inspecting proxy",
-        )
+    if check := _CHECK.findall(text):
+        kind, message = check[-1]
+        fix = _CHECK_FIXES.get((kind, plan.facts.device), "see the build output above")
+        return BuildFailed(message.strip(), fix)
     if "sha256 mismatch" in lowered:
         line = next(line for line in text.splitlines() if "sha256 mismatch" in line.lower())
         detail = line.split("sha256 mismatch:", 1)[-1].strip()
@@ -207,9 +219,26 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
             f"a downloaded file does not match the Hub's sha256 ({detail})",
             "check HF_ENDPOINT and any proxy between you and the Hub, then build again",
         )
-    if "certificate verify failed" in lowered:
+    if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
+        )
+    if "> [tools " in text and "build-tools.txt" in text:
+        return BuildFailed(
+            "the installer uv could not be installed from the package index",
+            "put uv (bake/image/build-tools.txt) on your index or in --pip-find-links, "
+            "or pass --installer pip",
+        )
+    if any(words in lowered for words in ("no solution found", "could not find a version", "no matching")):
+        reasons = [next(part for part in match if part).rstrip(".") for match in _UNSATISFIABLE.findall(text)]
+        return BuildFailed(
+            "the image's Python packages could not be installed" + (f": {reasons[-1]}" if reasons else ""),
+            "check --pip-index-url, --pip-extra-index-url, --pip-find-links and --torch-index-url",
+        )
+    if "failed to fetch" in lowered or "read timed out" in lowered or "max retries exceeded" in lowered:
+        return BuildFailed(
+            f"a package index stopped answering during the build (given up after {HTTP_RETRIES} retries)",
+            "check the index and your network, or pass --pip-index-url with a mirror that answers",
         )
     exceptions = [match.group(1) for match in _EXCEPTION.finditer(text)]
     if exceptions:
@@ -219,6 +248,18 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         f"the image build failed: {(errors or text.splitlines() or ['?'])[-1].strip()}",
         "see the build output above",
     )
+
+
+_CHECK_FIXES = {
+    ("torch-build", "cpu"): (
+        f"pass --torch-index-url with an index of PyTorch's CPU wheels (a mirror of {TORCH_CPU_INDEX}), "
+        "or --pip-find-links with a folder holding the CPU torch wheel"
+    ),
+    ("torch-build", "cuda"): "pass --base-image with a CUDA torch, or --torch-version to install one",
+    ("torch-version", "cpu"): "pass --torch-version with a version your torch index has",
+    ("torch-version", "cuda"): "pass --torch-version with a version your package index has",
+}
+"""The fix for each kind of failed runtime check (bake/image/check_runtime.py), per device."""
 
 
 def _announcement(model: ResolvedModel, config: Config) -> str:

@@ -46,6 +46,10 @@ class BuildDisplay:
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    def warning(self, text: str) -> None:
+        """`bake: warning: <text>`: something the build works around (shown in every mode, quiet too)."""
+        self.note(f"bake: warning: {text}")
+
     def feed(self, log: BuildLog, line: str) -> None:
         """Record `line` in `log`, then show it."""
         with self._lock:
@@ -73,6 +77,10 @@ class QuietDisplay(BuildDisplay):
 
     def note(self, text: str) -> None:
         """Quiet: bake's own lines are not shown either."""
+
+    def warning(self, text: str) -> None:
+        """Warnings are shown even when quiet."""
+        BuildDisplay.note(self, f"bake: warning: {text}")
 
     def _show(self, line: str) -> None:
         pass

@@ -61,6 +61,9 @@ class BuildSpec:
     pip_extra_index_urls: tuple[str, ...]
     pip_find_links: Path | None
     torch_version: str
+    torch_index_url: str
+    installer: str
+    keep_build_tools: bool
     compile: bool
     """Compile the forward pass in a build stage (where the model and device allow it)."""
     push: bool
@@ -263,6 +266,9 @@ def _build(values: dict[str, dict[str, Any]], file: Path | None) -> Config:
             pip_extra_index_urls=build["pip_extra_index_url"],
             pip_find_links=Path(build["pip_find_links"]).expanduser() if build["pip_find_links"] else None,
             torch_version=build["torch_version"],
+            torch_index_url=build["torch_index_url"],
+            installer=build["installer"],
+            keep_build_tools=build["keep_build_tools"],
             compile=build["compile"],
             push=build["push"],
         ),

@@ -6,6 +6,9 @@ A check is a small function returning a `Check`: ok, warn (works, but worth know
 or impossible to tell: the detail says which). What a check needs comes from the merged configuration
 (flags > environment > bake.toml), so a CUDA build checks the NVIDIA runtime and a Fly launch the token.
 
+The package sources check probes the configured indexes once, as `bake build` does before it builds, and
+says where a CPU image's torch (always a CPU build) will come from.
+
 The BuildKit check runs a real build of a few lines that uses every Dockerfile feature bake's template
 needs: a named build context, a secret mount, `RUN --network`, a cache mount and `COPY --link` (with no
 output, so nothing is left behind but a few bytes of build cache). Version numbers cannot tell: Debian's
@@ -38,7 +41,8 @@ import bake
 from bake.config import Config
 from bake.docker import docker_client, ensure_engine, last_line
 from bake.env import Environment
-from bake.errors import DockerUnavailable
+from bake.errors import BuildFailed, DockerUnavailable
+from bake.package_sources import check_reachable, configured_sources, is_remote_engine, redact
 from bake.plan import DEFAULT_BASE_IMAGES
 
 Status = Literal["ok", "warn", "fail", "skipped"]
@@ -131,6 +135,7 @@ def run_checks(config: Config, env: Environment) -> list[Check]:
         )
         checks.append(check_image_store_disk(info, engine_host))
     checks.append(check_hf_cache_disk())
+    checks.append(check_package_sources(config, env))
     hub = check_hub(env, needs)
     checks += [hub, check_token(env, needs, reachable=hub.status == "ok")]
     checks.append(check_nvidia(info, needs))
@@ -256,6 +261,47 @@ def check_image_store_disk(info: SystemInfo, host: str) -> Check:
         fix="free space (docker image prune; docker builder prune removes your build cache) or "
         "move Docker's data-root to a bigger disk",
     )
+
+
+def check_package_sources(config: Config, env: Environment) -> Check:
+    """The indexes the image's packages come from, each probed once as `bake build` does, and where a CPU
+    image's torch comes from (a CPU build, never the package index's)."""
+    build = config.build
+    if build.ca_cert is not None and not build.ca_cert.is_file():
+        return Check(
+            "package sources", "fail", f"--ca-cert {build.ca_cert} is not a file", "pass a PEM bundle"
+        )
+    if build.pip_find_links is not None and not build.pip_find_links.is_dir():
+        return Check(
+            "package sources",
+            "fail",
+            f"--pip-find-links {build.pip_find_links} is not a directory",
+            "pass a directory of wheels",
+        )
+    sources = configured_sources(build, cpu_torch=build.device == "cpu")
+    try:
+        sources, warnings = check_reachable(
+            sources, ca_cert=build.ca_cert, remote_engine=is_remote_engine(env.docker_host)
+        )
+    except BuildFailed as error:
+        return Check("package sources", "fail", error.message, error.fix)
+    packages = redact(sources.index_url) if sources.index_url else "the --pip-find-links folder alone"
+    if sources.torch_requirement:
+        origin = redact(sources.torch_index_url) if sources.torch_index_url else "the --pip-find-links folder"
+        torch = f"{sources.torch_requirement} from {origin}"
+    elif build.torch_version:
+        torch = f"torch=={build.torch_version} from the package index"
+    else:
+        torch = "the base image's own torch"
+    detail = f"packages from {packages} ({build.installer}); {torch}"
+    if warnings:
+        return Check(
+            "package sources",
+            "warn",
+            f"{detail}; {'; '.join(warnings)}",
+            "check that index, or leave it out of the settings",
+        )
+    return Check("package sources", "ok", detail)
 
 
 def check_hf_cache_disk() -> Check:

@@ -122,7 +122,7 @@ _MODEL_AND_BUILD: tuple[Option, ...] = (
         "ca_cert",
         "str",
         "",
-        "PEM bundle trusted by the pip and download steps (not kept in the image).",
+        "PEM bundle trusted by the install and download steps (not kept in the image).",
         env="BAKE_CA_CERT",
     ),
     Option(
@@ -154,8 +154,35 @@ _MODEL_AND_BUILD: tuple[Option, ...] = (
         "torch_version",
         "str",
         "",
-        "torch version for the image, e.g. 2.13.0; empty: the newest (or the base image's own torch).",
+        "torch version for the image, e.g. 2.13.0; empty: the tested one (CPU) or the base image's own torch"
+        " (CUDA).",
         env="BAKE_TORCH_VERSION",
+    ),
+    Option(
+        "build",
+        "torch_index_url",
+        "str",
+        "",
+        "Index of PyTorch's CPU wheels (a mirror of download.pytorch.org/whl/cpu) for a CPU image's torch;"
+        " a torch wheel in --pip-find-links wins.",
+        env="BAKE_TORCH_INDEX_URL",
+    ),
+    Option(
+        "build",
+        "installer",
+        "str",
+        "uv",
+        "Installer of the image's packages: uv, or pip for an index without uv.",
+        choices=("uv", "pip"),
+        env="BAKE_INSTALLER",
+    ),
+    Option(
+        "build",
+        "keep_build_tools",
+        "bool",
+        False,
+        "Keep pip, setuptools, torch's headers and tests in the image (not slimmed).",
+        env="BAKE_KEEP_BUILD_TOOLS",
     ),
     Option(
         "build",

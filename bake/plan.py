@@ -1,9 +1,10 @@
 """Turning a configuration and a resolved model into a concrete BuildKit build: the plan.
 
-The plan is a build context directory (the rendered Dockerfile, the runtime's requirements and pins,
-the weights-stage script and a copy of the `serve` package), the named build contexts (a local model,
-a wheel directory), the secrets (HF token, CA bundle, pip configuration: files outside the context that
-BuildKit mounts only while a step runs), the labels and the tag.
+The plan is a build context directory (the rendered Dockerfile, the runtime's requirements and pins, the
+package sources without credentials, the scripts of the image's build steps and a copy of the `serve`
+package), the named build contexts (a local model, a wheel directory), the secrets (HF token, CA bundle, the
+installer's index arguments: files outside the context that BuildKit mounts only while a step runs), the
+labels and the tag.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from bake.config import Config
 from bake.env import Environment
 from bake.errors import ConfigError
 from bake.hub import ResolvedModel
+from bake.installer import PACKAGE_INDEX_SECRET, TORCH_INDEX_SECRET, Install, Installer
 from bake.labels import ImageFacts
+from bake.package_sources import WHEELS_MOUNT, PackageSources, configured_sources
 from serve.contract import image
 from serve.contract.compiled import COMPILER_FILES, MANIFEST_FILE, REPORT_FILE, Report
 from serve.contract.labels import COMPILED
 from serve.contract.names import model_name
+from serve.contract.packages import BY_NAME as KNOWN_PACKAGES
 from serve.contract.settings import MODEL_ENV, OFFLINE_ENV, env_name
 from serve.contract.tasks import IMAGE_CLASSIFICATION, TEXT_TO_IMAGE
 
@@ -42,13 +46,13 @@ DEFAULT_BASE_IMAGES = {
 """Base images when --base-image is not given: a slim Python for the CPU (bake installs a CPU torch), and
 PyTorch's CUDA runtime image for CUDA (its torch is reused by the virtualenv)."""
 
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-"""Searched for torch in CPU images unless a package index is configured, so the image gets the CPU
-wheel (~200 MB) instead of PyPI's default CUDA build (several GB)."""
-
 _PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE = _PACKAGE_DIR / "templates" / "Dockerfile.template"
 _IMAGE_FILES = _PACKAGE_DIR / "image"
+_IMAGE_SCRIPTS = ("fetch_weights.py", "slim_venv.py", "elf_symbols.py", "check_runtime.py", "sbom.py")
+_IMAGE_LISTS = ("build-tools.txt", "excludes.txt", "constraints.txt")
+_VENV = "/opt/bake/venv"
+_FETCH_VENV = "/opt/bake/fetch"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 COMPILE_REPORT_STAGE = "compile-report"
 """The Dockerfile stage holding only the compile stage's report, which `bake build` exports and reads before
@@ -80,16 +84,31 @@ class BuildPlan:
         self.labels[COMPILED] = report.label
 
 
-def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: Path) -> BuildPlan:
-    """Write the build context and secrets for `model` into `workdir` and describe the build."""
+def plan_build(
+    config: Config,
+    model: ResolvedModel,
+    env: Environment,
+    workdir: Path,
+    sources: PackageSources | None = None,
+) -> BuildPlan:
+    """Write the build context and secrets for `model` into `workdir` and describe the build.
+
+    `sources`: where the packages come from, as checked by `package_sources.check_reachable` (default: as
+    configured, unchecked).
+    """
     build = config.build
     base_image = build.base_image or DEFAULT_BASE_IMAGES[build.device]
+    if sources is None:
+        sources = package_sources(config, model)
     context = workdir / "context"
     context.mkdir(parents=True)
-    _copy_sources(context, build.torch_version)
+    _copy_sources(context)
     skipped = compile_skipped(config, model)
-    requirements = runtime_requirements(model.task, model.packages)
-    (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (context / "requirements.txt").write_text("\n".join(image_requirements(config, model, sources)) + "\n")
+    (context / "package-sources.txt").write_text(
+        "# Where the deps stage's packages come from (no credentials): a change here rebuilds the stage.\n"
+        + sources.describe()
+    )
     runtime_env = {
         MODEL_ENV: image.LOCAL_MODEL if model.local_dir else model.id,
         env_name("revision"): model.revision,
@@ -123,27 +142,39 @@ def plan_build(config: Config, model: ResolvedModel, env: Environment, workdir: 
     )
     if skipped is not None:
         plan.record_compile(Report.eager(skipped))
-    _add_secrets(plan, config, env, workdir)
+    _add_secrets(plan, config, env, workdir, sources)
     if build.pip_find_links is not None:
         plan.build_contexts["wheels"] = str(build.pip_find_links.resolve())
     if model.local_dir is not None:
         plan.build_contexts["model"] = str(model.local_dir)
     network_host = model.local_dir is None and is_loopback(env.hf_endpoint)
-    if network_host:
+    install_network_host = any(is_loopback(url) for url in sources.urls)
+    if network_host or install_network_host:
         plan.allow.append("network.host")
     plan.dockerfile.write_text(
         render_dockerfile(
+            config=config,
             model=model,
             base_image=base_image,
             env=env,
             runtime_env=runtime_env,
-            port=config.serve.port,
-            wheels=build.pip_find_links is not None,
+            sources=sources,
             network_host=network_host,
+            install_network_host=install_network_host,
             compile_command=compile_command(model, config.serve.max_batch_size, skipped),
         )
     )
     return plan
+
+
+def package_sources(config: Config, model: ResolvedModel) -> PackageSources:
+    """Where the build of `model` takes its packages from, as configured (not probed yet): a CPU torch for a
+    CPU image and to convert .bin weights (any device), a CPU torchvision for a CPU image that needs one."""
+    return configured_sources(
+        config.build,
+        cpu_torch=config.build.device == "cpu" or model.convert_to_safetensors,
+        cpu_torchvision=config.build.device == "cpu" and "torchvision" in model.packages,
+    )
 
 
 def compile_skipped(config: Config, model: ResolvedModel) -> str | None:
@@ -174,11 +205,15 @@ def compile_command(model: ResolvedModel, max_batch_size: int, skipped: str | No
     arguments += ["--max-batch-size", str(max_batch_size), "--out", image.COMPILED]
     environment = {**OFFLINE_ENV, "PYTHONPATH": _COMPILER_DIR}
     crashed = Report.eager("the compiler crashed: see the compile step's output")
+    # A crash (even before the compiler made its output folder) leaves a report and no manifest.
+    on_crash = (
+        f"mkdir -p {image.COMPILED} && rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}"
+    )
     return (
         " ".join(f"{key}={value}" for key, value in environment.items())
-        + " /opt/bake/venv/bin/python -m serve.compile "
+        + f" {_VENV}/bin/python -m serve.compile "
         + " ".join(shlex.quote(arg) for arg in arguments)
-        + f" || {{ rm -f {image.COMPILED}/{MANIFEST_FILE} && {_write_report(crashed)}; }}"
+        + f" || {{ {on_crash}; }}"
     )
 
 
@@ -190,16 +225,19 @@ def _write_report(report: Report) -> str:
 
 def render_dockerfile(
     *,
+    config: Config,
     model: ResolvedModel,
     base_image: str,
     env: Environment,
     runtime_env: dict[str, str],
-    port: int,
-    wheels: bool,
+    sources: PackageSources,
     network_host: bool,
+    install_network_host: bool,
     compile_command: str,
 ) -> str:
     """The Dockerfile for `model`: `Dockerfile.template` with this build's values."""
+    build = config.build
+    installer = Installer(build.installer)
     files = [file.path for file in model.files]
     if model.local_dir is not None:
         fetch_args = ["local", "--source", "/model", "--out", image.LOCAL_MODEL]
@@ -229,21 +267,55 @@ def render_dockerfile(
     }
     if env.variables.get("HF_HUB_DISABLE_XET"):
         fetch_env["HF_HUB_DISABLE_XET"] = env.variables["HF_HUB_DISABLE_XET"]
-    fetch_packages = ["huggingface_hub", "safetensors"] + (
-        ["torch", "numpy"] if model.convert_to_safetensors else []
+    convert = model.convert_to_safetensors
+    fetch = Install(
+        venv=_FETCH_VENV,
+        requirements=(
+            "huggingface_hub",
+            "safetensors",
+            *((sources.torch_requirement, "numpy") if convert else ()),
+        ),
+        constraints="/opt/bake/constraints.txt",
+        cpu_builds=(sources.torch_requirement,) if convert and sources.torch_requirement else (),
     )
+    deps = Install(
+        venv=_VENV,
+        requirements=("-r", "/opt/bake/requirements.txt"),
+        constraints="/opt/bake/constraints.txt",
+        cpu_builds=sources.cpu_builds if build.device == "cpu" else (),
+        excludes="/opt/bake/excludes.txt",
+        with_pip=build.keep_build_tools,
+        reuse_base_torch=build.device == "cuda" and not build.torch_version,
+    )
+    check_args = ["--device", build.device, "--task", model.task]
+    if pinned := _torch_pin(config, sources):
+        check_args += ["--torch-version", pinned]
+    for name in model.packages:
+        check_args += ["--import", KNOWN_PACKAGES[name].module]
     values = {
         "BAKE_VERSION": __version__,
         "MODEL": model.id,
         "COMMIT": model.commit_sha,
         "BASE_IMAGE": base_image,
-        "WHEELS_MOUNT": "\\\n    --mount=type=bind,from=wheels,target=/wheels " if wheels else "",
+        "INSTALL_NETWORK": "--network=host " if install_network_host else "",
+        "INSTALLER_CACHE": installer.cache_mount,
+        "INSTALL_TOOLS": installer.tools(),
+        "INSTALL_DEPS": installer.install(deps),
+        "INSTALL_FETCHER": installer.install(fetch),
+        "SLIM_STEP": (
+            "# --keep-build-tools: the virtualenv ships as installed"
+            if build.keep_build_tools
+            else f"RUN python3 /opt/bake/slim_venv.py {_VENV}"
+        ),
+        "CHECK_ARGS": " ".join(shlex.quote(arg) for arg in check_args),
+        "WHEELS_MOUNT": (
+            f"\\\n    --mount=type=bind,from=wheels,target={WHEELS_MOUNT} " if sources.find_links else ""
+        ),
         "MODEL_MOUNT": "\\\n    --mount=type=bind,from=model,target=/model " if model.local_dir else "",
         "TRUST_CA": (
             "if [ -s /run/secrets/ca_cert ]; then export SSL_CERT_FILE=/run/secrets/ca_cert "
             "REQUESTS_CA_BUNDLE=/run/secrets/ca_cert PIP_CERT=/run/secrets/ca_cert; fi &&"
         ),
-        "FETCH_PACKAGES": " ".join(fetch_packages) + " -c /opt/bake/constraints.txt",
         "WEIGHTS_NETWORK": "--network=host " if network_host else "",
         "FETCH_ENV": " ".join(f"{key}={shlex.quote(value)}" for key, value in fetch_env.items()),
         "FETCH_ARGS": " ".join(shlex.quote(arg) for arg in fetch_args),
@@ -258,7 +330,7 @@ def render_dockerfile(
         + f" --out {image.SBOM}",
         "OFFLINE_ENV": " ".join(f"{key}={value}" for key, value in OFFLINE_ENV.items()),
         "RUNTIME_ENV": " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in runtime_env.items()),
-        "PORT": str(port),
+        "PORT": str(config.serve.port),
         "HEALTH_START_S": "30",
         "COMPILED": image.COMPILED,
         "COMPILER_DIR": _COMPILER_DIR,
@@ -267,6 +339,30 @@ def render_dockerfile(
         "COMPILE_REPORT_STAGE": COMPILE_REPORT_STAGE,
     }
     return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def image_requirements(config: Config, model: ResolvedModel, sources: PackageSources) -> list[str]:
+    """The deps stage's requirements: the runtime's and the model's extra packages, with torch pinned (CPU:
+    the CPU builds of the sources, torchvision's too)."""
+    if config.build.device == "cpu":
+        pins = {_name(pin): pin for pin in sources.cpu_builds}
+    else:
+        pins = {"torch": f"torch=={config.build.torch_version}"} if config.build.torch_version else {}
+    return [
+        pins.get(_name(requirement), requirement)
+        for requirement in runtime_requirements(model.task, model.packages)
+    ]
+
+
+def _torch_pin(config: Config, sources: PackageSources) -> str:
+    """The torch version the image must hold (2.13.0+cpu), or "" for a CUDA image that reuses the base's."""
+    if config.build.device == "cpu" and sources.torch_requirement:
+        return sources.torch_requirement.split("==", 1)[1]
+    return config.build.torch_version
+
+
+def _name(requirement: str) -> str:
+    return Requirement(requirement).name.lower()
 
 
 def runtime_requirements(task: str, packages: tuple[str, ...] = ()) -> list[str]:
@@ -298,15 +394,11 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def _copy_sources(context: Path, torch_version: str) -> None:
-    """The weights and SBOM scripts, the runtime pins (+ torch's, if asked) and the `serve` package (not
+def _copy_sources(context: Path) -> None:
+    """The build steps' scripts, the runtime pins and lists, the compiler's files and the `serve` package (not
     imported)."""
-    shutil.copyfile(_IMAGE_FILES / "fetch_weights.py", context / "fetch_weights.py")
-    shutil.copyfile(_IMAGE_FILES / "sbom.py", context / "sbom.py")
-    constraints = (_IMAGE_FILES / "constraints.txt").read_text()
-    if torch_version:
-        constraints += f"torch=={torch_version}\n"
-    (context / "constraints.txt").write_text(constraints)
+    for name in _IMAGE_SCRIPTS + _IMAGE_LISTS:
+        shutil.copyfile(_IMAGE_FILES / name, context / name)
     spec = importlib.util.find_spec("serve")
     if spec is None or spec.origin is None:
         raise ConfigError("the serve package is not installed next to bake", "reinstall bake")
@@ -318,24 +410,16 @@ def _copy_sources(context: Path, torch_version: str) -> None:
         shutil.copyfile(package.parent / name, target)
 
 
-def _add_secrets(plan: BuildPlan, config: Config, env: Environment, workdir: Path) -> None:
+def _add_secrets(
+    plan: BuildPlan, config: Config, env: Environment, workdir: Path, sources: PackageSources
+) -> None:
     """Secret files BuildKit mounts at /run/secrets/<id> for the steps that ask for them."""
-    build = config.build
-    pip_conf = ["[global]"]
-    if build.pip_index_url:
-        pip_conf.append(f"index-url = {build.pip_index_url}")
-    extra = list(build.pip_extra_index_urls)
-    if build.device == "cpu" and not build.pip_index_url:
-        extra.append(TORCH_CPU_INDEX)
-    if extra:
-        pip_conf.append("extra-index-url = " + " ".join(extra))
-    if build.pip_find_links is not None:
-        pip_conf.append("find-links = /wheels")
-    _secret(plan, workdir, "pip_conf", "\n".join(pip_conf) + "\n")
+    _secret(plan, workdir, PACKAGE_INDEX_SECRET, " ".join(sources.package_args()) + "\n")
+    _secret(plan, workdir, TORCH_INDEX_SECRET, " ".join(sources.torch_args()) + "\n")
     if env.hf_token:
         _secret(plan, workdir, "hf_token", env.hf_token)
-    if build.ca_cert is not None:
-        plan.secrets.append(f"id=ca_cert,src={build.ca_cert.resolve()}")
+    if config.build.ca_cert is not None:
+        plan.secrets.append(f"id=ca_cert,src={config.build.ca_cert.resolve()}")
 
 
 def _secret(plan: BuildPlan, workdir: Path, name: str, content: str) -> None:

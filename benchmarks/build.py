@@ -1,27 +1,30 @@
-"""`bake build`: cold build, rebuild after a code change, image size by part, `docker run` to first
+"""`bake build`: the pip path against the uv path (cold), image size by part, rebuild, `docker run` to first
 prediction.
 
-One run, for one model published on a local Hub (tests.fixtures.hub) under a fresh repo id:
-  1. cold build: `bake build` (the real CLI, in a subprocess) on a base image no build has used yet:
-     bake-base:bookworm plus one tiny layer (a file holding the run id), so no BuildKit layer of any stage
-     can come from the cache (bake has no --no-cache switch; a new label alone does not change BuildKit's
-     cache keys). pip's download cache mount is shared with every other build on the engine and is not
-     purged: the output says whether it was warm.
-  2. rebuild after a code-only change: the `serve` package bake copies into the image is found with
-     `importlib.util.find_spec("serve")`, so both builds run with PYTHONPATH on a temporary copy of `serve`;
-     a comment line is added to one of its modules between them. The stages that came from the cache are
-     read from BuildKit's progress output (the weights stage must be cached).
-  3. image size split into base / deps / weights / bake (code + config), from `docker history`; every layer
-     of `docker save` is scanned for a file with the bytes of a weights file: exactly one copy is the target.
+One run, for one model published on a local Hub (tests.fixtures.hub) under fresh repo ids:
+  1. two cold builds, side by side: "pip" (`--installer pip --keep-build-tools`: pip installs, nothing is
+     slimmed, every module compiled: the image bake built before the slim work) and "uv" (bake's default: uv
+     installs, the virtualenv is slimmed and holds the bytecode of what serving imports). Each runs the real
+     `bake build` CLI on a base image no build has used yet (bake-base:bookworm plus one tiny layer), so no
+     BuildKit layer of any stage can come from the cache, with its own repo id, so the weights are downloaded,
+     and with PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 in that base's environment, so neither installer has a download
+     cache. The deps step's own time and the installer's summary lines are read from BuildKit's progress
+     output (both of its runs when bake compiles: the compile report's, then the image's).
+  2. rebuild after a code-only change (uv path): the `serve` package bake copies into the image is found with
+     `importlib.util.find_spec("serve")`, so every build runs with PYTHONPATH on a temporary copy of `serve`
+     (then this checkout, for bake); a comment line is added to one of its modules between the uv build and
+     the rebuild. The stages that came from the cache are read from BuildKit's progress output.
+  3. both images' size split into base / venv / weights / bake (code + config), from `docker history`, and the
+     largest packages of each virtualenv; every layer of the uv image's `docker save` is scanned for a file
+     with the bytes of a weights file: exactly one copy is the target.
   4. `docker run` to the first 200 from POST /predict (a 640x480 JPEG, sent from inside the container,
-     which runs with --network none) against a floor: in the same image and with the same network, the
-     image's python imports torch and transformers, loads the baked weights with
+     which runs with --network none), for both images, against a floor: in the uv image and with the same
+     network, the image's python imports torch and transformers, loads the baked weights with
      AutoModelForImageClassification.from_pretrained (offline) and runs one forward pass; timed from
-     `docker run` to its exit. Rounds alternate the two; the median is reported.
+     `docker run` to its exit. Rounds rotate the three; the median is reported.
 Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
-Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache a
-cold build writes (~1.3 GB for the deps layer) is left to BuildKit's garbage collection (or
-`docker builder prune`).
+Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache
+the cold builds write is left to BuildKit's garbage collection (or `docker builder prune`).
 
 Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
                                   [--out benchmarks/results/build.json]
@@ -47,24 +50,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bake.build import BuildLog
+from bake.buildkit_log import BuildLog
 from benchmarks.report import machine, write_report
 from benchmarks.serving import REGIMES, make_model
+from serve.contract.image import COMPILED
 from tests.fixtures import images
 from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image, run_bake
 from tests.fixtures.hub import HubServer
 from tests.fixtures.servers import REPO_ROOT
 
-STAGES = ("deps", "fetcher", "weights", "runtime")
+STAGES = ("tools", "deps", "venv", "sbom", "fetcher", "weights", "compile", "runtime")
 """The stages whose steps can come from the cache (the base stage is only a FROM of the base image)."""
-PARTS = ("base", "deps", "weights", "bake")
-REBUILD_TARGET = 0.20
+PATHS = {"pip": ("--installer", "pip", "--keep-build-tools"), "uv": ()}
+"""The two cold builds: the image as bake built it before slimming (pip, nothing removed), and the default."""
+PARTS = ("base", "venv", "weights", "compiled", "bake")
+REBUILD_TARGET_S = 5.0
+COLD_BUILD_TARGET = 0.60
+"""The uv path's cold build against the pip path's."""
+SIZE_TARGET_MIB = 900.0
 STARTUP_TARGET = 1.5
 CHANGED_MODULE = "app.py"
 _PROGRESS_LINE = re.compile(r"^#(\d+) [\d.]+ (.*)$")
+_STEP_DONE = re.compile(r"^#(\d+) DONE ([\d.]+)s$")
 _PIP_FETCH = re.compile(r"^\s*(Using cached|Downloading) (\S+)")
+_UV_SUMMARY = re.compile(r"^(Resolved|Prepared|Installed) \d+ packages? in [\d.]+m?s$")
 _WEIGHTS_COPY = re.compile(r"^COPY /opt/bake/(hf|model) ")
-_DEPS_LAYER = re.compile(r"requirements\.txt|pip install")
+_COMPILED_COPY = re.compile(rf"^COPY {COMPILED} ")
+_NEXT_RUN = re.compile(r"^bake: forward pass .*$", re.MULTILINE)
+"""bake build's note between its two BuildKit runs (the compile report's, then the image's)."""
+_VENV_LAYER = re.compile(r"^COPY /opt/bake/venv ")
 _READY_IN = re.compile(r"ready in ([\d.]+) s")
 
 FIRST_PREDICTION = """
@@ -104,10 +118,12 @@ class BuildRun:
     stages_cached: dict[str, str]
     """Per stage, "cached steps/steps"."""
     weights_cached: bool
-    pip_from_cache: int
-    """Wheels pip took from its download cache in the deps stage."""
-    pip_downloaded: int
-    """Wheels pip downloaded in the deps stage."""
+    deps_step_s: float
+    """The deps stage's install step alone (0 when it came from the cache)."""
+    venv_steps_s: float
+    """The venv stage's steps: slimming and the runtime check (which imports, compiling the bytecode)."""
+    installer_lines: list[str]
+    """uv's summary lines (Resolved/Prepared/Installed ... in ...), or pip's download count."""
 
 
 @dataclass(frozen=True)
@@ -116,19 +132,22 @@ class ImageFacts:
 
     total_mib: float
     parts_mib: dict[str, float]
+    packages_mib: dict[str, float]
+    """The largest folders of the virtualenv's site-packages."""
     weights_files_mib: float
-    weights_copies: list[str]
-    """Every file, in every layer, with the bytes of a weights file ("layer: path")."""
+    weights_copies: list[str] | None
+    """Every file, in every layer, with the bytes of a weights file ("layer: path"); None: not scanned."""
 
 
 @dataclass(frozen=True)
 class Startup:
-    """Seconds from `docker run` to the first prediction, and to the end of the floor script, per round."""
+    """Seconds from `docker run` to the first prediction (per image) and to the end of the floor, per
+    round."""
 
-    first_prediction_s: list[float]
+    first_prediction_s: dict[str, list[float]]
     floor_s: list[float]
-    server_logs: list[list[str]]
-    """The server's own log lines, per round (from loading to "ready in")."""
+    server_logs: dict[str, list[list[str]]]
+    """The server's own log lines, per image and round (from loading to "ready in")."""
 
 
 @dataclass(frozen=True)
@@ -140,18 +159,16 @@ class Bench:
     hub: HubServer
     model_name: str
 
-    @property
-    def repo(self) -> str:
-        """The model's fresh repo id on the local Hub (so the weights stage's download cache misses)."""
-        return f"bench/{self.model_name}-{self.run_id}"
+    def repo(self, path: str) -> str:
+        """The model's fresh repo id on the local Hub for one build path (so the weights are downloaded)."""
+        return f"bench/{self.model_name}-{self.run_id}-{path}"
 
-    @property
-    def base_image(self) -> str:
-        """bake-base:bookworm plus a tiny layer: a base image no build has used yet."""
-        return f"bake-bench-base:{self.run_id}"
+    def base_image(self, path: str) -> str:
+        """bake-base:bookworm plus a tiny layer: a base image no build has used yet, one per build path."""
+        return f"bake-bench-base:{self.run_id}-{path}"
 
     def tag(self, kind: str) -> str:
-        """The tag of the `kind` ("cold", "rebuild") image."""
+        """The tag of the `kind` ("pip", "uv", "rebuild") image."""
         return f"bake-bench/{self.model_name}:{self.run_id}-{kind}"
 
     def container(self, kind: str, index: int) -> str:
@@ -160,16 +177,19 @@ class Bench:
 
 
 def fresh_base_image(source: str, tag: str) -> None:
-    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage
-    misses."""
-    dockerfile = f"FROM {source}\nRUN echo {tag} > /etc/bake-bench-base\n"
+    """Build `source` plus a tiny layer as `tag`: a base no cached layer descends from, so every stage misses;
+    its environment turns both installers' download caches off."""
+    dockerfile = (
+        f"FROM {source}\nENV PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1\nRUN echo {tag} > /etc/bake-bench-base\n"
+    )
     docker("build", "--quiet", "--tag", tag, "-", input=dockerfile.encode())
 
 
 def publish_model(bench: Bench) -> Path:
-    """Make the model and publish it on the local Hub as `bench.repo`; return its folder."""
+    """Make the model and publish it on the local Hub once per build path; return its folder."""
     folder = make_model(REGIMES[bench.model_name], bench.root / "model")
-    bench.hub.add_repo(bench.repo, folder, pipeline_tag="image-classification")
+    for path in PATHS:
+        bench.hub.add_repo(bench.repo(path), folder, pipeline_tag="image-classification")
     return folder
 
 
@@ -185,7 +205,7 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_TOKEN": "",
-        "PYTHONPATH": str(serve_copy),
+        "PYTHONPATH": f"{serve_copy}{os.pathsep}{REPO_ROOT}",  # the changed `serve`, and this checkout's bake
     }
     return project, env
 
@@ -207,60 +227,134 @@ def change_is_baked(tag: str, line: str) -> bool:
     )
 
 
-def bake_build(bench: Bench, project: Path, env: dict[str, str], kind: str) -> BuildRun:
-    """Run `bake build` for the benchmark's model into `bench.tag(kind)`; time it and read its progress."""
-    args = ["build", "--model", bench.repo, "--tag", bench.tag(kind), "--base-image", bench.base_image]
+def bake_build(bench: Bench, project: Path, env: dict[str, str], path: str, kind: str) -> BuildRun:
+    """Run `bake build` for the model of build path `path` into `bench.tag(kind)`; time it and read its
+    progress."""
+    args = [
+        "build",
+        "--model",
+        bench.repo(path),
+        "--tag",
+        bench.tag(kind),
+        "--base-image",
+        bench.base_image(path),
+        *PATHS[path],
+    ]
     began = time.perf_counter()
     result = run_bake(args, env, project)
     seconds = time.perf_counter() - began
     if result.returncode != 0:
         raise RuntimeError(f"bake build ({kind}) failed:\n{result.stderr[-4000:]}")
-    log = BuildLog()
-    lines = result.stderr.splitlines()
-    for line in lines:
-        log.feed(line)
-    from_cache, downloaded = pip_cache_use(log, lines)
+    runs = []  # BuildKit numbers the steps of each of its runs from 1: one log per run
+    for text in _NEXT_RUN.split(result.stderr):
+        log, lines = BuildLog(), text.splitlines()
+        for line in lines:
+            log.feed(line)
+        runs.append((log, lines))
     return BuildRun(
         seconds=seconds,
-        stages_cached=stages_cached(log),
-        weights_cached=log.stage_cached("weights"),
-        pip_from_cache=from_cache,
-        pip_downloaded=downloaded,
+        stages_cached=stages_cached([log for log, _ in runs]),
+        weights_cached=runs[0][0].stage_cached("weights"),
+        deps_step_s=sum(steps_seconds(log, lines, "deps") for log, lines in runs),
+        venv_steps_s=sum(steps_seconds(log, lines, "venv") for log, lines in runs),
+        installer_lines=installer_lines(*next((run for run in runs if deps_ran(run[0])), runs[0])),
     )
 
 
-def stages_cached(log: BuildLog) -> dict[str, str]:
-    """Per stage of the Dockerfile, how many of its steps came from the cache, as "cached/steps"."""
+def stages_cached(logs: list[BuildLog]) -> dict[str, str]:
+    """Per stage of the Dockerfile, how many of its steps came from the cache in all runs, as
+    "cached/steps"."""
     counts = {}
     for stage in STAGES:
-        steps = [step for step, name in log.stage_of_step.items() if name == stage]
-        counts[stage] = f"{sum(step in log.cached_steps for step in steps)}/{len(steps)}"
+        steps = [(log, step) for log in logs for step, name in log.stage_of_step.items() if name == stage]
+        counts[stage] = f"{sum(step in log.cached_steps for log, step in steps)}/{len(steps)}"
     return counts
 
 
-def pip_cache_use(log: BuildLog, lines: list[str]) -> tuple[int, int]:
-    """(wheels pip took from its download cache, wheels it downloaded) in the deps stage's output."""
+def steps_seconds(log: BuildLog, lines: list[str], stage: str) -> float:
+    """The seconds BuildKit reports for the steps of `stage` that ran (cached steps report none)."""
+    steps = {step for step, name in log.stage_of_step.items() if name == stage}
+    return sum(
+        float(done.group(2)) for line in lines if (done := _STEP_DONE.match(line)) and done.group(1) in steps
+    )
+
+
+def deps_ran(log: BuildLog) -> bool:
+    """Whether a step of the deps stage ran (was not taken from the cache) in the run `log` read."""
+    return any(step not in log.cached_steps for step, name in log.stage_of_step.items() if name == "deps")
+
+
+def installer_lines(log: BuildLog, lines: list[str]) -> list[str]:
+    """uv's summary lines in the deps stage's output, or, for pip, how many wheels it downloaded or had
+    cached."""
     deps_steps = {step for step, name in log.stage_of_step.items() if name == "deps"}
-    from_cache = downloaded = 0
-    for line in lines:
-        step = _PROGRESS_LINE.match(line)
-        fetch = _PIP_FETCH.match(step.group(2)) if step and step.group(1) in deps_steps else None
-        if fetch and not fetch.group(2).endswith(".metadata"):
-            from_cache += fetch.group(1) == "Using cached"
-            downloaded += fetch.group(1) == "Downloading"
-    return from_cache, downloaded
+    output = [
+        step.group(2).strip()
+        for line in lines
+        if (step := _PROGRESS_LINE.match(line)) and step.group(1) in deps_steps
+    ]
+    summary = [line for line in output if _UV_SUMMARY.match(line)]
+    if summary:
+        return summary
+    fetched = [
+        fetch
+        for line in output
+        if (fetch := _PIP_FETCH.match(line)) and not fetch.group(2).endswith(".metadata")
+    ]
+    downloaded = sum(fetch.group(1) == "Downloading" for fetch in fetched)
+    return [f"pip: {downloaded} wheels downloaded, {len(fetched) - downloaded} from its cache"]
 
 
-def image_facts(tag: str, base_image: str, model_dir: Path) -> ImageFacts:
-    """`tag`'s size by part (MiB) and every copy of a weights file in its layers."""
+def image_facts(tag: str, base_image: str, model_dir: Path, *, scan: bool) -> ImageFacts:
+    """`tag`'s size by part (MiB), its largest packages, and (with `scan`) every copy of a weights file in its
+    layers."""
     weights = {path.stat().st_size: sha256_of(path.open("rb")) for path in model_dir.glob("*.safetensors")}
     total = int(docker("image", "inspect", tag, "--format", "{{.Size}}").stdout)
     return ImageFacts(
         total_mib=total / 2**20,
         parts_mib={part: size / 2**20 for part, size in layer_split(tag, base_image).items()},
+        packages_mib=largest_packages(tag),
         weights_files_mib=sum(weights) / 2**20,
-        weights_copies=list(weight_copies(tag, weights)),
+        weights_copies=list(weight_copies(tag, weights)) if scan else None,
     )
+
+
+def largest_packages(tag: str, count: int = 8) -> dict[str, float]:
+    """The `count` largest folders of the image's site-packages, in MiB (du's apparent size)."""
+    site = "/opt/bake/venv/lib/python3.11/site-packages"
+    names = (
+        "torch",
+        "transformers",
+        "sympy",
+        "numpy",
+        "numpy.libs",
+        "uvloop",
+        "tokenizers",
+        "pip",
+        "setuptools",
+        "hf_xet",
+    )
+    command = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "du",
+        tag,
+        "-s",
+        "-m",
+        "--apparent-size",
+        *(f"{site}/{name}" for name in names),
+    ]
+    output = subprocess.run(
+        command, check=False, capture_output=True, text=True
+    ).stdout  # absent ones: skipped
+    sizes = {
+        line.split("\t")[1].rsplit("/", 1)[1]: float(line.split("\t")[0]) for line in output.splitlines()
+    }
+    return dict(sorted(sizes.items(), key=lambda item: -item[1])[:count])
 
 
 def history(image: str) -> list[tuple[int, str]]:
@@ -279,8 +373,10 @@ def layer_split(tag: str, base_image: str) -> dict[str, int]:
     for size, created_by in entries[base_entries:]:
         if _WEIGHTS_COPY.match(created_by):
             split["weights"] += size
-        elif _DEPS_LAYER.search(created_by):
-            split["deps"] += size
+        elif _COMPILED_COPY.match(created_by):
+            split["compiled"] += size
+        elif _VENV_LAYER.match(created_by):
+            split["venv"] += size
         else:
             split["bake"] += size
     return split
@@ -340,7 +436,7 @@ def time_first_prediction(tag: str, name: str, jpeg: bytes, env: list[str]) -> t
     docker("run", "-d", "--name", name, "--network", "none", *(f"--env={pair}" for pair in env), tag)
     docker("exec", "-i", name, python, "-c", FIRST_PREDICTION.format(port=port), input=jpeg, timeout=660)
     seconds = time.perf_counter() - began
-    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    logs = subprocess.run(["docker", "logs", name], check=True, capture_output=True, text=True)
     return seconds, (logs.stdout + logs.stderr).splitlines()
 
 
@@ -353,22 +449,23 @@ def time_floor(tag: str, name: str) -> float:
 
 
 def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup:
-    """Alternate the server and the floor on the cold image, `rounds` times each."""
+    """Rotate the pip image's server, the uv image's server and the floor (in the uv image), `rounds` times
+    each."""
     jpeg = images.photo(640, 480)
-    tag = bench.tag("cold")
-    startup = Startup([], [], [])
+    startup = Startup({path: [] for path in PATHS}, [], {path: [] for path in PATHS})
+    runs = [*PATHS, "floor"]
     for index in range(rounds):
-        for kind in ("server", "floor") if index % 2 == 0 else ("floor", "server"):
+        for kind in runs[index % len(runs) :] + runs[: index % len(runs)]:
             name = bench.container(kind, index)
             try:
-                if kind == "server":
-                    seconds, log = time_first_prediction(tag, name, jpeg, server_env)
-                    startup.first_prediction_s.append(seconds)
-                    startup.server_logs.append(log)
+                if kind in PATHS:
+                    seconds, log = time_first_prediction(bench.tag(kind), name, jpeg, server_env)
+                    startup.first_prediction_s[kind].append(seconds)
+                    startup.server_logs[kind].append(log)
                 else:
-                    startup.floor_s.append(time_floor(tag, name))
+                    startup.floor_s.append(time_floor(bench.tag("uv"), name))
             finally:
-                subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+                subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
     return startup
 
 
@@ -386,107 +483,124 @@ def ready_in_seconds(logs: list[list[str]]) -> float | None:
     return statistics.median(found) if found else None
 
 
-def summarize(cold: BuildRun, rebuild: BuildRun, facts: ImageFacts, startup: Startup) -> dict[str, Any]:
+def summarize(
+    builds: dict[str, BuildRun], rebuild: BuildRun, facts: dict[str, ImageFacts], startup: Startup
+) -> dict[str, Any]:
     """The headline numbers and whether each target is met."""
-    first = statistics.median(startup.first_prediction_s)
+    first = {path: statistics.median(seconds) for path, seconds in startup.first_prediction_s.items()}
     floor = statistics.median(startup.floor_s)
+    copies = facts["uv"].weights_copies
     return {
-        "cold_build_s": cold.seconds,
+        "cold_build_s": {path: run.seconds for path, run in builds.items()},
+        "cold_uv_vs_pip": builds["uv"].seconds / builds["pip"].seconds,
+        "cold_build_target_met": builds["uv"].seconds / builds["pip"].seconds <= COLD_BUILD_TARGET,
+        "image_mib": {path: image.total_mib for path, image in facts.items()},
+        "size_target_met": facts["uv"].total_mib <= SIZE_TARGET_MIB,
         "rebuild_s": rebuild.seconds,
-        "rebuild_vs_cold": rebuild.seconds / cold.seconds,
-        "rebuild_target_met": rebuild.seconds / cold.seconds < REBUILD_TARGET,
-        "second_copy_of_weights": len(facts.weights_copies) != 1,
+        "rebuild_target_met": rebuild.seconds <= REBUILD_TARGET_S and rebuild.weights_cached,
+        "second_copy_of_weights": copies is None or len(copies) != 1,
         "run_to_first_prediction_s": first,
-        "server_ready_in_s": ready_in_seconds(startup.server_logs),
+        "server_ready_in_s": {path: ready_in_seconds(logs) for path, logs in startup.server_logs.items()},
         "floor_s": floor,
-        "startup_vs_floor": first / floor,
-        "startup_target_met": first / floor <= STARTUP_TARGET,
+        "startup_vs_floor": {path: seconds / floor for path, seconds in first.items()},
+        "startup_target_met": first["uv"] / floor <= STARTUP_TARGET,
     }
-
-
-def pip_cache_state(run: BuildRun) -> str:
-    """Whether pip's download cache mount was warm for `run`, in words."""
-    state = "cold" if not run.pip_from_cache else "partly warm" if run.pip_downloaded else "warm"
-    return f"{state} ({run.pip_from_cache} from the cache, {run.pip_downloaded} downloaded)"
 
 
 def print_table(report: dict[str, Any]) -> None:
     """The results as a text table."""
-    cold, rebuild, facts, startup, summary = (
-        report[key] for key in ("cold_build", "rebuild", "image", "startup", "summary")
+    builds, rebuild, facts, startup, summary = (
+        report[key] for key in ("cold_builds", "rebuild", "images", "startup", "summary")
     )
     yes_no = {True: "yes", False: "no"}
-    print(f"\n== bake build: {report['model']} ({facts['weights_files_mib']:.1f} MiB of safetensors) ==")
+    met = {True: "met", False: "NOT met"}
+    print(
+        f"\n== bake build: {report['model']} ({facts['uv']['weights_files_mib']:.1f} MiB of safetensors) =="
+    )
     if report["server_env"]:
         print(f"  serving container settings: {' '.join(report['server_env'])}")
+    for path, run in builds.items():
+        print(
+            f"  cold build, {path:3s} path              {run['seconds']:8.1f} s   "
+            f"deps step {run['deps_step_s']:5.1f} s, venv stage {run['venv_steps_s']:5.1f} s; "
+            + "; ".join(run["installer_lines"])
+        )
     print(
-        f"  cold build                      {cold['seconds']:8.1f} s   "
-        f"pip download cache: {report['pip_cache']}"
+        f"    uv / pip                      {summary['cold_uv_vs_pip']:8.2f}     "
+        f"(target <= {COLD_BUILD_TARGET}: {met[summary['cold_build_target_met']]})"
     )
     print(
         f"  rebuild after a code change     {rebuild['seconds']:8.1f} s   "
-        f"{summary['rebuild_vs_cold']:.1%} of cold "
-        f"(target < {REBUILD_TARGET:.0%}: {'met' if summary['rebuild_target_met'] else 'NOT met'})"
+        f"(target <= {REBUILD_TARGET_S:g} s, weights from the cache: {met[summary['rebuild_target_met']]})"
     )
-    for name, run in (("cold", cold), ("rebuild", rebuild)):
+    for name, run in (*builds.items(), ("rebuild", rebuild)):
         stages = ", ".join(f"{stage} {count}" for stage, count in run["stages_cached"].items())
         print(f"    {name:8s} steps cached: {stages}; weights stage cached: {yes_no[run['weights_cached']]}")
-    print(f"  image size                      {facts['total_mib']:8.1f} MiB")
-    for part, mib in facts["parts_mib"].items():
-        print(f"    {part:8s}                      {mib:8.1f} MiB")
+    for path, image in facts.items():
+        parts = ", ".join(f"{part} {mib:.1f}" for part, mib in image["parts_mib"].items())
+        print(f"  image size, {path:3s} path              {image['total_mib']:8.1f} MiB   ({parts})")
+        print(
+            "    largest packages: "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in image["packages_mib"].items())
+        )
     print(
-        f"    copies of the weights in the layers: {len(facts['weights_copies'])} -> second copy of weights: "
-        f"{yes_no[summary['second_copy_of_weights']]}"
+        f"    uv image <= {SIZE_TARGET_MIB:g} MiB: {met[summary['size_target_met']]}; "
+        f"copies of the weights in its layers: {len(facts['uv']['weights_copies'])} "
+        f"-> second copy: {yes_no[summary['second_copy_of_weights']]}"
     )
-    print(
-        f"  docker run -> first prediction  {summary['run_to_first_prediction_s']:8.2f} s   (median; rounds: "
-        + ", ".join(f"{s:.2f}" for s in startup["first_prediction_s"])
-        + ")"
-    )
-    ready = summary["server_ready_in_s"]
-    print(
-        f'    of which the server\'s own "ready in" {"?" if ready is None else f"{ready:.1f}"} s '
-        "(median; model load + warm-up)"
-    )
+    for path, seconds in startup["first_prediction_s"].items():
+        ready = summary["server_ready_in_s"][path]
+        rounds = ", ".join(f"{s:.2f}" for s in seconds)
+        first = summary["run_to_first_prediction_s"][path]
+        print(
+            f"  docker run -> first prediction, {path:3s} {first:6.2f} s   "
+            f"({summary['startup_vs_floor'][path]:.2f}x the floor; rounds: {rounds};"
+            f' "ready in" {"?" if ready is None else f"{ready:.1f}"} s)'
+        )
     print(
         f"  floor: import, load, 1 forward  {summary['floor_s']:8.2f} s   (median; rounds: "
         + ", ".join(f"{s:.2f}" for s in startup["floor_s"])
         + ")"
     )
     print(
-        f"  startup / floor                 {summary['startup_vs_floor']:8.2f}     "
-        f"(target <= {STARTUP_TARGET}: "
-        f"{'met' if summary['startup_target_met'] else 'NOT met'})"
+        f"  uv startup / floor              {summary['startup_vs_floor']['uv']:8.2f}     "
+        f"(target <= {STARTUP_TARGET}: {met[summary['startup_target_met']]})"
     )
 
 
 def run_benchmark(bench: Bench, rounds: int, server_env: list[str]) -> dict[str, Any]:
-    """Both builds, the image facts and the startup rounds; the report as a JSON-able dict."""
-    fresh_base_image(ensure_base_image(), bench.base_image)
+    """Both cold builds, the rebuild, the image facts and the startup rounds; the report as a JSON-able
+    dict."""
+    for path in PATHS:
+        fresh_base_image(ensure_base_image(), bench.base_image(path))
     model_dir = publish_model(bench)
     project, env = make_project(bench)
-    print(f"cold build of {bench.repo} ...", flush=True)
-    cold = bake_build(bench, project, env, "cold")
+    builds = {}
+    for path in PATHS:
+        print(f"cold build of {bench.repo(path)} ({path} path) ...", flush=True)
+        builds[path] = bake_build(bench, project, env, path, path)
     change = change_code(bench)
     print(f"rebuild after a change to serve/{CHANGED_MODULE} ...", flush=True)
-    rebuild = bake_build(bench, project, env, "rebuild")
+    rebuild = bake_build(bench, project, env, "uv", "rebuild")
     if not change_is_baked(bench.tag("rebuild"), change):
         raise RuntimeError(
             f"the rebuilt image lacks the change to serve/{CHANGED_MODULE}: bake did not use the copy"
         )
-    print("image size and weight copies ...", flush=True)
-    facts = image_facts(bench.tag("cold"), bench.base_image, model_dir)
-    print(f"startup: {rounds} rounds of the server and the floor ...", flush=True)
+    print("image sizes and weight copies ...", flush=True)
+    facts = {
+        path: image_facts(bench.tag(path), bench.base_image(path), model_dir, scan=path == "uv")
+        for path in PATHS
+    }
+    print(f"startup: {rounds} rounds of both servers and the floor ...", flush=True)
     startup = measure_startup(bench, rounds, server_env)
     return {
         "model": bench.model_name,
         "server_env": server_env,
-        "pip_cache": pip_cache_state(cold),
-        "cold_build": asdict(cold),
+        "cold_builds": {path: asdict(run) for path, run in builds.items()},
         "rebuild": asdict(rebuild),
-        "image": asdict(facts),
+        "images": {path: asdict(image) for path, image in facts.items()},
         "startup": asdict(startup),
-        "summary": summarize(cold, rebuild, facts, startup),
+        "summary": summarize(builds, rebuild, facts, startup),
     }
 
 
@@ -497,9 +611,9 @@ def clean_up(bench: Bench) -> None:
         "ps", "-a", "--filter", f"name=bake-bench-{bench.run_id}", "--format", "{{.Names}}"
     ).stdout.split()
     for name in names:
-        subprocess.run(["docker", "rm", "-f", name.decode()], capture_output=True)
-    for image in (bench.tag("cold"), bench.tag("rebuild"), bench.base_image):
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", name.decode()], check=False, capture_output=True)
+    for image in (*(bench.tag(path) for path in PATHS), bench.tag("rebuild"), *map(bench.base_image, PATHS)):
+        subprocess.run(["docker", "rmi", "-f", image], check=False, capture_output=True)
 
 
 def main() -> int:
@@ -508,7 +622,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=sorted(REGIMES), default="resnet50")
-    parser.add_argument("--rounds", type=int, default=3, help="startup rounds (server and floor each)")
+    parser.add_argument("--rounds", type=int, default=3, help="startup rounds (each server and the floor)")
     parser.add_argument(
         "--server-env",
         action="append",

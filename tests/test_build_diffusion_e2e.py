@@ -22,6 +22,7 @@ from PIL import Image
 
 from tests.fixtures.docker import (
     build_settings_toml,
+    bytecode_at_start,
     docker,
     ensure_base_image,
     labels,
@@ -179,3 +180,9 @@ def test_the_cache_holds_the_full_precision_weights_of_the_loaded_components_onl
     files = sorted(line.split(f"/snapshots/{built.sha}/", 1)[1] for line in lines if "/snapshots/" in line)
     assert files == BAKED
     assert len([line for line in lines if "/blobs/" in line]) == len(BAKED)
+
+
+def test_the_server_starts_from_compiled_bytecode(built: Built) -> None:
+    compiled, from_source = bytecode_at_start(built.tag, generate(seed=1))
+    assert len(compiled) > 2500, len(compiled)
+    assert len(from_source) <= 10, from_source

@@ -3,9 +3,10 @@
 A tiny model published on the local Hub (privately: the build needs a token) is built into an image,
 which then serves with `--network none --read-only` as a non-root user (also with every capability dropped
 and no-new-privileges), answers like transformers' pipeline on the same weights, carries its provenance in
-labels, and holds only the files it needs. The token is nowhere: not in a layer, the history, a label, the
-build's output, the build cache (the download cache mount) or an error. Next to the project the build
-writes the image's SBOM (CycloneDX), and pip-audit finds no known vulnerability with a fix among the
+labels, and holds only the files it needs: a slim virtualenv (no installer, no build tools, no tests, no
+symbol tables) whose bytecode is what the server imports. The token is nowhere: not in a layer, the history,
+a label, the build's output, the build cache (the download cache mount) or an error. Next to the project the
+build writes the image's SBOM (CycloneDX), and pip-audit finds no known vulnerability with a fix among the
 image's Python packages.
 """
 
@@ -15,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +37,7 @@ from serve.contract.image import SBOM
 from tests.fixtures import images
 from tests.fixtures.docker import (
     build_settings_toml,
+    bytecode_at_start,
     docker,
     ensure_base_image,
     labels,
@@ -219,7 +222,9 @@ def test_a_code_only_change_rebuilds_without_fetching_the_weights(
     marker = f"code change {uuid.uuid4().hex}"
     (changed / "serve" / "marker.py").write_text(f'"""{marker}"""\n')
     tag = built.tag + "-code"
-    result = project.bake("build", "--model", REPO, "--tag", tag, HF_TOKEN=TOKEN, PYTHONPATH=str(changed))
+    # `serve` from the changed copy, bake itself from this checkout
+    pythonpath = f"{changed}{os.pathsep}{REPO_ROOT}"
+    result = project.bake("build", "--model", REPO, "--tag", tag, HF_TOKEN=TOKEN, PYTHONPATH=pythonpath)
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "(from the build cache)" in result.stdout, "the weights stage must be cached"
@@ -272,6 +277,78 @@ def test_a_bin_only_repository_is_converted_to_safetensors(
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+SLIM_FACTS = r"""
+import hashlib, json, os, struct
+venv = "/opt/bake/venv"
+site = venv + "/lib/python3.11/site-packages"
+def sections(path):
+    with open(path, "rb") as elf:
+        data = elf.read(64)
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+        elf.seek(shoff)
+        headers = [struct.unpack("<IIQQQQIIQQ", elf.read(size)) for _ in range(count)]
+        elf.seek(headers[names_index][4])
+        names = elf.read(headers[names_index][5])
+    return sorted(names[h[0]:names.index(b"\0", h[0])].decode() for h in headers)
+seen, duplicates, stubs, tests = {}, [], [], []
+for root, dirs, files in os.walk(venv):
+    in_package = os.path.isfile(os.path.join(root, "__init__.py"))
+    tests += [os.path.join(root, d) for d in dirs if d == "tests" and in_package]
+    for name in files:
+        path = os.path.join(root, name)
+        stubs += [path] if name.endswith(".pyi") else []
+        if not os.path.islink(path) and os.path.getsize(path) >= 65536:
+            digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            duplicates += [(seen[digest], path)] if digest in seen else []
+            seen.setdefault(digest, path)
+print(json.dumps({
+    "top": sorted(os.listdir(site)), "bin": sorted(os.listdir(venv + "/bin")),
+    "torch_bin": sorted(os.listdir(site + "/torch/bin")), "torch": sorted(os.listdir(site + "/torch")),
+    "libtorch_sections": sections(site + "/torch/lib/libtorch_cpu.so"), "duplicates": duplicates,
+    "stubs": stubs, "tests": tests, "tools": os.path.exists("/opt/bake/tools"),
+}))
+"""
+
+
+def test_the_image_ships_a_slim_virtualenv(built: Built) -> None:
+    facts = json.loads(docker("run", "--rm", "--entrypoint", "python", built.tag, "-c", SLIM_FACTS).stdout)
+    top = facts["top"]
+    for gone in (
+        "pip",
+        "setuptools",
+        "wheel",
+        "_distutils_hack",
+        "pkg_resources",
+        "hf_xet",
+        "typer",
+        "rich",
+        "watchfiles",
+        "websockets",
+        "dotenv",
+    ):
+        assert gone not in top and not any(name.startswith(f"{gone}-") for name in top), gone
+    assert {"torch", "transformers", "sympy", "uvicorn", "uvloop"} <= set(top)
+    assert not [name for name in facts["bin"] if name.startswith("pip") or name in ("uv", "uvx")]
+    assert not facts["tools"], "the installer's own virtualenv stays in the build"
+    assert facts["torch_bin"] == ["torch_shm_manager"]
+    assert "include" not in facts["torch"] and "test" not in facts["torch"] and "share" not in facts["torch"]
+    assert ".symtab" not in facts["libtorch_sections"] and ".dynsym" in facts["libtorch_sections"]
+    assert facts["duplicates"] == [] and facts["stubs"] == [] and facts["tests"] == []
+
+
+def test_the_server_starts_from_compiled_bytecode(built: Built) -> None:
+    compiled, from_source = bytecode_at_start(
+        built.tag, {"path": "/predict", "data": base64.b64encode(PHOTO).decode()}
+    )
+    # The image serves the compiled forward pass: torch and the web stack, no transformers (1277 modules).
+    assert len(compiled) > 1000 and not any(path.startswith("transformers/") for path in compiled), len(
+        compiled
+    )
+    model_specific = [path for path in from_source if path.startswith("transformers/models/resnet/")]
+    assert len(from_source) - len(model_specific) <= 10, from_source
 
 
 def test_the_image_serves_with_every_capability_dropped_read_only_and_no_new_privileges(

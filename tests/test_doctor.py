@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.docker import BASE_IMAGE, ensure_base_image, run_bake
+from tests.fixtures.docker import BASE_IMAGE, LOCAL_WHEELS, TORCH_VERSION, ensure_base_image, run_bake
 from tests.fixtures.dockerd import SecondEngine
 from tests.fixtures.hub import HubServer
 from tests.fixtures.models import make_image_classifier
@@ -23,7 +23,9 @@ from tests.fixtures.models import make_image_classifier
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 TOKEN = "hf_doctor_" + uuid.uuid4().hex
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_TOKEN": ""}
+LOCAL_TORCH = {"BAKE_PIP_FIND_LINKS": str(LOCAL_WHEELS)}
+"""This machine's CPU torch wheel: PyTorch's own index is not reachable from here."""
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "", **LOCAL_TORCH}
 
 
 def doctor(cwd: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, str]]]:
@@ -53,6 +55,9 @@ def test_this_machine_is_ready(tmp_path: Path) -> None:
     assert checks["hub"]["status"] == "skipped" and "HF_HUB_OFFLINE" in checks["hub"]["detail"]
     for name in ("nvidia", "fly token", "flyctl", "kubectl", "remote engine"):
         assert checks[name]["status"] == "skipped", checks[name]
+    sources = checks["package sources"]
+    assert sources["status"] in ("ok", "warn"), sources  # warn: PyPI unreachable, the wheel folder alone
+    assert f"torch=={TORCH_VERSION}+cpu from the --pip-find-links folder" in sources["detail"], sources
 
 
 def test_no_engine_fails_with_the_fix(tmp_path: Path) -> None:
@@ -97,7 +102,13 @@ def test_second_engine_small_disk_then_stopped(tmp_path: Path) -> None:
 def hub_env(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = make_image_classifier(tmp_path_factory.mktemp("doctor") / "model", "resnet", image_size=32)
     hub.add_repo("doctor/private", folder, token=TOKEN)
-    return {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "", "DOCKER_HOST": ""}
+    return {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "",
+        "DOCKER_HOST": "",
+        **LOCAL_TORCH,
+    }
 
 
 def test_hub_reachable_and_token_valid(tmp_path: Path, hub_env: dict[str, str]) -> None:

@@ -46,6 +46,8 @@ TIMM = (
     Package("torchvision", "torchvision", "timm's image transforms, which TimmWrapper's processor runs"),
 )
 """What transformers' TimmWrapper needs to load and preprocess a timm checkpoint."""
+BY_NAME = {package.name: package for package in (*SENTENCEPIECE, *CAPTION_CLEANING, TORCHVISION, *TIMM)}
+"""Every package above by its PyPI name (`bake build` imports their modules in the image to check them)."""
 
 
 def missing(packages: Iterable[Package]) -> list[Package]:

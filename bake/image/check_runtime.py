@@ -1,0 +1,173 @@
+"""Check the image's Python packages and import them as the server will: the build's `venv` stage runs this.
+
+1. torch is the asked version (when one was asked) and the asked device's build. A CPU image must hold a CPU
+   build and no nvidia-* packages: PyPI's default torch is a CUDA build with 3 GB of NVIDIA libraries, which
+   an index without PyTorch's CPU wheels hands out silently. A CUDA image must hold a CUDA build.
+2. The modules the server imports at start for the task are imported, and those of the model's extra packages
+   (--import: they must have survived the install and the slimming). That writes their bytecode, the only
+   bytecode the slimmed venv ships, so the server starts from compiled modules on a read-only file system
+   (compiling torch and transformers at every start costs seconds). Run it with bytecode writing on.
+
+A failed check prints one line, `bake-check[KIND]: what is wrong`, and exits 1; `bake build` reports that line
+with the fix for KIND (torch-build, torch-version or import). Runs with the image's own virtualenv python.
+
+Usage: python check_runtime.py --device cpu|cuda --task TASK [--torch-version VERSION] [--import MODULE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import sys
+import time
+from collections.abc import Sequence
+
+SERVING_MODULES = (
+    "torch",
+    "torch.nn.functional",
+    "numpy",
+    "PIL.Image",
+    "safetensors.torch",
+    "huggingface_hub",
+    "pydantic",
+    "pydantic.dataclasses",
+    "pydantic.v1",
+    "fastapi",
+    "fastapi.openapi.utils",
+    "fastapi.exceptions",
+    "fastapi.telemetry._runtime",
+    "fastapi_offline",
+    "starlette.responses",
+    "starlette.requests",
+    "uvicorn",
+    "uvicorn.config",
+    "uvicorn.server",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.websockets.auto",
+    "prometheus_client",
+    "python_multipart.multipart",
+    "transformers",
+    "transformers:AutoConfig",
+    "transformers:AutoProcessor",
+    "transformers.models.convnext.image_processing_pil_convnext",
+)
+"""Modules every server imports at start: "module" or "module:name" (a lazily imported name of it)."""
+TASK_NAMES = {
+    "image-classification": (
+        "transformers:AutoModelForImageClassification",
+        "transformers:AutoImageProcessor",
+        "transformers.image_processing_backends",
+    ),
+    "text-to-image": (
+        "diffusers",
+        "diffusers:DiffusionPipeline",
+        "diffusers:StableDiffusionPipeline",
+        "diffusers.pipelines.auto_pipeline",
+        "diffusers.guiders",
+        "diffusers:DPMSolverSinglestepScheduler",
+        "diffusers:EDMEulerScheduler",
+        "diffusers:KDPM2AncestralDiscreteScheduler",
+        "diffusers:KDPM2DiscreteScheduler",
+        "diffusers:DEISMultistepScheduler",
+    ),
+}
+"""Per task, what the server imports besides."""
+
+
+class CheckFailed(Exception):
+    """A check failed; `kind` names which, for the fix `bake build` prints."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
+    parser.add_argument("--task", choices=sorted(TASK_NAMES), required=True)
+    parser.add_argument("--torch-version", default="")
+    parser.add_argument(
+        "--import", dest="modules", action="append", default=[], help="a module of the model's extra packages"
+    )
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    try:
+        torch_version = check_torch(args.device, args.torch_version)
+        imported = import_serving_modules(args.task, args.modules)
+    except CheckFailed as failure:
+        print(f"bake-check[{failure.kind}]: {' '.join(str(failure).split())}")
+        return 1
+    print(
+        f"bake-check: torch {torch_version} ({args.device} build); {imported} modules imported and compiled "
+        f"in {time.perf_counter() - began:.1f} s"
+    )
+    return 0
+
+
+def check_torch(device: str, wanted: str) -> str:
+    """torch's version if it is `wanted` (any, when empty) and a build for `device`, else CheckFailed."""
+    try:
+        import torch
+    except ImportError as error:
+        raise CheckFailed("import", f"torch does not import: {error}") from None
+    version = torch.__version__
+    if wanted and _public(version) != _public(wanted):
+        raise CheckFailed("torch-version", f"torch {version} is installed, not the asked {wanted}")
+    cuda = torch.version.cuda
+    if device == "cpu":
+        nvidia = nvidia_packages()
+        listed = (
+            f"{len(nvidia)} nvidia-* packages ({', '.join(nvidia[:3])}{', ...' if len(nvidia) > 3 else ''})"
+        )
+        if cuda:
+            extra = f", with {listed}" if nvidia else ""
+            raise CheckFailed(
+                "torch-build", f"torch {version} in this CPU image is a CUDA {cuda} build{extra}"
+            )
+        if nvidia:
+            raise CheckFailed("torch-build", f"this CPU image holds {listed} next to torch {version}")
+    elif not cuda:
+        raise CheckFailed("torch-build", f"torch {version} in this CUDA image is a CPU build")
+    return version
+
+
+def nvidia_packages() -> list[str]:
+    """The installed distributions of NVIDIA's CUDA libraries (nvidia-cublas-cu12, ...), sorted."""
+    names = {(dist.metadata["Name"] or "").lower() for dist in importlib.metadata.distributions()}
+    return sorted(name for name in names if name.startswith("nvidia-"))
+
+
+def import_serving_modules(task: str, extra: Sequence[str] = ()) -> int:
+    """Import what the server imports at start for `task`, and the `extra` modules of the model's packages;
+    return how many modules are loaded after."""
+    for target in (*SERVING_MODULES, *TASK_NAMES[task], *extra):
+        module, _, name = target.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if name:
+                getattr(loaded, name)
+        except Exception as error:  # noqa: BLE001 - whatever an import raises is the finding
+            raise CheckFailed(
+                "import", f"{target} does not import: {type(error).__name__}: {error}"
+            ) from None
+    import PIL.Image
+
+    PIL.Image.init()  # the image plugins, which Image.open loads on first use
+    return len(sys.modules)
+
+
+def _public(version: str) -> str:
+    """The version without its local label: 2.13.0+cpu -> 2.13.0."""
+    return version.split("+", 1)[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
