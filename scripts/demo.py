@@ -12,6 +12,7 @@ Run it with `scripts/demo` (which sets everything up first).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def main() -> int:
         print(f"local Hub at {hub.url} serving {MODEL_ID} (the real Hub is not reachable here)")
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(REPO_ROOT)}
         bake("build", env=env)
-    bake("launch", env=env)
+    launched = bake("launch", env=env)
+    name = re.search(r"^(\S+) is ready at ", launched, re.MULTILINE)
     bake("predict", str(photo), "--param", "top_k=3", env=env)
     answer = InferenceClient(model=f"http://127.0.0.1:{HOST_PORT}").image_classification(
         photo.read_bytes(), top_k=2
@@ -67,7 +69,7 @@ def main() -> int:
     print(
         f"\nThe model keeps serving at http://127.0.0.1:{HOST_PORT} "
         f"(try: curl --data-binary @{photo} http://127.0.0.1:{HOST_PORT}/predict)."
-        "\nStop it with: .venv/bin/bake stop bake-tiny-resnet"
+        f"\nStop it with: .venv/bin/bake stop {name.group(1) if name else 'NAME'} (names: .venv/bin/bake ps)"
     )
     return 0
 
