@@ -36,8 +36,8 @@ from benchmarks.disconnects import SERVER_ENV, run_disconnects
 from fly import FlyServiceSpec, render_fly_toml
 from serve.contract.settings import ServeSettings, Settings
 from tests.fixtures import images
-from tests.fixtures.gated_task import GatedEcho, Gates, registered
-from tests.fixtures.servers import ServerProcess, ThreadServer, free_port
+from tests.fixtures.gated_task import Gates, gated_settings, registered
+from tests.fixtures.servers import ServerProcess, ThreadServer
 
 PHOTO = images.photo(160, 120, seed=2)
 
@@ -48,20 +48,10 @@ def gates() -> Iterator[Gates]:
         yield gates
 
 
-def gated_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    options: dict[str, Any] = dict(
-        model=str(tmp_path),
-        task=GatedEcho.name,
-        host="127.0.0.1",
-        port=free_port(),
-        max_batch_size=8,
-        max_wait_ms=300,
-        max_queue=64,
-        timeout_s=30,
-        workers=2,
-        cpu_threads=1,
+def faults_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return gated_settings(
+        tmp_path, **({"max_batch_size": 8, "max_wait_ms": 300, "max_queue": 64} | overrides)
     )
-    return Settings(**(options | overrides))
 
 
 def metric(url: str, pattern: str) -> float:
@@ -74,7 +64,7 @@ async def test_a_poison_input_fails_alone_with_an_incident_id_in_its_answer_and_
     tmp_path: Path, gates: Gates, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("ERROR", logger="serve")
-    with ThreadServer(gated_settings(tmp_path)) as server:
+    with ThreadServer(faults_settings(tmp_path)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             texts = ["one", "two", "poison: fail", "three", "four"]
             answers = await asyncio.gather(*(client.post("/predict", json={"inputs": t}) for t in texts))
@@ -102,7 +92,7 @@ async def test_a_poison_input_fails_alone_with_an_incident_id_in_its_answer_and_
 async def test_a_batch_that_runs_out_of_memory_is_split_until_every_request_succeeds(
     tmp_path: Path, gates: Gates
 ) -> None:
-    with ThreadServer(gated_settings(tmp_path)) as server:
+    with ThreadServer(faults_settings(tmp_path)) as server:
         gates.memory_rows = 2  # after the warm-up, which ran every batch size
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             texts = [f"request {i}" for i in range(8)]

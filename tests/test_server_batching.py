@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from serve.contract.settings import Settings
-from tests.fixtures.gated_task import GatedEcho, Gates, registered
-from tests.fixtures.servers import ThreadServer, free_port
+from tests.fixtures.gated_task import Gates, gated_settings, registered
+from tests.fixtures.servers import ThreadServer
 
 
 @pytest.fixture
@@ -27,20 +27,7 @@ def gates() -> Iterator[Gates]:
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
-    options: dict[str, Any] = dict(
-        model=str(tmp_path),
-        task=GatedEcho.name,
-        host="127.0.0.1",
-        port=free_port(),
-        max_batch_size=1,
-        max_wait_ms=0,
-        max_queue=8,
-        timeout_s=30,
-        workers=2,
-        cpu_threads=1,
-    )
-    options.update(overrides)
-    return Settings(**options)
+    return gated_settings(tmp_path, **({"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 8} | overrides))
 
 
 async def wait_for(condition: Any, timeout: float = 10.0) -> None:
