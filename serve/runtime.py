@@ -2,13 +2,17 @@
 
 `Runtime.predict(inputs, parameters)` is the one prediction path every protocol calls (`serve.protocols`):
 it never sees a request of any wire protocol. Start-up never blocks the HTTP server: the model is loaded
-and warmed up on the device thread while /health already answers and /ready says 503. Once every batch
-bucket has run once, /ready turns 200.
+and warmed up on the device thread while /health already answers and /ready says 503. A forward pass that
+needs a separate warm-up (one compiled at build time, a diffusion pipeline) answers predictions as soon as
+its smallest batch bucket has run once; the other buckets and the CPU thread probe then run as separate
+device jobs, between the batches of the first requests (a scaled-to-zero server's first request does not
+wait for them). Once every batch bucket has run once, /ready turns 200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -109,7 +113,9 @@ class Runtime:
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._device, self._load_and_warm_up)
+            warm_up = await loop.run_in_executor(self._device, self._load_and_warm_up)
+            for step in warm_up:  # one device job each: the batches of early requests run in between
+                await loop.run_in_executor(self._device, step)
         except (ServeError, UserError) as error:
             self._fail(str(error))
             return
@@ -134,9 +140,10 @@ class Runtime:
         logger.error("cannot serve: %s", message)
         self._on_exit()
 
-    def _load_and_warm_up(self) -> None:
-        """Device thread: locate, load and warm up the model at every batch bucket (unless optimizing it
-        already did), then choose the CPU thread count."""
+    def _load_and_warm_up(self) -> list[Callable[[], object]]:
+        """Device thread: locate and load the model, warm up its smallest batch bucket (every bucket when
+        optimizing the forward pass already did) and choose the CPU thread count, then publish the task:
+        predictions are answered from now on. Returns the rest of the warm-up, one device job per step."""
         settings = self.settings
         self.placement = choose_placement(settings.device, settings.dtype)
         self.source = locate_model(settings.model, settings.revision, offline=settings.offline)
@@ -151,12 +158,15 @@ class Runtime:
             self.placement.dtype_name,
         )
         task.load()
-        warmed_up = task.optimize(self.batcher.buckets)
         samples = task.warmup_samples()
-        if not warmed_up:
-            for prepared in samples:
-                for size in self.batcher.buckets:
-                    task.run_batch([prepared.sample] * size, size)
+        cold = [] if task.optimize(self.batcher.buckets) else sorted(self.batcher.buckets)
+        warm_up = [
+            functools.partial(task.run_batch, [prepared.sample] * size, size)
+            for size in cold
+            for prepared in samples
+        ]
+        for step in warm_up[: len(samples) if cold else 0]:  # the smallest bucket
+            step()
         if not self.placement.is_cuda:
             size = max(bucket for bucket in self.batcher.buckets if bucket <= _THREAD_PROBE_BATCH)
             sample = samples[0].sample
@@ -164,6 +174,13 @@ class Runtime:
                 lambda n: task.run_batch([sample] * n, n), size, settings.cpu_threads
             )
         self.task = task
+        if cold[1:]:
+            logger.info(
+                "answering predictions after %.1f s; warming up batch sizes %s",
+                time.monotonic() - self.started,
+                ", ".join(map(str, cold[1:])),
+            )
+        return warm_up[len(samples) :]
 
     def _run_batch(self, samples: Any, batch_size: int) -> list[Any]:
         assert self.task is not None

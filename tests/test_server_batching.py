@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from serve.contract.settings import Settings
+from serve.runtime import State
 from tests.fixtures.gated_task import Gates, gated_settings, registered
 from tests.fixtures.servers import ThreadServer
 
@@ -53,10 +54,32 @@ async def test_ready_answers_503_until_the_model_is_loaded_and_warmed(tmp_path: 
             assert early.status_code == 503
             assert "loading" in early.json()["error"] and early.headers["Retry-After"]
             gates.load.set()
-            await wait_for(lambda: server.runtime.task is not None)
+            await wait_for(lambda: server.runtime.state is State.READY)
             assert (await client.get("/ready")).status_code == 200
             answer = await post(client, "hello")
             assert answer.status_code == 200 and answer.json() == {"output": "HELLO"}
+    finally:
+        server.stop()
+
+
+async def test_predictions_are_answered_while_larger_buckets_warm_up(tmp_path: Path, gates: Gates) -> None:
+    """A scaled-to-zero server's first request does not wait for every batch bucket: once the smallest has
+    run it is answered between the warm-up jobs, while /ready says 503 until the last bucket has run."""
+    gates.warm_up_s = 0.5
+    server = ThreadServer(settings(tmp_path, max_batch_size=8, max_wait_ms=5)).start(wait_for="/health")
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            await wait_for(lambda: server.runtime.task is not None)
+            answer = await post(client, "early")
+            assert answer.status_code == 200 and answer.json() == {"output": "EARLY"}
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "loading"
+            await wait_for(lambda: server.runtime.state is State.READY)
+            assert (await client.get("/ready")).status_code == 200
+            with gates.lock:
+                sizes = [len(batch) if set(batch) == {"warm"} else batch[0] for batch in gates.batches]
+            assert sizes[0] == 1 and sorted(map(str, sizes[1:])) == ["2", "4", "8", "early"]
+            assert sizes.index("early") < sizes.index(8), "answered before the last bucket was warm"
     finally:
         server.stop()
 
