@@ -1,8 +1,10 @@
 """`python -m serve.compile`: the compile stage of `bake build` (image classification on the CPU).
 
-It loads the baked model eagerly with transformers, traces and freezes its logits forward pass with
-TorchScript (`serve.tracing`), saves the archive, loads it back and checks its scores (softmax and sigmoid of
-the logits) against the eager model's on photo-like images at every batch bucket the server will run. Only
+It loads the baked model eagerly with transformers, traces its logits forward pass with TorchScript
+(`serve.tracing`), saves the trace without the tensors the model's safetensors files hold, loads it back as
+the runtime does (those tensors attached from the files, then frozen) and checks its scores (softmax and
+sigmoid of the logits) against the eager model's on photo-like images at every batch bucket the server will
+run. Only
 an archive within `TOLERANCE` everywhere is kept, with a manifest (`serve.contract.compiled.Manifest`) that
 holds everything the runtime needs to serve it without transformers: the preprocessing resolved from the
 model's image processor, the labels, the torch version and device it was made for, the buckets and the
@@ -33,7 +35,7 @@ from serve.contract.compiled import ARCHIVE_FILE, MANIFEST_FILE, TORCHSCRIPT, Ma
 from serve.contract.errors import UnsupportedModel
 from serve.contract.models import image_classifier
 from serve.device import Placement
-from serve.tracing import Inputs, TracedForward, eager_forward, traced_forward
+from serve.tracing import Inputs, TracedForward, detach_weights, eager_forward, load_frozen, traced_forward
 from serve.transforms import FastImageTransform, build_image_transform
 
 logger = logging.getLogger("serve")
@@ -83,9 +85,11 @@ def compile_classifier(
         traced = traced_forward(eager, rows, buckets, rtol=TOLERANCE, atol=TOLERANCE)
     if traced is None:
         raise NotCompilable(warnings[-1] if warnings else "the traced forward differs from the eager one")
+    assert traced.trace is not None  # just traced
+    tensors = detach_weights(traced.trace, model_dir)
     archive = out / ARCHIVE_FILE
-    torch.jit.save(traced.module, str(archive))
-    loaded = TracedForward(torch.jit.load(str(archive), map_location="cpu"), traced.names)
+    torch.jit.save(traced.trace, str(archive))
+    loaded = TracedForward(load_frozen(archive, tensors, model_dir, placement.device), traced.names)
     parity = score_difference(eager, loaded, rows, buckets)
     if parity > TOLERANCE:
         raise NotCompilable(f"the archive's scores differ from the eager model's by {parity:.1e}")
@@ -103,6 +107,7 @@ def compile_classifier(
         labels=tuple(str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)),
         problem_type=config.problem_type,
         preprocessing=transform.preprocessing,
+        tensors=tensors,
     ).write(out)
     return Report(path=TORCHSCRIPT, parity=parity, seconds=round(time.monotonic() - started, 2))
 

@@ -1,7 +1,8 @@
 """Loading the forward pass compiled at build time (`serve.compile`), with torch alone.
 
-An image classifier whose image holds a compiled archive starts without transformers: `torch.jit.load` of
-the frozen forward pass and the fast image transform rebuilt from the manifest's preprocessing settings.
+An image classifier whose image holds a compiled archive starts without transformers: the archive's forward
+pass with the weights attached from the model's safetensors files, frozen (`serve.tracing.load_frozen`), and
+the fast image transform rebuilt from the manifest's preprocessing settings.
 The archive is used only when it was made for what is being served: the same model (id, commit, weight
 sizes), task, torch version, device and dtype, and checked at every batch bucket the server runs (and
 `BAKE_TORCHSCRIPT` is on). Otherwise `NotCompiled` says why, and the model loads with transformers.
@@ -19,7 +20,7 @@ from serve.contract.compiled import Manifest, Report
 from serve.contract.settings import Settings
 from serve.device import Placement
 from serve.model_source import ModelSource
-from serve.tracing import TracedForward
+from serve.tracing import TracedForward, load_frozen
 from serve.transforms import FastImageTransform
 
 
@@ -56,11 +57,11 @@ def load_compiled(
     if problem:
         raise NotCompiled(f"the compiled forward pass is not used: {problem}")
     try:
-        forward = torch.jit.load(str(directory / manifest.archive), map_location=placement.device)
-    except (OSError, RuntimeError) as error:
+        forward = load_frozen(directory / manifest.archive, manifest.tensors, source.path, placement.device)
+    except (OSError, RuntimeError, KeyError) as error:
         raise NotCompiled(f"the compiled forward pass does not load: {error}") from error
     transform = FastImageTransform(**asdict(manifest.preprocessing), placement=placement)
-    return CompiledClassifier(manifest, TracedForward(forward.eval(), transform.input_names), transform)
+    return CompiledClassifier(manifest, TracedForward(forward, transform.input_names), transform)
 
 
 def mismatch(

@@ -8,6 +8,10 @@ eager one at every batch size the server will run; otherwise the eager model sta
 
 A forward pass takes the model's keyword inputs (`pixel_values`, or e.g. SigLIP 2's patches, attention mask
 and spatial shapes) and returns its first output, the logits.
+
+An archive made at build time (`serve.compile`) holds the trace before freezing, without the tensors that the
+model's safetensors files already hold (`detach_weights`): the image carries the weights once. Loading it
+(`load_frozen`) attaches them again from those files and freezes the result.
 """
 
 from __future__ import annotations
@@ -15,14 +19,22 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 logger = logging.getLogger("serve")
 
 Inputs = Mapping[str, torch.Tensor]
 Forward = Callable[[Inputs], torch.Tensor]
+TensorSources = Mapping[str, tuple[str, str]]
+"""A traced module's tensor (its dotted name) -> (safetensors file relative to the model's directory, the
+tensor's name in that file)."""
+
+_MODEL_PREFIX = "model."
+"""How the traced module names the model's own tensors (`_LogitsOnly.model`)."""
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -45,6 +57,8 @@ class TracedForward:
     module: torch.jit.ScriptModule
     names: tuple[str, ...]
     """The inputs' names, in the module's argument order."""
+    trace: torch.jit.ScriptModule | None = field(default=None, compare=False)
+    """The trace before freezing, when this forward was just traced (what the compile stage saves)."""
 
     def __call__(self, inputs: Inputs) -> torch.Tensor:
         return self.module(*(inputs[name] for name in self.names))
@@ -88,8 +102,8 @@ def traced_forward(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings are what the check below is for
             example = batch(distinct, trace_size, reverse=True)
-            traced = torch.jit.trace(_LogitsOnly(model, names).eval(), example, check_trace=False)
-            traced = torch.jit.freeze(traced)
+            trace = torch.jit.trace(_LogitsOnly(model, names).eval(), example, check_trace=False)
+            traced = torch.jit.freeze(trace)
     except Exception as error:  # tracing fails in many model-specific ways; the eager model then stays
         logger.warning("TorchScript tracing failed, serving the eager model: %s", _last_line(error))
         return None
@@ -111,7 +125,82 @@ def traced_forward(
                 difference,
             )
             return None
-    return TracedForward(traced, names)
+    return TracedForward(traced, names, trace)
+
+
+@torch.inference_mode()
+def detach_weights(trace: torch.jit.ScriptModule, model_dir: Path) -> dict[str, tuple[str, str]]:
+    """Empty every tensor of `trace` (an unfrozen trace of `traced_forward`) that a safetensors file in
+    `model_dir` holds with the same shape and the same values once in the trace's dtype; return where each
+    one is (`TensorSources`). The rest stays in the trace.
+
+    Values decide, not names: transformers renames a checkpoint's tensors when it loads some models (ViT's
+    `attention.attention.query` is `attention.q_proj` in the model), and tied or equal tensors may share one
+    stored tensor. A checkpoint tensor is compared with the tensor of its own name, then with every tensor of
+    its shape still held."""
+    tensors = {
+        name: tensor
+        for name, tensor in (dict(trace.named_parameters()) | dict(trace.named_buffers())).items()
+        if tensor.numel() > 0
+    }
+    sources: dict[str, tuple[str, str]] = {}
+    for file in sorted(model_dir.rglob("*.safetensors")):  # the own names first, as most models keep them
+        with safe_open(str(file), framework="pt") as stored:
+            for key in stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+                tensor = tensors.get(_MODEL_PREFIX + key)
+                if tensor is not None and _same(stored.get_tensor(key), tensor):
+                    sources[_MODEL_PREFIX + key] = (str(file.relative_to(model_dir)), key)
+                    del tensors[_MODEL_PREFIX + key]
+    for file in sorted(model_dir.rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as stored:
+            for key in stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+                shape = torch.Size(stored.get_slice(key).get_shape())
+                candidates = [name for name, tensor in tensors.items() if tensor.shape == shape]
+                if not candidates:
+                    continue
+                value = stored.get_tensor(key)
+                for name in candidates:
+                    if _same(value, tensors[name]):
+                        sources[name] = (str(file.relative_to(model_dir)), key)
+                        del tensors[name]
+    for name in sources:
+        owner, leaf = _owner(trace, name)
+        placeholder = getattr(owner, leaf)
+        setattr(owner, leaf, torch.empty(0, dtype=placeholder.dtype, device=placeholder.device))
+    return sources
+
+
+@torch.inference_mode()
+def load_frozen(
+    archive: Path, sources: TensorSources, model_dir: Path, device: torch.device
+) -> torch.jit.ScriptModule:
+    """The frozen forward pass of `archive` (saved after `detach_weights`), its tensors attached again from
+    the safetensors files in `model_dir` as `sources` says. Raises OSError, RuntimeError or KeyError."""
+    module = torch.jit.load(str(archive), map_location=device)
+    by_file: dict[str, list[tuple[str, str]]] = {}
+    for name, (file, key) in sources.items():
+        by_file.setdefault(file, []).append((name, key))
+    for file, names in by_file.items():
+        with safe_open(str(model_dir / file), framework="pt", device=str(device)) as stored:
+            for name, key in names:
+                owner, leaf = _owner(module, name)
+                setattr(owner, leaf, stored.get_tensor(key).to(getattr(owner, leaf).dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's: this archive is made for it
+        return torch.jit.freeze(module.eval())
+
+
+def _same(stored: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether the stored tensor, in `tensor`'s dtype, equals `tensor`."""
+    return stored.shape == tensor.shape and torch.equal(stored.to(tensor.dtype), tensor.cpu())
+
+
+def _owner(module: torch.jit.ScriptModule, name: str) -> tuple[torch.jit.ScriptModule, str]:
+    """The submodule holding the tensor called `name` (dotted), and the tensor's name in it."""
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return module, leaf
 
 
 def _last_line(error: Exception) -> str:

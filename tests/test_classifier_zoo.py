@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+from serve.compile import run
 from serve.contract import packages
 from serve.contract.errors import UnsupportedModel
 from serve.contract.models import IMAGE_CLASSIFIERS, TRANSFORMERS_VERSION, image_classifier
@@ -61,6 +62,22 @@ def test_served_scores_equal_the_pipeline_alone_and_batched(model_type: str, tmp
         assert parity.traced or parity.eager_reason.startswith("one forward pass takes"), parity.eager_reason
     else:
         assert not parity.traced and parity.eager_reason.startswith(f"{model_type} models cannot be traced")
+
+
+@pytest.mark.parametrize("model_type", SERVED_HERE)
+def test_the_archive_compiled_at_build_time_serves_like_the_pipeline(model_type: str, tmp_path: Path) -> None:
+    """What a built image serves by default: the compile stage's archive (weights attached from the model's
+    safetensors), or, for a model it refuses, today's path with the reason."""
+    folder = make_classifier(model_type, tmp_path / model_type)
+    report = run(folder, model=str(folder), commit_sha=None, max_batch_size=8, out=tmp_path / "compiled")
+    kind = IMAGE_CLASSIFIERS[model_type]
+    if not report.compiled:
+        assert not kind.traceable or "not on the fast path" in report.reason, report.reason
+        return
+    parity = measure(folder, compiled=str(tmp_path / "compiled"))
+    assert parity.load_path == "compiled" and parity.traced
+    assert parity.score_difference <= SCORE_TOLERANCE, parity
+    assert parity.batch_difference <= BATCH_TOLERANCE, parity
 
 
 @pytest.mark.parametrize("model_type", NEEDS_MISSING_PACKAGE)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import (
     AutoModelForImageClassification,
     ResNetConfig,
@@ -153,6 +154,24 @@ def test_the_compiler_needs_only_its_files_and_writes_archive_manifest_and_repor
     assert manifest.weights == {"model.safetensors": (model_dir / "model.safetensors").stat().st_size}
     transform = build_image_transform(model_dir, choose_placement("cpu", "float32"))
     assert manifest.preprocessing == transform.preprocessing  # type: ignore[attr-defined]
+    assert_weights_held_once(compiled_resnet, model_dir)
+
+
+def assert_weights_held_once(compiled: Path, model_dir: Path) -> None:
+    """The archive holds no tensor the model's safetensors file holds: it names where each left-out one is,
+    and attaching them from there gives the model's own tensors back."""
+    manifest = Manifest.read(compiled)
+    assert manifest is not None and manifest.tensors
+    archive = torch.jit.load(str(compiled / ARCHIVE_FILE))
+    held = dict(archive.named_parameters()) | dict(archive.named_buffers())
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as stored:
+        checkpoint = [stored.get_tensor(key) for key in stored.keys()]  # noqa: SIM118 (not a mapping)
+        for name, (file, key) in manifest.tensors.items():
+            assert file == "model.safetensors" and held[name].numel() == 0
+            assert key in stored.keys()  # noqa: SIM118
+    for name, tensor in held.items():
+        twins = [value for value in checkpoint if value.shape == tensor.shape and torch.equal(value, tensor)]
+        assert tensor.numel() == 0 or not twins, f"{name} is held twice"
 
 
 @pytest.mark.parametrize("arch", ["convnext", "vit"])
@@ -163,7 +182,7 @@ def test_other_architectures_compile_within_the_tolerance(
         tiny_models[arch], model=arch, commit_sha=None, buckets=[1, 2, 4], out=tmp_path
     )
     assert report.compiled and report.parity is not None and report.parity <= TOLERANCE
-    assert Manifest.read(tmp_path) is not None
+    assert_weights_held_once(tmp_path, tiny_models[arch])
 
 
 def test_the_runtime_starts_from_the_archive_without_transformers_and_answers_like_the_pipeline(

@@ -4,9 +4,11 @@
 
 - `report.json` (`Report`), always: the path the image serves, "torchscript" or "eager" with the reason.
   `bake build` reads it (its output and the `labels.COMPILED` label), the runtime shows it in /info.
-- on success only, `forward.pt` (a frozen TorchScript archive of the logits forward pass, checked against
-  the eager model at every batch bucket) and `manifest.json` (`Manifest`): everything the runtime needs to
-  serve the archive without importing transformers.
+- on success only, `forward.pt` (a TorchScript archive of the logits forward pass, frozen when loaded,
+  checked against the eager model at every batch bucket; it leaves out the tensors the model's safetensors
+  files hold, which the runtime attaches from them, so that the image holds the weights once) and
+  `manifest.json` (`Manifest`): everything the runtime needs to serve the archive without importing
+  transformers.
 
 The compile stage gets only the files in `COMPILER_FILES` (besides the weights and the installed
 packages), so that a change to any other runtime module reuses the compiled artifact from the build cache.
@@ -26,7 +28,7 @@ EAGER = "eager"
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 ARCHIVE_FILE = "forward.pt"
-FORMAT = 1
+FORMAT = 2
 """The manifest's format: a runtime ignores a manifest of another format."""
 
 COMPILER_FILES = (
@@ -146,6 +148,9 @@ class Manifest:
     problem_type: str | None
     """The model config's `problem_type` (which scores a request gets by default)."""
     preprocessing: Preprocessing
+    tensors: dict[str, tuple[str, str]]
+    """The archive's tensors left out of it -> (safetensors file relative to the model's directory, the
+    tensor's name there)."""
     archive: str = ARCHIVE_FILE
     format: int = FORMAT
 
@@ -176,6 +181,7 @@ class Manifest:
             labels=tuple(str(label) for label in data["labels"]),
             problem_type=data["problem_type"],
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            tensors={str(name): (str(file), str(key)) for name, (file, key) in data["tensors"].items()},
             archive=str(data["archive"]),
         )
 
