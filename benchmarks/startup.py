@@ -46,7 +46,7 @@ def measure(tags: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
                 if kind == FLOOR:
                     runs[FLOOR]["seconds"].append(time_floor(tags[0], name))
                     continue
-                seconds, log = time_first_prediction(kind, name, jpeg, [])
+                seconds, _ready, log = time_first_prediction(kind, name, jpeg, [])
                 runs[kind]["seconds"].append(seconds)
                 ready = [float(match.group(1)) for line in log if (match := _READY_IN.search(line))]
                 runs[kind]["ready_in_s"].extend(ready)
