@@ -1,0 +1,248 @@
+"""A build interrupted half-way leaves no image tag, and the next build reuses what was done (issue 13).
+
+Three interruptions of a real `bake build` of a model on the local Hub, each while the weights are being
+downloaded (the Hub's CDN trickles the weights file, so that the build is caught in that step):
+  - Ctrl-C, as a terminal sends it to the foreground process group;
+  - the Hub going away: connections refused and the download cut half-way;
+  - the Docker engine killed (SIGKILL to dockerd and its containerd, a crash or the OOM killer), on an
+    engine of the test's own (tests/fixtures/dockerd.py) so that no other test loses its engine.
+Each time the build stops with one line and its exit status, the tag names no image (BuildKit tags only a
+finished image), and the next build finishes with the stages that were done taken from the build cache
+(after the engine's restart, for the killed one) and the files that were downloaded taken from the download
+cache (huggingface_hub starts an unfinished file afresh in a new process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bake.buildkit_log import BuildLog
+from serve.contract.errors import FAILURE_EXIT_CODE, INTERRUPTED_EXIT_CODE
+from tests.fixtures.docker import build_settings_toml, buildkit_runs, ensure_base_image, run_bake
+from tests.fixtures.dockerd import SecondEngine
+from tests.fixtures.hub import HubServer
+from tests.fixtures.models import make_image_classifier
+
+TRICKLE_BYTES_PER_S = 400
+"""How fast the CDN sends the weights (a tiny ResNet's 14 KB: about 35 s, enough to be caught)."""
+SMALL_FILES = ("config.json", "preprocessor_config.json")
+
+
+@dataclass
+class Model:
+    """A tiny classifier published on the local Hub."""
+
+    repo: str
+    commit: str
+    blob: str
+    """The CDN path of its weights file."""
+
+
+@dataclass
+class RunningBuild:
+    """A `bake build --progress plain` running in its own process group, its output read as it comes."""
+
+    process: subprocess.Popen[str]
+    log: BuildLog = field(default_factory=BuildLog)
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self.log.feed(line.rstrip("\n"))
+
+    def stage_finished(self, stage: str) -> bool:
+        """Whether every step of `stage` has finished (run or taken from the cache)."""
+        steps = [self.log.steps[number] for number, name in self.log.stage_of_step.items() if name == stage]
+        return bool(steps) and all(step.finished for step in steps)
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            tail = "\n".join(self.lines[-30:])
+            assert self.process.poll() is None, f"the build ended before {what}:\n{tail}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{tail}"
+            time.sleep(0.2)
+
+    def finish(self) -> tuple[int, str]:
+        """The exit status and the whole of stderr, once the build has ended."""
+        status = self.process.wait(timeout=300)
+        self._reader.join(timeout=60)
+        return status, "\n".join(self.lines)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    ensure_base_image()
+    (tmp_path / "bake.toml").write_text(build_settings_toml())
+    return tmp_path
+
+
+@pytest.fixture
+def model(hub: HubServer, tmp_path: Path) -> Iterator[Model]:
+    folder = make_image_classifier(tmp_path / "model", "resnet", image_size=64, seed=7)
+    repo = f"interrupted/tiny-resnet-{uuid.uuid4().hex[:8]}"
+    commit = hub.add_repo(repo, folder)
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    hub.cdn_bytes_per_s = TRICKLE_BYTES_PER_S
+    try:
+        yield Model(repo, commit, f"/cdn-lfs/{digest}")
+    finally:
+        hub.cdn_bytes_per_s = 0
+
+
+def hub_env(hub: HubServer, **extra: str) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **extra}
+
+
+def start_build(project: Path, model: Model, tag: str, env: Mapping[str, str]) -> RunningBuild:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bake", "build", "--model", model.repo, "--tag", tag, "--progress", "plain"],
+        cwd=project,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    return RunningBuild(process)
+
+
+def downloading(hub: HubServer, model: Model) -> Callable[[], bool]:
+    """Whether the weights file is being downloaded (the CDN got its request)."""
+    return lambda: any(path == model.blob for _, path in hub.requests)
+
+
+def small_file_downloads(hub: HubServer, model: Model, since: int = 0) -> list[str]:
+    """The GETs of the model's small (non-LFS) files from request number `since` on."""
+    return [
+        path.rsplit("/", 1)[-1]
+        for method, path in hub.requests[since:]
+        if method == "GET" and path.startswith(f"/{model.repo}/resolve/") and path.endswith(SMALL_FILES)
+    ]
+
+
+def image_exists(tag: str, env: Mapping[str, str]) -> bool:
+    inspect = subprocess.run(
+        ["docker", "image", "inspect", tag], env={**os.environ, **env}, capture_output=True, timeout=60
+    )
+    return inspect.returncode == 0
+
+
+def assert_one_line_error(stderr: str, *wanted: str) -> str:
+    """The build's last line: bake's one error line, which says each of `wanted`; no traceback anywhere."""
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("bake: error:"), stderr[-3000:]
+    assert all(text in last for text in wanted), last
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return last
+
+
+def rebuild(project: Path, model: Model, tag: str, env: Mapping[str, str]) -> list[BuildLog]:
+    """`bake build` again, without trickling; BuildKit's log of each of its runs."""
+    result = run_bake(["build", "--model", model.repo, "--tag", tag, "--progress", "plain"], env, project)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert image_exists(tag, env)
+    return buildkit_runs(result.stderr)
+
+
+def test_ctrl_c_mid_build_leaves_no_tag_and_the_next_build_reuses_what_was_done(
+    hub: HubServer, project: Path, model: Model
+) -> None:
+    tag = f"bake-interrupted/ctrl-c:{uuid.uuid4().hex[:8]}"
+    env = hub_env(hub)
+    build = start_build(project, model, tag, env)
+    try:
+        build.wait_until(downloading(hub, model), "weights download")
+        build.wait_until(lambda: build.stage_finished("deps"), "finished deps stage")
+        time.sleep(1)
+        os.killpg(build.process.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
+        status, stderr = build.finish()
+    finally:
+        if build.process.poll() is None:
+            os.killpg(build.process.pid, signal.SIGKILL)
+    assert status == INTERRUPTED_EXIT_CODE
+    assert_one_line_error(stderr, "interrupted")
+    assert not image_exists(tag, env), "an interrupted build must leave no tag"
+
+    hub.cdn_bytes_per_s = 0
+    before = len(hub.requests)
+    try:
+        runs = rebuild(project, model, tag, env)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    assert all(runs[0].stage_cached(stage) for stage in ("tools", "deps", "venv")), "done stages are reused"
+    assert small_file_downloads(hub, model, since=before) == [], "downloaded files come from the cache"
+
+
+def test_the_hub_going_away_mid_download_fails_in_one_line_and_the_next_build_resumes(
+    hub: HubServer, project: Path, model: Model
+) -> None:
+    tag = f"bake-interrupted/hub:{uuid.uuid4().hex[:8]}"
+    env = hub_env(hub)
+    build = start_build(project, model, tag, env)
+    try:
+        build.wait_until(downloading(hub, model), "weights download")
+        build.wait_until(lambda: build.stage_finished("deps"), "finished deps stage")
+        hub.pause()  # connections refused, the download cut half-way
+        status, stderr = build.finish()
+    finally:
+        if hub.paused:
+            hub.resume()
+        if build.process.poll() is None:
+            os.killpg(build.process.pid, signal.SIGKILL)
+    assert status == FAILURE_EXIT_CODE
+    assert_one_line_error(stderr, "weights")
+    assert not image_exists(tag, env), "a failed build must leave no tag"
+
+    hub.cdn_bytes_per_s = 0
+    before = len(hub.requests)
+    try:
+        runs = rebuild(project, model, tag, env)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    assert all(runs[0].stage_cached(stage) for stage in ("tools", "deps", "venv"))
+    assert small_file_downloads(hub, model, since=before) == [], "downloaded files come from the cache"
+    assert any(path == model.blob for _, path in hub.requests[before:]), "the cut file is downloaded again"
+
+
+def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build_resumes(
+    hub: HubServer, project: Path, model: Model
+) -> None:
+    with SecondEngine(size_mb=8000, subnet_octet=31) as engine:
+        tag = f"bake-interrupted/engine:{uuid.uuid4().hex[:8]}"
+        env = hub_env(hub, DOCKER_HOST=engine.host)
+        build = start_build(project, model, tag, env)
+        try:
+            build.wait_until(downloading(hub, model), "weights download")
+            build.wait_until(lambda: build.stage_finished("deps"), "finished deps stage")
+            engine.kill()
+            status, stderr = build.finish()
+        finally:
+            if build.process.poll() is None:
+                os.killpg(build.process.pid, signal.SIGKILL)
+        assert status == FAILURE_EXIT_CODE
+        assert_one_line_error(stderr)
+
+        engine.restart()
+        assert not image_exists(tag, env), "a build cut by the engine's death must leave no tag"
+        hub.cdn_bytes_per_s = 0
+        runs = rebuild(project, model, tag, env)
+        assert all(runs[0].stage_cached(stage) for stage in ("tools", "deps")), "the cache survived the crash"
