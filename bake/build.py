@@ -30,6 +30,8 @@ from serve.contract.labels import COMPILED
 _EXCEPTION = re.compile(r"^#\d+ [\d.]+ ((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .*)$", re.MULTILINE)
 # The runtime check's verdict (bake/image/check_runtime.py): "#21 3.1 bake-check[torch-build]: torch ...".
 _CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
+# The weights step's verdict when the Hub or the network fails it (bake/image/fetch_weights.py).
+_FETCH_FAILED = re.compile(r"bake-fetch: the download from the Hub failed: (.*)$", re.MULTILINE)
 # The resolver's reason for an unsatisfiable install: uv's "╰─▶ Because ..." or pip's "ERROR: Could not ...".
 _UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
 
@@ -218,6 +220,12 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         return BuildFailed(
             f"a downloaded file does not match the Hub's sha256 ({detail})",
             "check HF_ENDPOINT and any proxy between you and the Hub, then build again",
+        )
+    if fetch := _FETCH_FAILED.findall(text):
+        return BuildFailed(
+            f"the model's files could not be downloaded from the Hub ({fetch[-1].strip()})",
+            "check HF_ENDPOINT, your network and the Hub's status, then build again "
+            "(the files already downloaded are kept in the build's download cache)",
         )
     if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(

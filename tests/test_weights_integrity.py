@@ -4,7 +4,7 @@ The weights step of the build (`bake/image/fetch_weights.py`, run here as the bu
 HF_ENDPOINT set) downloads with huggingface_hub, which checks sizes only. bake passes it the sha256 it
 resolved from the Hub's LFS metadata: a file altered on the way (a mirror or a proxy serving other bytes of
 the same size) fails the step, and the altered copy is removed from the download cache, so the next build
-downloads it again. (A whole docker build with an altered download is not tested yet: docs/reliability.md.)
+downloads it again. A Hub that goes away fails the step with one line that bake's build error names.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
 
 
 def fetch(
-    hub: HubServer, repo: str, sha: str, digest: str, root: Path, out: Path
+    endpoint: str, repo: str, sha: str, digest: str, root: Path, out: Path
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -54,7 +54,7 @@ def fetch(
         ],
         env={
             **os.environ,
-            "HF_ENDPOINT": hub.url,
+            "HF_ENDPOINT": endpoint,
             "HF_HUB_DISABLE_XET": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
         },
@@ -75,7 +75,7 @@ def test_an_altered_download_is_refused_removed_from_the_cache_and_fetched_again
     altered[len(altered) // 2] ^= 0xFF  # one flipped bit in a tensor: same size, other bytes
     hub.tamper(digest, bytes(altered))
     try:
-        refused = fetch(hub, "integrity/tiny-resnet", sha, digest, tmp_path, tmp_path / "refused")
+        refused = fetch(hub.url, "integrity/tiny-resnet", sha, digest, tmp_path, tmp_path / "refused")
     finally:
         hub.tampered.clear()
     assert refused.returncode != 0
@@ -87,10 +87,26 @@ def test_an_altered_download_is_refused_removed_from_the_cache_and_fetched_again
     cached = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
     assert all(path.read_bytes() != bytes(altered) for path in cached), "the altered copy must be gone"
 
-    fetched = fetch(hub, "integrity/tiny-resnet", sha, digest, tmp_path, tmp_path / "fetched")
+    fetched = fetch(hub.url, "integrity/tiny-resnet", sha, digest, tmp_path, tmp_path / "fetched")
     assert fetched.returncode == 0, fetched.stderr
     manifest = json.loads((tmp_path / "fetched" / "manifest.json").read_text())
     assert manifest["files"]["model.safetensors"]["sha256"] == digest
+
+
+def test_the_hub_going_away_fails_the_step_in_one_line(hub: HubServer, tmp_path: Path) -> None:
+    folder = make_image_classifier(tmp_path / "model", "resnet", image_size=64, seed=3)
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    sha = hub.add_repo("integrity/gone", folder)
+    endpoint = hub.url
+    hub.pause()
+    try:
+        failed = fetch(endpoint, "integrity/gone", sha, digest, tmp_path, tmp_path / "out")
+    finally:
+        hub.resume()
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"bake-fetch: the download from the Hub failed: integrity/gone at {sha}: ")
+    assert "Traceback" not in failed.stderr, failed.stderr
 
 
 def test_the_build_passes_the_hubs_sha256_of_every_lfs_file(tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 TOKEN_FILE = Path("/run/secrets/hf_token")
 HASH_CHUNK = 1 << 20
+DOWNLOAD_FAILED = "bake-fetch: the download from the Hub failed:"
+"""The start of the line this step fails with when the Hub or the network fails (bake/build.py reads it)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +85,19 @@ def fetch_from_hub(
 ) -> Path:
     """Download `files` at `commit` into `cache`, check them against the `expected` sha256 of each (file ->
     hex digest), then lay out a minimal HF cache for them under `out`."""
+    from httpx2 import HTTPError  # huggingface_hub's HTTP client: its transport errors are not OSErrors
     from huggingface_hub import snapshot_download
 
     token = TOKEN_FILE.read_text().strip() if TOKEN_FILE.is_file() else ""
-    snapshot = Path(
-        snapshot_download(repo, revision=commit, allow_patterns=files, cache_dir=cache, token=token or False)
-    )
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo, revision=commit, allow_patterns=files, cache_dir=cache, token=token or False
+            )
+        )
+    except (OSError, HTTPError) as error:  # huggingface_hub's own errors are OSErrors
+        detail = " ".join(f"{type(error).__name__}: {error}".split())
+        raise SystemExit(f"{DOWNLOAD_FAILED} {repo} at {commit}: {detail}") from None
     missing = [name for name in files if not (snapshot / name).is_file()]
     if missing:
         raise SystemExit(f"the download lacks {', '.join(missing)} (is the revision complete?)")
