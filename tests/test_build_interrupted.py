@@ -9,7 +9,9 @@ downloaded (the Hub's CDN trickles the weights file, so that the build is caught
 Each time the build stops with one line and its exit status, the tag names no image (BuildKit tags only a
 finished image), and the next build finishes with the stages that were done taken from the build cache
 (after the engine's restart, for the killed one) and the files that were downloaded taken from the download
-cache (huggingface_hub starts an unfinished file afresh in a new process).
+cache (huggingface_hub starts an unfinished file afresh in a new process). And a whole build fed weights
+whose sha256 is not the Hub's (a proxy or mirror altering them) fails the same way, and the next build,
+fed the right bytes, bakes them.
 """
 
 from __future__ import annotations
@@ -252,3 +254,47 @@ def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build
         runs = rebuild(project, model, tag, env)
         cached = {stage: runs[0].stage_cached(stage) for stage in ("tools", "deps")}
         assert all(cached.values()), f"the cache survived the crash: {cached}\n{runs[0].tail}"
+
+
+def test_a_build_fed_altered_weights_fails_and_the_next_build_bakes_the_hubs(
+    hub: HubServer, project: Path, model: Model
+) -> None:
+    hub.cdn_bytes_per_s = 0
+    digest = model.blob.rsplit("/", 1)[-1]
+    weights = hub.store.find_blob(digest)
+    assert weights is not None
+    altered = bytearray(weights)
+    altered[len(altered) // 2] ^= 0xFF  # same size, other bytes: only the sha256 tells
+    tag = f"bake-interrupted/altered:{uuid.uuid4().hex[:8]}"
+    env = hub_env(hub)
+    hub.tamper(digest, bytes(altered))
+    try:
+        failed = run_bake(["build", "--model", model.repo, "--tag", tag, "--progress", "plain"], env, project)
+    finally:
+        hub.tampered.clear()
+    assert failed.returncode == FAILURE_EXIT_CODE
+    assert_one_line_error(failed.stderr, "does not match the Hub's sha256", digest)
+    assert not image_exists(tag, env)
+    try:
+        rebuild(project, model, tag, env)
+        baked = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "sh",
+                tag,
+                "-c",
+                "find /opt/bake/hf -path '*/blobs/*' -type f -exec sha256sum {} +",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    assert baked.returncode == 0, baked.stderr
+    assert digest in baked.stdout.split()
