@@ -2,14 +2,14 @@
 
 It loads the baked model eagerly with transformers, traces its logits forward pass with TorchScript
 (`serve.tracing`), saves the trace without the tensors the model's safetensors files hold, loads it back as
-the runtime does (those tensors attached from the files, then frozen) and checks its scores (softmax and
-sigmoid of the logits) against the eager model's on photo-like images at every batch bucket the server will
-run. Only
-an archive within `TOLERANCE` everywhere is kept, with a manifest (`serve.contract.compiled.Manifest`) that
-holds everything the runtime needs to serve it without transformers: the preprocessing resolved from the
-model's image processor, the labels, the torch version and device it was made for, the buckets and the
-parity figure. Otherwise, or if anything at all fails, the image serves today's path (transformers at start)
-and the report says why: compiling never fails a build.
+the runtime does (those tensors attached from the files, then frozen, and rewritten for inference or not,
+whichever runs the largest batch faster) and checks its scores (softmax and sigmoid of the logits) against
+the eager model's on photo-like images at every batch bucket the server will run. Only an archive within
+`TOLERANCE` everywhere is kept, with a manifest (`serve.contract.compiled.Manifest`) that holds everything
+the runtime needs to serve it without transformers: where its left-out tensors are, the preprocessing
+resolved from the model's image processor, the labels, the torch version and device it was made for, the
+buckets and the parity figure. Otherwise, or if anything at all fails, the image serves today's path
+(transformers at start) and the report says why: compiling never fails a build.
 
     python -m serve.compile --model-dir DIR --model ID --commit SHA --max-batch-size 8 --out OUT
 """
@@ -35,7 +35,15 @@ from serve.contract.compiled import ARCHIVE_FILE, MANIFEST_FILE, TORCHSCRIPT, Ma
 from serve.contract.errors import UnsupportedModel
 from serve.contract.models import image_classifier
 from serve.device import Placement
-from serve.tracing import Inputs, TracedForward, detach_weights, eager_forward, load_frozen, traced_forward
+from serve.tracing import (
+    Inputs,
+    TensorSources,
+    TracedForward,
+    detach_weights,
+    eager_forward,
+    load_frozen,
+    traced_forward,
+)
 from serve.transforms import FastImageTransform, build_image_transform
 
 logger = logging.getLogger("serve")
@@ -89,10 +97,9 @@ def compile_classifier(
     tensors = detach_weights(traced.trace, model_dir)
     archive = out / ARCHIVE_FILE
     torch.jit.save(traced.trace, str(archive))
-    loaded = TracedForward(load_frozen(archive, tensors, model_dir, placement.device), traced.names)
-    parity = score_difference(eager, loaded, rows, buckets)
-    if parity > TOLERANCE:
-        raise NotCompilable(f"the archive's scores differ from the eager model's by {parity:.1e}")
+    optimize, parity = fastest_within_tolerance(
+        eager, archive, tensors, model_dir, traced.names, rows, buckets
+    )
     config = eager.config
     Manifest(
         model=model,
@@ -108,8 +115,50 @@ def compile_classifier(
         problem_type=config.problem_type,
         preprocessing=transform.preprocessing,
         tensors=tensors,
+        optimize_for_inference=optimize,
     ).write(out)
     return Report(path=TORCHSCRIPT, parity=parity, seconds=round(time.monotonic() - started, 2))
+
+
+def fastest_within_tolerance(
+    eager: torch.nn.Module,
+    archive: Path,
+    tensors: TensorSources,
+    model_dir: Path,
+    names: tuple[str, ...],
+    rows: Inputs,
+    buckets: Sequence[int],
+) -> tuple[bool, float]:
+    """Whether the archive serves faster rewritten for inference (`serve.tracing.load_frozen`'s `optimize`)
+    and its score difference that way: each way is loaded as the runtime loads it and checked at every
+    bucket; of those within `TOLERANCE`, the faster at the largest bucket wins. Raises `NotCompilable` when
+    neither is within it."""
+    timed: dict[bool, tuple[float, float]] = {}
+    worst = 0.0
+    for optimize in (False, True):
+        module = load_frozen(archive, tensors, model_dir, torch.device("cpu"), optimize=optimize)
+        loaded = TracedForward(module, names)
+        parity = score_difference(eager, loaded, rows, buckets)  # also its warm-up at every bucket
+        worst = max(worst, parity)
+        if parity <= TOLERANCE:
+            timed[optimize] = (batch_seconds(loaded, rows, max(buckets)), parity)
+    if not timed:
+        raise NotCompilable(f"the archive's scores differ from the eager model's by {worst:.1e}")
+    optimize = min(timed, key=lambda way: timed[way][0])
+    return optimize, timed[optimize][1]
+
+
+@torch.inference_mode()
+def batch_seconds(forward: TracedForward, rows: Inputs, size: int, repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of `forward` on a batch of `size` made of `rows`."""
+    count = len(next(iter(rows.values())))
+    batch = {name: tensor[torch.arange(size) % count] for name, tensor in rows.items()}
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        forward(batch)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 @torch.inference_mode()

@@ -57,7 +57,13 @@ def load_compiled(
     if problem:
         raise NotCompiled(f"the compiled forward pass is not used: {problem}")
     try:
-        forward = load_frozen(directory / manifest.archive, manifest.tensors, source.path, placement.device)
+        forward = load_frozen(
+            directory / manifest.archive,
+            manifest.tensors,
+            source.path,
+            placement.device,
+            optimize=manifest.optimize_for_inference,
+        )
     except (OSError, RuntimeError, KeyError) as error:
         raise NotCompiled(f"the compiled forward pass does not load: {error}") from error
     transform = FastImageTransform(**asdict(manifest.preprocessing), placement=placement)

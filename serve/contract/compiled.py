@@ -151,6 +151,8 @@ class Manifest:
     tensors: dict[str, tuple[str, str]]
     """The archive's tensors left out of it -> (safetensors file relative to the model's directory, the
     tensor's name there)."""
+    optimize_for_inference: bool
+    """Whether the frozen forward pass is also rewritten for inference (the faster way for this model)."""
     archive: str = ARCHIVE_FILE
     format: int = FORMAT
 
@@ -182,6 +184,7 @@ class Manifest:
             problem_type=data["problem_type"],
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             tensors={str(name): (str(file), str(key)) for name, (file, key) in data["tensors"].items()},
+            optimize_for_inference=bool(data["optimize_for_inference"]),
             archive=str(data["archive"]),
         )
 

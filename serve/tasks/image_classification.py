@@ -122,7 +122,10 @@ class ImageClassification(Task):
         self.transform = compiled.transform
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
         self._compiled = self._traced = True
-        self._compile_note = f"torchscript, compiled at build time (score difference {manifest.parity:.1e})"
+        optimized = ", optimized for inference" if manifest.optimize_for_inference else ""
+        self._compile_note = (
+            f"torchscript, compiled at build time{optimized} (score difference {manifest.parity:.1e})"
+        )
         return True
 
     @torch.inference_mode()
