@@ -121,8 +121,8 @@ def raw_forward(model_dir: Path, batch_sizes: list[int], seconds: float) -> dict
 def compile_model(regime: Regime, model_dir: Path, out: Path) -> Path:
     """The compile stage's artifact for the model (`python -m serve.compile`, as `bake build` runs it): what a
     built image serves."""
-    command = [sys.executable, "-m", "serve.compile", "--model-dir", str(model_dir), "--model", str(model_dir)]
-    command += ["--max-batch-size", str(regime.max_batch_size), "--out", str(out)]
+    command = [sys.executable, "-m", "serve.compile", "--model-dir", str(model_dir), "--out", str(out)]
+    command += ["--model", str(model_dir), "--max-batch-size", str(regime.max_batch_size)]
     result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
     print(f"  {result.stdout.strip().splitlines()[-1]}", flush=True)
     return out
