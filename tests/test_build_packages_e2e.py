@@ -229,10 +229,10 @@ def test_a_cuda_image_reuses_the_base_images_torch_and_checks_its_build(project:
     # the check must refuse it for a CUDA image (and the installer must not fetch PyPI's torch instead).
     base = f"bake-e2e-slim/torch-base:{uuid.uuid4().hex[:8]}"
     wheel = next(LOCAL_WHEELS.glob(f"torch-{TORCH_VERSION}+cpu-*.whl"))
-    dockerfile = (
+    dockerfile = (  # bake's base has no installed pip: run the pip wheel python3-venv bundles
         f"FROM {BASE_IMAGE}\nRUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca "
-        "PIP_CERT=/run/secrets/ca python3 -m pip install --break-system-packages --no-cache-dir "
-        f"/wheels/{wheel.name}\n"
+        "PIP_CERT=/run/secrets/ca python3 \"$(echo /usr/share/python-wheels/pip-*.whl)/pip\" install "
+        f"--break-system-packages --no-cache-dir /wheels/{wheel.name}\n"
     )
     subprocess.run(
         [
