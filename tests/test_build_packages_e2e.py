@@ -231,7 +231,7 @@ def test_a_cuda_image_reuses_the_base_images_torch_and_checks_its_build(project:
     wheel = next(LOCAL_WHEELS.glob(f"torch-{TORCH_VERSION}+cpu-*.whl"))
     dockerfile = (  # bake's base has no installed pip: run the pip wheel python3-venv bundles
         f"FROM {BASE_IMAGE}\nRUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca "
-        "PIP_CERT=/run/secrets/ca python3 \"$(echo /usr/share/python-wheels/pip-*.whl)/pip\" install "
+        'PIP_CERT=/run/secrets/ca python3 "$(echo /usr/share/python-wheels/pip-*.whl)/pip" install '
         f"--break-system-packages --no-cache-dir /wheels/{wheel.name}\n"
     )
     subprocess.run(
