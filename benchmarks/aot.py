@@ -6,7 +6,8 @@ step in a fresh process so that nothing is warm that a new container would not h
   - make: trace (TorchScript: `torch.jit.trace`; AOTInductor: `torch.export.export` with a dynamic batch
     dimension, then `torch._inductor.aoti_compile_and_package`, which runs the C++ compiler) and save;
   - start: import torch, load the artifact (TorchScript: `serve.tracing.load_frozen`, the weights attached
-    from the safetensors file and frozen, as the server does; AOTInductor: `aoti_load_package`), one forward
+    from the safetensors file and frozen, as the server does, and "torchscript-optimized" also rewritten by
+    `torch.jit.optimize_for_inference`; AOTInductor: `aoti_load_package`), one forward
     pass at batch size 1 (the first request's), then one at each other batch size (the warm-up);
   - run: images per second at each batch size, warm, default torch threads;
   - the artifact's size, and the largest difference of its logits from the eager model's.
@@ -61,6 +62,11 @@ LOAD = {
         from serve.tracing import load_frozen
         sources = json.loads((OUT / "sources.json").read_text())
         forward = load_frozen(OUT / "forward.pt", sources, MODEL_DIR, torch.device("cpu"))
+        """,
+    "torchscript-optimized": """
+        from serve.tracing import load_frozen
+        sources = json.loads((OUT / "sources.json").read_text())
+        forward = load_frozen(OUT / "forward.pt", sources, MODEL_DIR, torch.device("cpu"), optimize=True)
         """,
     "aotinductor": """
         import torch._inductor
@@ -163,11 +169,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = make_model(REGIMES[args.model], Path(scratch))
         reference = None
-        for kind in ("eager", "torchscript", "aotinductor"):
-            out = Path(scratch) / kind
-            out.mkdir()
+        for kind in ("eager", "torchscript", "torchscript-optimized", "aotinductor"):
+            made = results.get(kind.removesuffix("-optimized"), {}).get("make", {})  # the same archive
+            out = Path(scratch) / kind.removesuffix("-optimized")
             print(f"{kind} ...", flush=True)
-            made = make(kind, model_dir, out, batches) if kind != "eager" else {}
+            if not out.exists():
+                out.mkdir()
+                made = make(kind, model_dir, out, batches) if kind in MAKE else {}
             used = start_and_run(kind, model_dir, out, batches, args.seconds)
             logits = used.pop("logits")
             reference = reference or logits
@@ -178,12 +186,12 @@ def main() -> int:
     print(f"\n== {args.model}: compile candidates on the CPU ==")
     rates = " ".join(f"{f'b{size} img/s':>10s}" for size in batches)
     steps = f"{'make':>8s} {'size':>9s} {'import':>7s} {'load':>6s} {'1st fwd':>8s} {'warm-up':>8s}"
-    print(f"{'':12s} {steps} {rates}")
+    print(f"{'':21s} {steps} {rates}")
     for kind, row in results.items():
         made = row["make"]
         rates = " ".join(f"{row['images_per_s'][str(size)]:10.1f}" for size in batches)
         print(
-            f"{kind:12s} {made.get('seconds', 0):7.1f}s {made.get('bytes', 0) / 2**20:7.1f}Mi "
+            f"{kind:21s} {made.get('seconds', 0):7.1f}s {made.get('bytes', 0) / 2**20:7.1f}Mi "
             f"{row['import_s']:6.2f}s {row['load_s']:5.2f}s {row['first_forward_s']:7.2f}s "
             f"{row['warm_up_s']:7.2f}s {rates}  max |logit diff| {row['max_logit_difference']:.1e}"
         )

@@ -167,34 +167,62 @@ def rebuild(project: Path, model: Model, tag: str, env: Mapping[str, str]) -> li
     return buildkit_runs(result.stderr)
 
 
-def test_ctrl_c_mid_build_leaves_no_tag_and_the_next_build_reuses_what_was_done(
-    hub: HubServer, project: Path, model: Model
-) -> None:
-    tag = f"bake-interrupted/ctrl-c:{uuid.uuid4().hex[:8]}"
-    env = hub_env(hub)
+def interrupt_mid_download(
+    hub: HubServer,
+    project: Path,
+    model: Model,
+    tag: str,
+    env: Mapping[str, str],
+    interrupt: Callable[[RunningBuild], None],
+    *,
+    after_stage: str = "deps",
+) -> tuple[int, str]:
+    """Start `bake build`, and once the weights are downloading and `after_stage` has finished, `interrupt`
+    it; the build's exit status and stderr. Leaves no build running."""
     build = start_build(project, model, tag, env)
     try:
         build.wait_until(downloading(hub, model), "weights download")
-        build.wait_until(lambda: build.stage_finished("deps"), "finished deps stage")
-        assert build_only_downloads(hub, model, since=0) == 1
-        time.sleep(1)
-        os.killpg(build.process.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
-        status, stderr = build.finish()
+        build.wait_until(lambda: build.stage_finished(after_stage), f"finished {after_stage} stage")
+        interrupt(build)
+        return build.finish()
     finally:
         if build.process.poll() is None:
             os.killpg(build.process.pid, signal.SIGKILL)
-    assert status == INTERRUPTED_EXIT_CODE
-    assert_one_line_error(stderr, "interrupted")
-    assert not image_exists(tag, env), "an interrupted build must leave no tag"
 
+
+def rebuild_and_check_the_caches(
+    hub: HubServer, project: Path, model: Model, tag: str, env: Mapping[str, str], stages: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """The next build, at full speed: it must take `stages` from the build cache and the files downloaded
+    whole from the download cache. Returns the Hub requests it made; removes the image."""
     hub.cdn_bytes_per_s = 0
     before = len(hub.requests)
     try:
         runs = rebuild(project, model, tag, env)
     finally:
-        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
-    assert all(runs[0].stage_cached(stage) for stage in ("tools", "deps", "venv")), "done stages are reused"
+        subprocess.run(["docker", "rmi", "-f", tag], env={**os.environ, **env}, capture_output=True)
+    cached = {stage: runs[0].stage_cached(stage) for stage in stages}
+    assert all(cached.values()), f"stages from the cache: {cached}\n{runs[0].tail}"
     assert build_only_downloads(hub, model, since=before) == 0, "downloaded files come from the cache"
+    return hub.requests[before:]
+
+
+def test_ctrl_c_mid_build_leaves_no_tag_and_the_next_build_reuses_what_was_done(
+    hub: HubServer, project: Path, model: Model
+) -> None:
+    tag = f"bake-interrupted/ctrl-c:{uuid.uuid4().hex[:8]}"
+    env = hub_env(hub)
+
+    def ctrl_c(build: RunningBuild) -> None:
+        assert build_only_downloads(hub, model, since=0) == 1
+        time.sleep(1)
+        os.killpg(build.process.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
+
+    status, stderr = interrupt_mid_download(hub, project, model, tag, env, ctrl_c)
+    assert status == INTERRUPTED_EXIT_CODE
+    assert_one_line_error(stderr, "interrupted")
+    assert not image_exists(tag, env), "an interrupted build must leave no tag"
+    rebuild_and_check_the_caches(hub, project, model, tag, env, ("tools", "deps", "venv"))
 
 
 def test_the_hub_going_away_mid_download_fails_in_one_line_and_the_next_build_resumes(
@@ -202,30 +230,23 @@ def test_the_hub_going_away_mid_download_fails_in_one_line_and_the_next_build_re
 ) -> None:
     tag = f"bake-interrupted/hub:{uuid.uuid4().hex[:8]}"
     env = hub_env(hub)
-    build = start_build(project, model, tag, env)
     try:
-        build.wait_until(downloading(hub, model), "weights download")
-        build.wait_until(lambda: build.stage_finished("deps"), "finished deps stage")
-        hub.pause()  # connections refused, the download cut half-way
-        status, stderr = build.finish()
+        status, stderr = interrupt_mid_download(
+            hub,
+            project,
+            model,
+            tag,
+            env,
+            lambda _build: hub.pause(),  # refused, the download cut
+        )
     finally:
         if hub.paused:
             hub.resume()
-        if build.process.poll() is None:
-            os.killpg(build.process.pid, signal.SIGKILL)
     assert status == FAILURE_EXIT_CODE
     assert_one_line_error(stderr, "could not be downloaded from the Hub", "build again")
     assert not image_exists(tag, env), "a failed build must leave no tag"
-
-    hub.cdn_bytes_per_s = 0
-    before = len(hub.requests)
-    try:
-        runs = rebuild(project, model, tag, env)
-    finally:
-        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
-    assert all(runs[0].stage_cached(stage) for stage in ("tools", "deps", "venv"))
-    assert build_only_downloads(hub, model, since=before) == 0, "downloaded files come from the cache"
-    assert any(path == model.blob for _, path in hub.requests[before:]), "the cut file is downloaded again"
+    requests = rebuild_and_check_the_caches(hub, project, model, tag, env, ("tools", "deps", "venv"))
+    assert any(path == model.blob for _, path in requests), "the cut file is downloaded again"
 
 
 def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build_resumes(
@@ -234,26 +255,16 @@ def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build
     with SecondEngine(size_mb=8000, subnet_octet=31) as engine:
         tag = f"bake-interrupted/engine:{uuid.uuid4().hex[:8]}"
         env = hub_env(hub, DOCKER_HOST=engine.host)
-        build = start_build(project, model, tag, env)
-        try:
-            build.wait_until(downloading(hub, model), "weights download")
-            # the stage after deps has finished too: BuildKit has committed the deps stage's layer, which a
-            # crash right after that stage's DONE line may catch still being written
-            build.wait_until(lambda: build.stage_finished("venv"), "finished venv stage")
-            engine.kill()
-            status, stderr = build.finish()
-        finally:
-            if build.process.poll() is None:
-                os.killpg(build.process.pid, signal.SIGKILL)
+        # killed once the stage after deps has finished too: BuildKit has then committed the deps stage's
+        # layer, which a crash right after that stage's DONE line may catch still being written
+        status, stderr = interrupt_mid_download(
+            hub, project, model, tag, env, lambda _build: engine.kill(), after_stage="venv"
+        )
         assert status == FAILURE_EXIT_CODE
         assert_one_line_error(stderr)
-
         engine.restart()
         assert not image_exists(tag, env), "a build cut by the engine's death must leave no tag"
-        hub.cdn_bytes_per_s = 0
-        runs = rebuild(project, model, tag, env)
-        cached = {stage: runs[0].stage_cached(stage) for stage in ("tools", "deps")}
-        assert all(cached.values()), f"the cache survived the crash: {cached}\n{runs[0].tail}"
+        rebuild_and_check_the_caches(hub, project, model, tag, env, ("tools", "deps"))
 
 
 def test_a_build_fed_altered_weights_fails_and_the_next_build_bakes_the_hubs(
