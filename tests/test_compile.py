@@ -218,7 +218,11 @@ def test_the_compiled_task_batches_like_it_serves_alone(
     compiled_resnet: Path, tiny_models: dict[str, Path]
 ) -> None:
     task = load_task(tiny_models["resnet"], compiled_resnet)
-    assert task.info().details["load_path"] == "compiled"
+    details = task.info().details
+    assert details["load_path"] == "compiled"
+    manifest = Manifest.read(compiled_resnet)
+    assert manifest is not None
+    assert ("optimized for inference" in details["compiled"]) is manifest.optimize_for_inference
     samples = [task.prepare(images.photo(160, 120, seed=seed), TOP_K).sample for seed in range(3)]
     alone = [task.run_batch([sample], 1)[0] for sample in samples]
     together = task.run_batch(samples, 4)
