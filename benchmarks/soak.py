@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def summarize(
         "requests_per_s": len(samples) / seconds,
         "errors": len(errors),
         "error_statuses": sorted({s.status for s in errors}),
+        "connection_errors": dict(Counter(s.error for s in errors if s.status == 0)),
         "wrong_answers": wrong,
         "p50_ms": 1000 * percentile([s.latency_s for s in samples], 50),
         "p99_ms": 1000 * percentile([s.latency_s for s in samples], 99),
@@ -138,6 +140,8 @@ def main() -> None:
     }
     print(f"capacity  {measured:.1f}/s; offered {result['requests_per_s']:.1f}/s for {args.minutes:g} min")
     print(f"errors    {result['errors']} {result['error_statuses']}, wrong answers {result['wrong_answers']}")
+    for error, count in result["connection_errors"].items():
+        print(f"          {count} x {error}")
     print(f"latency   p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms")
     first, last = result["p99_first_window_ms"], result["p99_last_window_ms"]
     print(f"p99       first 5 min {first:.0f} ms, last 5 min {last:.0f} ms")

@@ -66,6 +66,7 @@ def build_server(settings: Settings) -> tuple[DrainingServer, Runtime]:
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=settings.drain_timeout_s,
+        timeout_keep_alive=settings.keep_alive_s,
         server_header=False,
         lifespan="on",
         http=GuardedHttpProtocol,

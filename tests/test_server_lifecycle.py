@@ -106,6 +106,28 @@ def test_idle_timeout_exits_0_and_probes_do_not_keep_it_alive(
         assert "BAKE_IDLE_TIMEOUT_S" in server.log()
 
 
+@pytest.mark.slow
+def test_an_idle_keep_alive_connection_is_kept_for_bake_keep_alive_s_then_closed(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    keep_alive_s = 3.0
+    env = {"BAKE_MODEL": str(tiny_models["resnet"]), "BAKE_KEEP_ALIVE_S": str(keep_alive_s)}
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(PHOTO) + PHOTO
+    )
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+            connection.sendall(request)
+            assert read_http_response(connection)[0] == 200
+            time.sleep(keep_alive_s - 1)  # idle, but within the setting: the next request is answered
+            connection.sendall(request)
+            assert read_http_response(connection)[0] == 200
+            idle_since = time.monotonic()
+            assert connection.recv(1) == b"", "the server must close a connection idle past the setting"
+            assert keep_alive_s - 0.5 <= time.monotonic() - idle_since <= keep_alive_s + 5
+
+
 def run_serve(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "serve"],

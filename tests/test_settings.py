@@ -28,6 +28,7 @@ def test_defaults() -> None:
     assert (loaded.device, loaded.dtype) == ("auto", "auto")
     assert (loaded.max_batch_size, loaded.max_wait_ms, loaded.max_queue) == (8, 10.0, 256)
     assert (loaded.timeout_s, loaded.idle_timeout_s, loaded.drain_timeout_s) == (30.0, 0.0, 30.0)
+    assert loaded.keep_alive_s == 75.0  # past nginx's 60 s upstream keep-alive and httpx's 5 s pool expiry
     assert loaded.api_key is None
     assert (loaded.host, loaded.port) == ("0.0.0.0", 8080)
     assert loaded.max_body_bytes == 20 * 1024 * 1024
@@ -84,6 +85,7 @@ def test_model_is_required(value: str | None) -> None:
         ("BAKE_TIMEOUT_S", "0.001", "timeout_s", 0.001),
         ("BAKE_IDLE_TIMEOUT_S", "300", "idle_timeout_s", 300.0),
         ("BAKE_DRAIN_TIMEOUT_S", "0", "drain_timeout_s", 0.0),
+        ("BAKE_KEEP_ALIVE_S", "600", "keep_alive_s", 600.0),
         ("BAKE_API_KEY", "s3cret", "api_key", "s3cret"),
         ("BAKE_API_KEY", "", "api_key", None),
         ("BAKE_HOST", "127.0.0.1", "host", "127.0.0.1"),

@@ -159,6 +159,14 @@ class ServeSettings:
     drain_timeout_s: float = setting(
         30.0, "BAKE_DRAIN_TIMEOUT_S", "On SIGTERM, seconds in-flight requests get to finish.", minimum=0
     )
+    keep_alive_s: float = setting(
+        75.0,
+        "BAKE_KEEP_ALIVE_S",
+        "Seconds an idle keep-alive connection stays open: longer than the idle timeouts of the proxies "
+        "and client pools in front (nginx's upstream 60 s, httpx's 5 s), so the server never closes a "
+        "connection a client is sending its next request on.",
+        minimum=1,
+    )
     port: int = setting(
         8080,
         "PORT",
