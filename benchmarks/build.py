@@ -22,11 +22,13 @@ One run, for one model published on a local Hub (tests.fixtures.hub) under fresh
      network, the image's python imports torch and transformers, loads the baked weights with
      AutoModelForImageClassification.from_pretrained (offline) and runs one forward pass; timed from
      `docker run` to its exit. Rounds rotate the three; the median is reported.
-Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors) and "tiny".
+Models: "resnet50" (the real ResNet-50 architecture, random weights, ~100 MB of safetensors), "tiny", and
+"t2i-mid" (`benchmarks.diffusion`'s SD-like text-to-image pipeline sized for a CPU: its first prediction is
+a 128x128 image of 20 steps; its floor imports torch and diffusers, loads the pipeline and makes that image).
 Every image, container and base copy it makes is named bake-bench-* and removed at the end; the build cache
 the cold builds write is left to BuildKit's garbage collection (or `docker builder prune`).
 
-Usage: python -m benchmarks.build [--model resnet50|tiny] [--rounds 3] [--server-env KEY=VALUE ...]
+Usage: python -m benchmarks.build [--model resnet50|tiny|t2i-mid] [--rounds 3] [--server-env KEY=VALUE ...]
                                   [--out benchmarks/results/build.json]
 """
 
@@ -45,12 +47,13 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from bake.buildkit_log import BuildLog
+from benchmarks import diffusion
 from benchmarks.report import machine, write_report
 from benchmarks.serving import REGIMES, make_model
 from serve.contract.image import COMPILED
@@ -88,7 +91,7 @@ FIRST_PREDICTION = """
 import sys, time, urllib.request
 data, deadline = sys.stdin.buffer.read(), time.monotonic() + 600
 request = urllib.request.Request(
-    "http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "image/jpeg"}}
+    "http://127.0.0.1:{port}/predict", data=data, headers={{"Content-Type": "{content_type}"}}
 )
 while time.monotonic() < deadline:
     try:
@@ -99,7 +102,7 @@ while time.monotonic() < deadline:
         time.sleep(0.05)
 sys.exit(1)
 """
-"""Run inside the serving container: POST the JPEG on stdin until the server answers 200."""
+"""Run inside the serving container: POST the request body on stdin until the server answers 200."""
 
 READY = """
 import sys, time, urllib.request
@@ -115,7 +118,7 @@ sys.exit(1)
 """
 """Run inside the serving container: GET /ready until it answers 200 (every batch bucket is warm)."""
 
-FLOOR = """
+CLASSIFIER_FLOOR = """
 import os, torch, transformers
 model = transformers.AutoModelForImageClassification.from_pretrained(
     os.environ["BAKE_MODEL"], revision=os.environ["BAKE_REVISION"]
@@ -124,7 +127,56 @@ size = getattr(model.config, "image_size", 224)
 with torch.inference_mode():
     model(pixel_values=torch.zeros(1, model.config.num_channels, size, size))
 """
-"""The floor: import torch + transformers, load the baked weights offline, one forward pass."""
+"""An image classifier's floor: import torch + transformers, load the baked weights offline, one forward
+pass."""
+
+T2I_STEPS = 20
+T2I_FLOOR = f"""
+import os, torch, diffusers
+pipeline = diffusers.AutoPipelineForText2Image.from_pretrained(
+    os.environ["BAKE_MODEL"], revision=os.environ["BAKE_REVISION"]
+)
+pipeline.set_progress_bar_config(disable=True)
+pipeline({diffusion.PROMPT!r}, num_inference_steps={T2I_STEPS}, generator=torch.Generator().manual_seed(0))
+"""
+"""A text-to-image pipeline's floor: import torch + diffusers, load the baked pipeline offline, one image."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A benchmarked model: how it is made, what its first request is, and its floor."""
+
+    make: Callable[[Path], Path]
+    """Write the random-weight model into a folder; return it."""
+    pipeline_tag: str
+    content_type: str
+    body: Callable[[], bytes]
+    floor: str
+    """Python run by the image's own python: the least a hand-written server does before its first answer."""
+
+
+def _classifier(name: str) -> Workload:
+    return Workload(
+        lambda folder: make_model(REGIMES[name], folder),
+        "image-classification",
+        "image/jpeg",
+        lambda: images.photo(640, 480),
+        CLASSIFIER_FLOOR,
+    )
+
+
+WORKLOADS = {
+    **{name: _classifier(name) for name in REGIMES},
+    "t2i-mid": Workload(
+        lambda folder: diffusion.make_model(diffusion.MODELS["mid"], folder),
+        "text-to-image",
+        "application/json",
+        lambda: json.dumps(
+            {"inputs": diffusion.PROMPT, "parameters": {"num_inference_steps": T2I_STEPS, "seed": 0}}
+        ).encode(),
+        T2I_FLOOR,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -206,9 +258,10 @@ def fresh_base_image(source: str, tag: str) -> None:
 
 def publish_model(bench: Bench) -> Path:
     """Make the model and publish it on the local Hub once per build path; return its folder."""
-    folder = make_model(REGIMES[bench.model_name], bench.root / "model")
+    workload = WORKLOADS[bench.model_name]
+    folder = workload.make(bench.root / "model")
     for path in PATHS:
-        bench.hub.add_repo(bench.repo(path), folder, pipeline_tag="image-classification")
+        bench.hub.add_repo(bench.repo(path), folder, pipeline_tag=workload.pipeline_tag)
     return folder
 
 
@@ -219,13 +272,8 @@ def make_project(bench: Bench) -> tuple[Path, dict[str, str]]:
     (project / "bake.toml").write_text(build_settings_toml())
     serve_copy = bench.root / "src"
     shutil.copytree(REPO_ROOT / "serve", serve_copy / "serve", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {
-        "HF_ENDPOINT": bench.hub.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_TOKEN": "",
-        "PYTHONPATH": f"{serve_copy}{os.pathsep}{REPO_ROOT}",  # the changed `serve`, and this checkout's bake
-    }
+    # the changed `serve`, and this checkout's bake
+    env = bench.hub.client_env(PYTHONPATH=f"{serve_copy}{os.pathsep}{REPO_ROOT}")
     return project, env
 
 
@@ -327,7 +375,7 @@ def installer_lines(log: BuildLog, lines: list[str]) -> list[str]:
 def image_facts(tag: str, base_image: str, model_dir: Path, *, scan: bool) -> ImageFacts:
     """`tag`'s size by part (MiB), its largest packages, and (with `scan`) every copy of a weights file in its
     layers."""
-    weights = {path.stat().st_size: sha256_of(path.open("rb")) for path in model_dir.glob("*.safetensors")}
+    weights = {path.stat().st_size: sha256_of(path.open("rb")) for path in model_dir.rglob("*.safetensors")}
     total = int(docker("image", "inspect", tag, "--format", "{{.Size}}").stdout)
     return ImageFacts(
         total_mib=total / 2**20,
@@ -443,9 +491,12 @@ def image_config(tag: str) -> dict[str, Any]:
     return json.loads(docker("image", "inspect", tag, "--format", "{{json .Config}}").stdout)
 
 
-def time_first_prediction(tag: str, name: str, jpeg: bytes, env: list[str]) -> tuple[float, float, list[str]]:
-    """Seconds from `docker run` to the first 200 from POST /predict, then to the first 200 from /ready (the
-    server answers predictions before every batch bucket is warm), and the server's log lines.
+def time_first_prediction(
+    tag: str, name: str, workload: Workload, env: list[str]
+) -> tuple[float, float, list[str]]:
+    """Seconds from `docker run` to the first 200 from POST /predict (the workload's request), then to the
+    first 200 from /ready (the server answers predictions before every batch bucket is warm), and the
+    server's log lines.
 
     `env` holds KEY=VALUE runtime settings for the container (none: the image's own).
     """
@@ -454,7 +505,8 @@ def time_first_prediction(tag: str, name: str, jpeg: bytes, env: list[str]) -> t
     port = next(iter(config["ExposedPorts"])).split("/")[0]
     began = time.perf_counter()
     docker("run", "-d", "--name", name, "--network", "none", *(f"--env={pair}" for pair in env), tag)
-    docker("exec", "-i", name, python, "-c", FIRST_PREDICTION.format(port=port), input=jpeg, timeout=660)
+    script = FIRST_PREDICTION.format(port=port, content_type=workload.content_type)
+    docker("exec", "-i", name, python, "-c", script, input=workload.body(), timeout=660)
     seconds = time.perf_counter() - began
     docker("exec", name, python, "-c", READY.format(port=port), timeout=660)
     ready = time.perf_counter() - began
@@ -462,18 +514,18 @@ def time_first_prediction(tag: str, name: str, jpeg: bytes, env: list[str]) -> t
     return seconds, ready, (logs.stdout + logs.stderr).splitlines()
 
 
-def time_floor(tag: str, name: str) -> float:
-    """Seconds from `docker run` to the exit of the floor script, run by the image's own python."""
+def time_floor(tag: str, name: str, floor: str) -> float:
+    """Seconds from `docker run` to the exit of the `floor` script, run by the image's own python."""
     python = image_config(tag)["Entrypoint"][0]
     began = time.perf_counter()
-    docker("run", "--name", name, "--network", "none", "--entrypoint", python, tag, "-c", FLOOR, timeout=600)
+    docker("run", "--name", name, "--network", "none", "--entrypoint", python, tag, "-c", floor, timeout=600)
     return time.perf_counter() - began
 
 
 def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup:
     """Rotate the pip image's server, the uv image's server and the floor (in the uv image), `rounds` times
     each."""
-    jpeg = images.photo(640, 480)
+    workload = WORKLOADS[bench.model_name]
     first, ready, logs = ({path: [] for path in PATHS} for _ in range(3))
     startup = Startup(first, ready, [], logs)
     runs = [*PATHS, "floor"]
@@ -482,12 +534,12 @@ def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup
             name = bench.container(kind, index)
             try:
                 if kind in PATHS:
-                    seconds, ready, log = time_first_prediction(bench.tag(kind), name, jpeg, server_env)
+                    seconds, ready, log = time_first_prediction(bench.tag(kind), name, workload, server_env)
                     startup.first_prediction_s[kind].append(seconds)
                     startup.ready_s[kind].append(ready)
                     startup.server_logs[kind].append(log)
                 else:
-                    startup.floor_s.append(time_floor(bench.tag("uv"), name))
+                    startup.floor_s.append(time_floor(bench.tag("uv"), name, workload.floor))
             finally:
                 subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
     return startup
@@ -659,7 +711,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=sorted(REGIMES), default="resnet50")
+    parser.add_argument("--model", choices=sorted(WORKLOADS), default="resnet50")
     parser.add_argument("--rounds", type=int, default=3, help="startup rounds (each server and the floor)")
     parser.add_argument(
         "--server-env",

@@ -7,7 +7,7 @@ Targets: zero errors (every answer 200 and correct), resident memory flat (the s
 through the samples after the first minute, in MiB per hour, near 0), and the p99 latency of the last 5
 minutes within 20 % of the first 5. Writes the figures (JSON) and a plot of latency and memory over time.
 
-Usage: python -m benchmarks.soak [--minutes 30] [--load 0.7] [--capacity-seconds 20]
+Usage: python -m benchmarks.soak [--minutes 30] [--load 0.7] [--capacity-seconds 20] [--split-cores]
                                  [--out benchmarks/results/soak.json] [--plot docs/reliability-soak.png]
 """
 
@@ -120,11 +120,16 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.7)
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the load generator on the first core alone, the server on the others",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/soak.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/reliability-soak.png"))
     args = parser.parse_args()
     seconds = 60 * args.minutes
-    with tiny_server() as server:
+    with tiny_server(split_cores=args.split_cores) as server:
         assert server.process is not None
         measured = capacity(server.url, connections=args.connections, seconds=args.capacity_seconds)
         reference = [item["label"] for item in httpx.post(server.url + "/predict", content=PHOTO).json()]

@@ -1,13 +1,15 @@
 """`docker run` to the first prediction of images that are already built, against the floor.
 
 For each image (e.g. one built with the compiled forward pass and one with `--no-compile`, same model): the
-seconds from `docker run` to the first 200 from POST /predict (a 640x480 JPEG sent from inside the container,
-`--network none`), and the floor measured in the first image: its python imports torch and transformers,
-loads the baked weights and runs one forward pass (`benchmarks.build`'s two timers). Rounds interleave the
+seconds from `docker run` to the first 200 from POST /predict (`--model`'s request, for a classifier a
+640x480 JPEG, sent from inside the container, `--network none`), and the floor measured in the first image
+(for a classifier: its python imports torch and transformers, loads the baked weights and runs one forward
+pass; `benchmarks.build`'s workloads and timers). Rounds interleave the
 images and the floor, rotating their order; medians are reported with each image's `dev.bake.compiled`
 label and its server's own "ready in" time.
 
-Usage: python -m benchmarks.startup --image TAG [--image TAG ...] [--rounds 3] [--out FILE]
+Usage: python -m benchmarks.startup --image TAG [--image TAG ...] [--model resnet50|t2i-mid] [--rounds 3]
+                                  [--out FILE]
 """
 
 from __future__ import annotations
@@ -21,19 +23,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.build import _READY_IN, docker_versions, time_first_prediction, time_floor
+from benchmarks.build import _READY_IN, WORKLOADS, docker_versions, time_first_prediction, time_floor
 from benchmarks.report import machine, write_report
 from serve.contract.labels import COMPILED
-from tests.fixtures import images
 from tests.fixtures.docker import labels
 from tests.fixtures.servers import REPO_ROOT
 
 FLOOR = "floor"
 
 
-def measure(tags: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
+def measure(tags: list[str], model: str, rounds: int) -> dict[str, dict[str, list[float]]]:
     """Per image (and the floor): the seconds to first prediction and the server's "ready in", per round."""
-    jpeg = images.photo(640, 480)
+    workload = WORKLOADS[model]
     runs: dict[str, dict[str, list[float]]] = {
         name: {"seconds": [], "ready_in_s": []} for name in [*tags, FLOOR]
     }
@@ -44,9 +45,9 @@ def measure(tags: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
             name = f"bake-bench-startup-{uuid.uuid4().hex[:8]}"
             try:
                 if kind == FLOOR:
-                    runs[FLOOR]["seconds"].append(time_floor(tags[0], name))
+                    runs[FLOOR]["seconds"].append(time_floor(tags[0], name, workload.floor))
                     continue
-                seconds, _ready, log = time_first_prediction(kind, name, jpeg, [])
+                seconds, _ready, log = time_first_prediction(kind, name, workload, [])
                 runs[kind]["seconds"].append(seconds)
                 ready = [float(match.group(1)) for line in log if (match := _READY_IN.search(line))]
                 runs[kind]["ready_in_s"].extend(ready)
@@ -77,11 +78,17 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--image", action="append", required=True, help="an image bake built (repeatable)")
+    parser.add_argument(
+        "--model",
+        choices=sorted(WORKLOADS),
+        default="resnet50",
+        help="what the images serve (every image classifier takes the same request and floor)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "startup.json")
     args = parser.parse_args()
     info = {**machine(), **docker_versions(), "load_average_before": os.getloadavg()}
-    runs = measure(args.image, args.rounds)
+    runs = measure(args.image, args.model, args.rounds)
     summary = summarize(args.image, runs)
     report = {"machine": {**info, "load_average_after": os.getloadavg()}, "runs": runs, "summary": summary}
     print(f"\nfloor (import torch + transformers, load, one forward): {summary['floor_s']:.2f} s (median)")

@@ -3,6 +3,7 @@ send it (a photo-sized JPEG over the Hugging Face route), plus a sampler of its 
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import threading
@@ -30,14 +31,31 @@ SERVER_ENV = {"BAKE_MAX_BATCH_SIZE": "16", "BAKE_MAX_WAIT_MS": "5"}
 
 
 @contextmanager
-def tiny_server(**env: str) -> Iterator[ServerProcess]:
-    """A running server with a tiny random-weight ResNet (settings: `SERVER_ENV`, then `env`)."""
+def tiny_server(*, split_cores: bool = False, **env: str) -> Iterator[ServerProcess]:
+    """A running server with a tiny random-weight ResNet (settings: `SERVER_ENV`, then `env`).
+
+    With `split_cores` the server runs on every core but the first and this process (the load generator)
+    on the first alone, as a client on another machine would: on a machine this small the generator's own
+    scheduling delays otherwise count as the server's latency. The server starts pinned, so the torch
+    threads it chooses at warm-up fit its cores.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if split_cores and len(cores) < 2:
+        raise RuntimeError("--split-cores needs at least 2 cores")
     with tempfile.TemporaryDirectory(prefix="bake-reliability-") as tmp:
         model = make_image_classifier(Path(tmp) / "resnet", "resnet", num_labels=10)
-        with ServerProcess(
-            {**SERVER_ENV, "BAKE_MODEL": str(model), **env}, Path(tmp) / "server.log"
-        ) as server:
+        server = ServerProcess({**SERVER_ENV, "BAKE_MODEL": str(model), **env}, Path(tmp) / "server.log")
+        if split_cores:
+            os.sched_setaffinity(0, cores[1:])  # the server inherits it
+        try:
+            server.start()
+        finally:
+            os.sched_setaffinity(0, cores[:1] if split_cores else cores)
+        try:
             yield server
+        finally:
+            os.sched_setaffinity(0, cores)
+            server.stop()
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tests.fixtures.docker import (
     labels,
     request_inside,
     run_bake,
+    run_offline,
 )
 from tests.fixtures.hub import HubServer
 from tests.fixtures.models import make_text_to_image_pipeline
@@ -66,7 +67,7 @@ def built(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     sha = hub.add_repo(REPO, model_dir)
     tag = f"bake-e2e/tiny-sd:{uuid.uuid4().hex[:8]}"
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    env = hub.client_env()
     result = run_bake(["build", "--model", REPO, "--tag", tag, "--max-batch-size", "4"], env, project)
     assert result.returncode == 0, result.stderr[-4000:]
     yield Built(tag, sha)
@@ -76,20 +77,7 @@ def built(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def container(built: Built) -> Iterator[str]:
     name = f"bake-e2e-sd-{uuid.uuid4().hex[:8]}"
-    docker(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "none",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "-e",
-        "BAKE_MAX_WAIT_MS=300",
-        built.tag,
-    )
+    run_offline(built.tag, name, "-e", "BAKE_MAX_WAIT_MS=300")
     yield name
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 

@@ -42,6 +42,7 @@ from tests.fixtures.docker import (
     labels,
     request_inside,
     run_bake,
+    run_offline,
 )
 from tests.fixtures.hub import HubServer
 
@@ -74,7 +75,7 @@ def built(
     folder = make_diffusion_pipeline(tmp_path_factory.mktemp("model") / family, family, variant="fp16")
     repo = f"e2e/tiny-{family}"
     sha = hub.add_repo(repo, folder)
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    env = hub.client_env()
     selected = resolve_model(ModelSpec(repo, "main", None), read_environment(env), device="cpu")
     tag = f"bake-e2e/coverage-t2i-{family}:{uuid.uuid4().hex[:8]}"
     result = run_bake(["build", "--model", repo, "--tag", tag, "--max-batch-size", "4"], env, project)
@@ -83,8 +84,7 @@ def built(
         assert f"extra packages: {', '.join(selected.packages)}" in result.stdout + result.stderr
     name = f"bake-e2e-coverage-t2i-{family}-{uuid.uuid4().hex[:8]}"
     built = Built(family, folder, tag, sha, {file.path for file in selected.files}, name)
-    docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp",
-           "-e", "BAKE_MAX_WAIT_MS=300", tag)  # fmt: skip
+    run_offline(tag, name, "-e", "BAKE_MAX_WAIT_MS=300")
     try:
         yield built
     finally:

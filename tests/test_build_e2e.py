@@ -44,6 +44,7 @@ from tests.fixtures.docker import (
     predict_inside,
     request_inside,
     run_bake,
+    run_offline,
 )
 from tests.fixtures.hub import HubServer
 from tests.fixtures.models import make_image_classifier
@@ -80,7 +81,7 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Project
     ensure_base_image()
     path = tmp_path_factory.mktemp("project")
     (path / "bake.toml").write_text(build_settings_toml())
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    env = hub.client_env()
     return Project(path, env)
 
 
@@ -103,7 +104,7 @@ def built(project: Project, hub: HubServer, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture
 def container(built: Built) -> Iterator[str]:
     name = f"bake-e2e-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp", built.tag)
+    run_offline(built.tag, name)
     yield name
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
@@ -355,10 +356,7 @@ def test_the_image_serves_with_every_capability_dropped_read_only_and_no_new_pri
     built: Built,
 ) -> None:
     name = f"bake-e2e-hardened-{uuid.uuid4().hex[:8]}"
-    docker(
-        "run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp",
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", built.tag,
-    )  # fmt: skip
+    run_offline(built.tag, name, "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
     try:
         result = predict_inside(name, PHOTO)
         assert_same_scores(result["answer"], reference(built.model_dir, PHOTO))

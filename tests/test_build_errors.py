@@ -42,7 +42,7 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     )
     (bert / "model.safetensors").write_bytes(b"\0" * 16)
     hub.add_repo("errors/bert", bert)
-    return path, {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}
+    return path, hub.client_env()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str, exit_code: int = 1) -> str:

@@ -8,10 +8,12 @@ downloaded (the Hub's CDN trickles the weights file, so that the build is caught
     engine of the test's own (tests/fixtures/dockerd.py) so that no other test loses its engine.
 Each time the build stops with one line and its exit status, the tag names no image (BuildKit tags only a
 finished image), and the next build finishes with the stages that were done taken from the build cache
-(after the engine's restart, for the killed one); after Ctrl-C, the files that were downloaded whole come
-from the download cache too (huggingface_hub starts an unfinished file afresh in a new process; after the Hub
-went away, one run fetched a small file again, which is not yet explained). And a whole build fed weights
-whose sha256 is not the Hub's (a proxy or mirror altering them) fails the same way, and the next build,
+(after the engine's restart, for the killed one); after Ctrl-C and after the Hub went away, the files that
+were downloaded whole come from the download cache too (huggingface_hub starts an unfinished file afresh in a
+new process). Each interruption waits until a small file has been downloaded whole: huggingface_hub fetches a
+snapshot's files in parallel, so the weights' request can come first, and an interruption right then cuts
+both (the likely cause of one earlier run fetching the small file again). And a whole build fed weights whose
+sha256 is not the Hub's (a proxy or mirror altering them) fails the same way, and the next build,
 fed the right bytes, bakes them.
 """
 
@@ -114,10 +116,6 @@ def model(hub: HubServer, tmp_path: Path) -> Iterator[Model]:
         hub.cdn_bytes_per_s = 0
 
 
-def hub_env(hub: HubServer, **extra: str) -> dict[str, str]:
-    return {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **extra}
-
-
 def start_build(project: Path, model: Model, tag: str, env: Mapping[str, str]) -> RunningBuild:
     process = subprocess.Popen(
         [sys.executable, "-m", "bake", "build", "--model", model.repo, "--tag", tag, "--progress", "plain"],
@@ -177,13 +175,16 @@ def interrupt_mid_download(
     env: Mapping[str, str],
     interrupt: Callable[[RunningBuild], None],
 ) -> tuple[int, str]:
-    """Start `bake build`, and once the weights are downloading and the venv stage has finished (so that the
-    stages up to it are done and can be reused), `interrupt` it; the build's exit status and stderr. Leaves
-    no build running."""
+    """Start `bake build`, and once the weights are downloading, `BUILD_ONLY_FILE` has been downloaded whole
+    and the venv stage has finished (so that the stages up to it are done and can be reused), `interrupt` it;
+    the build's exit status and stderr. Leaves no build running."""
     build = start_build(project, model, tag, env)
     try:
         build.wait_until(downloading(hub, model), "weights download")
+        downloaded = lambda: build_only_downloads(hub, model, since=0) == 1  # noqa: E731
+        build.wait_until(downloaded, f"download of {BUILD_ONLY_FILE}")
         build.wait_until(lambda: build.stage_finished("venv"), "finished venv stage")
+        time.sleep(1)  # the small file's request came; its few hundred bytes are written within this
         interrupt(build)
         return build.finish()
     finally:
@@ -211,12 +212,9 @@ def test_ctrl_c_mid_build_leaves_no_tag_and_the_next_build_reuses_what_was_done(
     hub: HubServer, project: Path, model: Model
 ) -> None:
     tag = f"bake-interrupted/ctrl-c:{uuid.uuid4().hex[:8]}"
-    env = hub_env(hub)
+    env = hub.client_env()
 
     def ctrl_c(build: RunningBuild) -> None:
-        downloaded = lambda: build_only_downloads(hub, model, since=0) == 1  # noqa: E731
-        build.wait_until(downloaded, f"download of {BUILD_ONLY_FILE}")
-        time.sleep(1)
         os.killpg(build.process.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
 
     status, stderr = interrupt_mid_download(hub, project, model, tag, env, ctrl_c)
@@ -232,7 +230,7 @@ def test_the_hub_going_away_mid_download_fails_in_one_line_and_the_next_build_re
     hub: HubServer, project: Path, model: Model
 ) -> None:
     tag = f"bake-interrupted/hub:{uuid.uuid4().hex[:8]}"
-    env = hub_env(hub)
+    env = hub.client_env()
     try:
         status, stderr = interrupt_mid_download(
             hub,
@@ -248,8 +246,10 @@ def test_the_hub_going_away_mid_download_fails_in_one_line_and_the_next_build_re
     assert status == FAILURE_EXIT_CODE
     assert_one_line_error(stderr, "could not be downloaded from the Hub", "build again")
     assert not image_exists(tag, env), "a failed build must leave no tag"
+    before = len(hub.requests)
     requests = rebuild_and_check_the_caches(hub, project, model, tag, env, ("tools", "deps", "venv"))
     assert any(path == model.blob for _, path in requests), "the cut file is downloaded again"
+    assert build_only_downloads(hub, model, since=before) == 0, "downloaded files come from the cache"
 
 
 def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build_resumes(
@@ -257,7 +257,7 @@ def test_a_killed_engine_mid_build_leaves_no_tag_and_after_its_restart_the_build
 ) -> None:
     with SecondEngine(size_mb=8000, subnet_octet=31) as engine:
         tag = f"bake-interrupted/engine:{uuid.uuid4().hex[:8]}"
-        env = hub_env(hub, DOCKER_HOST=engine.host)
+        env = hub.client_env(DOCKER_HOST=engine.host)
         # killed once the venv stage has finished: BuildKit has then committed the deps stage's layer too,
         # which a crash right after that stage's DONE line may catch still being written
         status, stderr = interrupt_mid_download(hub, project, model, tag, env, lambda _build: engine.kill())
@@ -278,7 +278,7 @@ def test_a_build_fed_altered_weights_fails_and_the_next_build_bakes_the_hubs(
     altered = bytearray(weights)
     altered[len(altered) // 2] ^= 0xFF  # same size, other bytes: only the sha256 tells
     tag = f"bake-interrupted/altered:{uuid.uuid4().hex[:8]}"
-    env = hub_env(hub)
+    env = hub.client_env()
     hub.tamper(digest, bytes(altered))
     try:
         failed = run_bake(["build", "--model", model.repo, "--tag", tag, "--progress", "plain"], env, project)

@@ -28,6 +28,7 @@ from tests.fixtures.docker import (
     labels,
     predict_inside,
     run_bake,
+    run_offline,
 )
 from tests.fixtures.hub import HubServer
 from tests.fixtures.models import make_image_classifier
@@ -63,7 +64,7 @@ def project(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (path / "bake.toml").write_text(build_settings_toml())
     model_dir = make_image_classifier(tmp_path_factory.mktemp("model") / "resnet", "resnet", image_size=64)
     hub.add_repo(REPO, model_dir)
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    env = hub.client_env()
     yield Project(path, env, model_dir)
 
 
@@ -77,7 +78,7 @@ def compiled(project: Project) -> Iterator[tuple[str, str]]:
 def serve_once(tag: str) -> dict:
     """Start `tag` offline and read-only, predict PHOTO from inside, return the answer and /info."""
     name = f"bake-e2e-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp", tag)
+    run_offline(tag, name)
     try:
         return predict_inside(name, PHOTO)
     finally:
