@@ -42,12 +42,7 @@ MAKE = {
         torch.jit.save(traced.trace, str(OUT / "forward.pt"))
         """,
     "aotinductor": """
-        class Logits(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-            def forward(self, pixel_values):
-                return self.model(pixel_values=pixel_values, return_dict=False)[0]
+        from benchmarks.logits import Logits
         batch = torch.export.Dim("batch", min=1, max=max(BATCHES))
         program = torch.export.export(
             Logits(model).eval(), (torch.randn(2, 3, 224, 224),), dynamic_shapes=({0: batch},)

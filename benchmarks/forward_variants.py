@@ -42,15 +42,10 @@ VARIANTS = {
 CHILD = """
 import json, sys, threading, time, torch
 from transformers import ResNetConfig, ResNetForImageClassification
+from benchmarks.logits import Logits
 KIND, CHANNELS_LAST, STREAMS, BATCH_SIZES, BATCHES = {arguments}
 torch.manual_seed(0)
 model = ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval()
-class Logits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-    def forward(self, pixel_values):
-        return self.model(pixel_values=pixel_values, return_dict=False)[0]
 module = Logits(model).eval()
 layout = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
 module = module.to(memory_format=layout)
