@@ -125,6 +125,7 @@ def start_build(project: Path, model: Model, tag: str, env: Mapping[str, str]) -
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell gives a foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a suite run with & ignores it
     )
     return RunningBuild(process)
 
