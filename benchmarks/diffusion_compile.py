@@ -6,9 +6,9 @@ For one pipeline (`benchmarks.diffusion`'s random-weight models), each component
 would use it, each step in a fresh process so that nothing is warm that a new container would not have:
   - eager: import torch and diffusers, `from_pretrained` the component from the saved pipeline (the start),
     one call (the first request's), then the median of `--calls` warm calls;
-  - make: trace the component (`torch.jit.trace` on the component's own forward with the shapes a request
-    uses) and save the archive (the seconds that took), then freeze it as the start below does and report
-    the largest difference of its output from the eager one;
+  - make (once per component): trace the component (`torch.jit.trace` on the component's own forward with the
+    shapes a request uses) and save the archive (the seconds that took), then freeze it both ways the start
+    below does and report, for each, the largest difference of its output from the eager one;
   - torchscript / torchscript-optimized: import torch, `torch.jit.load` the archive (it holds the weights)
     and freeze it, the second also rewritten by `torch.jit.optimize_for_inference` (the start: as
     `serve.tracing.load_frozen` does for classifiers; a frozen archive of the UNet saves but does not load
@@ -78,7 +78,7 @@ CHILD = """
 import json, pathlib, statistics, sys, time
 began = time.perf_counter()
 import torch
-FOLDER, COMPONENT, SIZE, BATCH, CALLS, ARCHIVE, MODE, OPTIMIZE = {arguments}
+FOLDER, COMPONENT, SIZE, BATCH, CALLS, ARCHIVE, MODE, CANDIDATES = {arguments}
 CONFIG = json.loads((pathlib.Path(FOLDER) / COMPONENT / "config.json").read_text())
 GENERATOR = torch.Generator().manual_seed(0)
 result = {{}}
@@ -88,12 +88,12 @@ def timed(call):
         output = call()
         return time.perf_counter() - start, output
 {inputs}
-def frozen(trace):
+def frozen(trace, optimize):
     module = torch.jit.freeze(trace.eval())
-    return torch.jit.optimize_for_inference(module) if OPTIMIZE else module
-if MODE == "load":
+    return torch.jit.optimize_for_inference(module) if optimize else module
+if MODE in CANDIDATES:
     loaded = time.perf_counter()
-    forward = frozen(torch.jit.load(ARCHIVE))
+    forward = frozen(torch.jit.load(ARCHIVE), CANDIDATES[MODE])
     result["load_s"] = time.perf_counter() - loaded
 else:
 {call}
@@ -108,10 +108,12 @@ if MODE == "make":
         trace = torch.jit.trace(eager, inputs, check_trace=False)
         torch.jit.save(trace, ARCHIVE)
         result["make_s"] = time.perf_counter() - start
-        served = frozen(trace)
-        for _ in range(3):  # the profiling executor specializes during its first runs
-            served(*inputs)
-        result["max_abs_diff"] = float((served(*inputs) - eager(*inputs)).abs().max())
+        expected = eager(*inputs)
+        for candidate, optimize in CANDIDATES.items():
+            served = frozen(trace, optimize)
+            for _ in range(3):  # the profiling executor specializes during its first runs
+                served(*inputs)
+            result[candidate] = float((served(*inputs) - expected).abs().max())
     print(json.dumps(result))
     sys.exit(0)
 result["started_s"] = time.perf_counter() - began
@@ -124,11 +126,18 @@ CANDIDATES = {"torchscript": False, "torchscript-optimized": True}
 """Each compiled candidate and whether it is rewritten by `torch.jit.optimize_for_inference` once frozen."""
 
 
-def child(
-    component: str, folder: Path, args: argparse.Namespace, archive: Path, mode: str, optimize: bool = False
-) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its JSON result."""
-    arguments = (str(folder), component, args.size, args.batch_size, args.calls, str(archive), mode, optimize)
+def child(component: str, folder: Path, args: argparse.Namespace, archive: Path, mode: str) -> dict[str, Any]:
+    """Run one measurement in a fresh process ("eager", "make", or a candidate's name); its JSON result."""
+    arguments = (
+        str(folder),
+        component,
+        args.size,
+        args.batch_size,
+        args.calls,
+        str(archive),
+        mode,
+        CANDIDATES,
+    )
     inputs, call = COMPONENTS[component]
     script = CHILD.format(
         arguments=repr(arguments),
@@ -149,12 +158,12 @@ def measure(folder: Path, work: Path, args: argparse.Namespace) -> dict[str, dic
     for component in COMPONENTS:
         rows[component] = {"eager": child(component, folder, args, work / "unused", "eager")}
         archive = work / f"{component}.pt"
-        for candidate, optimize in CANDIDATES.items():
-            made = child(component, folder, args, archive, "make", optimize)
-            run = child(component, folder, args, archive, "load", optimize)
+        made = child(component, folder, args, archive, "make")
+        for candidate in CANDIDATES:
             rows[component][candidate] = {
-                **made,
-                **run,
+                "make_s": made["make_s"],
+                "max_abs_diff": made[candidate],
+                **child(component, folder, args, archive, candidate),
                 "archive_mib": archive.stat().st_size / 2**20,
             }
     return rows

@@ -29,7 +29,7 @@ import httpx
 
 from benchmarks.openloop import Sample, closed_loop, open_loop, percentile
 from benchmarks.report import machine, write_report
-from benchmarks.targets import PHOTO, REQUEST, Sampler, tiny_server
+from benchmarks.targets import PHOTO, REQUEST, Sampler, add_split_cores_option, tiny_server
 
 DEADLINE_S = 30.0
 MAX_QUEUE = 256
@@ -77,11 +77,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--split-cores",
-        action="store_true",
-        help="the load generator on the first core alone, the server on the others",
-    )
+    add_split_cores_option(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overload.json"))
     args = parser.parse_args()
     with tiny_server(

@@ -25,7 +25,7 @@ import httpx
 from benchmarks.openloop import Sample, open_loop, percentile
 from benchmarks.overload import capacity
 from benchmarks.report import machine, write_report
-from benchmarks.targets import PHOTO, REQUEST, Sampler, tiny_server
+from benchmarks.targets import PHOTO, REQUEST, Sampler, add_split_cores_option, tiny_server
 
 WINDOW_S = 300.0
 """The first and last windows whose p99 latencies are compared."""
@@ -120,11 +120,7 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.7)
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--split-cores",
-        action="store_true",
-        help="the load generator on the first core alone, the server on the others",
-    )
+    add_split_cores_option(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/soak.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/reliability-soak.png"))
     args = parser.parse_args()

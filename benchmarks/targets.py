@@ -3,6 +3,7 @@ send it (a photo-sized JPEG over the Hugging Face route), plus a sampler of its 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tempfile
@@ -28,6 +29,15 @@ PHOTO = images.photo(*PHOTO_SIZE, seed=1)
 REQUEST = post_request("/predict", PHOTO, "image/jpeg")
 SERVER_ENV = {"BAKE_MAX_BATCH_SIZE": "16", "BAKE_MAX_WAIT_MS": "5"}
 """The tiny regime of `benchmarks.serving`; the queue bound and deadline are the defaults (256, 30 s)."""
+
+
+def add_split_cores_option(parser: argparse.ArgumentParser) -> None:
+    """`--split-cores`, for `tiny_server(split_cores=...)`."""
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the load generator on the first core alone, the server on the others",
+    )
 
 
 @contextmanager
