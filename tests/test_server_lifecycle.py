@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
+from serve.connection import GuardedHttpProtocol
 from tests.fixtures import images
 from tests.fixtures.servers import REPO_ROOT, ServerProcess, free_port
 
@@ -153,3 +157,50 @@ def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "missing-model" in result.stderr and "not a directory" in result.stderr
+
+
+async def _hello(scope: dict, receive: object, send: object) -> None:
+    """The smallest ASGI app that answers a request (and ignores lifespan)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+def test_a_connection_reset_after_its_answer_is_not_kept_until_the_keep_alive_timer_fires() -> None:
+    """uvicorn cancels its keep-alive timer on a clean close only; after a reset, the timer (75 s by
+    default) would keep the connection's protocol and its last request in memory. Thousands of clients that
+    give up this way grew the server's memory by a fifth (docs/reliability.md)."""
+    config = uvicorn.Config(
+        _hello,
+        port=free_port(),
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=60,
+        http=GuardedHttpProtocol,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", config.port), timeout=10) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert read_http_response(sock) == (200, b"ok")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        deadline = time.monotonic() + 10
+        while (alive := _live_protocols()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive == 0, f"{alive} reset connections are still held, until their keep-alive timers fire"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _live_protocols() -> int:
+    gc.collect()
+    return sum(type(obj) is GuardedHttpProtocol for obj in gc.get_objects())
