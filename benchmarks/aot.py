@@ -59,9 +59,11 @@ LOAD = {
         forward = load_frozen(OUT / "forward.pt", sources, MODEL_DIR, torch.device("cpu"))
         """,
     "torchscript-optimized": """
+        from serve.contract.compiled import Rewrite
         from serve.tracing import load_frozen
         sources = json.loads((OUT / "sources.json").read_text())
-        forward = load_frozen(OUT / "forward.pt", sources, MODEL_DIR, torch.device("cpu"), optimize=True)
+        rewrite = Rewrite.OPTIMIZE_FOR_INFERENCE
+        forward = load_frozen(OUT / "forward.pt", sources, MODEL_DIR, torch.device("cpu"), rewrite=rewrite)
         """,
     "aotinductor": """
         import torch._inductor

@@ -6,9 +6,10 @@ best batch size; these are the variants tried on top of the archive, each in a f
 fusion settings are global), measured at each batch size on the ResNet-50 architecture (random weights):
   - eager: transformers' forward, no tracing;
   - frozen: the frozen trace (the compile stage's archive as loaded);
-  - optimized: frozen, then `torch.jit.optimize_for_inference` (what the stage keeps for ResNet-50);
+  - optimized: frozen, then `torch.jit.optimize_for_inference`;
   - channels-last-onednn: the model and inputs in channels-last memory format, traced and frozen with
-    oneDNN Graph fusion on (`torch.jit.enable_onednn_fusion`);
+    oneDNN Graph fusion on (`torch.jit.enable_onednn_fusion`): what the compile stage keeps for ResNet-50
+    since it tries that way too (`serve.contract.compiled.Rewrite`, which keeps the inputs contiguous);
   - "... x2 streams": the same module run by two threads at once, each with one torch thread, instead of
     one thread running it with every core (two batches in flight, as a server could run them).
 Rounds rotate the variants' order and the median round is reported; images per second.

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from serve.contract.batching import bucket_sizes
-from serve.contract.compiled import Manifest, Report
+from serve.contract.compiled import Manifest, Report, Rewrite
 from serve.contract.settings import Settings
 from serve.device import Placement
 from serve.model_source import ModelSource
@@ -62,12 +62,13 @@ def load_compiled(
             manifest.tensors,
             source.path,
             placement.device,
-            optimize=manifest.optimize_for_inference,
+            rewrite=manifest.rewrite,
         )
     except (OSError, RuntimeError, KeyError) as error:
         raise NotCompiled(f"the compiled forward pass does not load: {error}") from error
     transform = FastImageTransform(**asdict(manifest.preprocessing), placement=placement)
-    return CompiledClassifier(manifest, TracedForward(forward, transform.input_names), transform)
+    fused = manifest.rewrite is Rewrite.ONEDNN_FUSION
+    return CompiledClassifier(manifest, TracedForward(forward, transform.input_names, fused=fused), transform)
 
 
 def mismatch(

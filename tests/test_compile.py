@@ -29,7 +29,15 @@ from transformers import (
     pipeline,
 )
 
-from serve.compile import TOLERANCE, NotCompilable, compile_classifier, run
+from serve.compile import (
+    BATCH_TOLERANCE,
+    TOLERANCE,
+    NotCompilable,
+    batch_difference,
+    compile_classifier,
+    run,
+    score_difference,
+)
 from serve.contract.compiled import (
     ARCHIVE_FILE,
     COMPILER_FILES,
@@ -37,11 +45,13 @@ from serve.contract.compiled import (
     TORCHSCRIPT,
     Manifest,
     Report,
+    Rewrite,
 )
 from serve.contract.settings import Settings
 from serve.device import choose_placement
 from serve.model_source import locate_model
 from serve.tasks.image_classification import ClassificationParameters, ImageClassification
+from serve.tracing import TracedForward, load_frozen
 from serve.transforms import build_image_transform
 from tests.fixtures import images
 from tests.fixtures.models import make_image_classifier
@@ -185,6 +195,32 @@ def test_other_architectures_compile_within_the_tolerance(
     assert_weights_held_once(tmp_path, tiny_models[arch])
 
 
+@pytest.mark.parametrize("rewrite", list(Rewrite))
+def test_each_rewrite_of_the_archive_answers_within_the_tolerances_and_fuses_only_its_own_runs(
+    rewrite: Rewrite, compiled_resnet: Path, tiny_models: dict[str, Path]
+) -> None:
+    """Each way the compile stage may choose, loaded as the runtime loads it: scores within `TOLERANCE` of
+    the eager model's and within `BATCH_TOLERANCE` of a photo's own alone, at every bucket. A fused module
+    runs fused kernels (TorchScript's oneDNN fusion groups), and leaves the process's setting as it was."""
+    model_dir = tiny_models["resnet"]
+    manifest = Manifest.read(compiled_resnet)
+    assert manifest is not None
+    eager = AutoModelForImageClassification.from_pretrained(str(model_dir)).eval()
+    module = load_frozen(
+        compiled_resnet / manifest.archive, manifest.tensors, model_dir, torch.device("cpu"), rewrite=rewrite
+    )
+    fused = rewrite is Rewrite.ONEDNN_FUSION
+    forward = TracedForward(module, ("pixel_values",), fused=fused)
+    transform = build_image_transform(model_dir, choose_placement("cpu", "float32"))
+    photos = [images.photo(160, 120, seed=seed) for seed in range(3)]
+    rows = transform.collate([transform.prepare(Image.open(io.BytesIO(data))) for data in photos], 3)
+    assert score_difference(eager, forward, rows, manifest.buckets) <= TOLERANCE
+    assert batch_difference(forward, rows, manifest.buckets) <= BATCH_TOLERANCE
+    assert not torch.jit.onednn_fusion_enabled()
+    graph = str(torch.jit.last_executed_optimized_graph())
+    assert ("prim::oneDNNFusionGroup" in graph) is fused
+
+
 def test_the_runtime_starts_from_the_archive_without_transformers_and_answers_like_the_pipeline(
     compiled_resnet: Path, tiny_models: dict[str, Path]
 ) -> None:
@@ -222,7 +258,8 @@ def test_the_compiled_task_batches_like_it_serves_alone(
     assert details["load_path"] == "compiled"
     manifest = Manifest.read(compiled_resnet)
     assert manifest is not None
-    assert ("optimized for inference" in details["compiled"]) is manifest.optimize_for_inference
+    rewritten = manifest.rewrite is not Rewrite.NONE
+    assert (f"rewritten: {manifest.rewrite}" in details["compiled"]) is rewritten
     samples = [task.prepare(images.photo(160, 120, seed=seed), TOP_K).sample for seed in range(3)]
     alone = [task.run_batch([sample], 1)[0] for sample in samples]
     together = task.run_batch(samples, 4)

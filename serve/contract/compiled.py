@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ EAGER = "eager"
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 ARCHIVE_FILE = "forward.pt"
-FORMAT = 2
+FORMAT = 3
 """The manifest's format: a runtime ignores a manifest of another format."""
 
 COMPILER_FILES = (
@@ -47,6 +48,18 @@ COMPILER_FILES = (
 )
 """The source files (relative to the directory holding `serve/`) that `python -m serve.compile` imports:
 the compile stage's code, and with the weights and the packages its only inputs."""
+
+
+class Rewrite(StrEnum):
+    """How the frozen forward pass is rewritten when loaded (the compile stage times each and keeps the
+    fastest within tolerance: `serve.tracing.load_frozen`)."""
+
+    NONE = "none"
+    OPTIMIZE_FOR_INFERENCE = "optimize_for_inference"
+    """`torch.jit.optimize_for_inference`: oneDNN convolutions with prepacked weights."""
+    ONEDNN_FUSION = "onednn_fusion"
+    """Channels-last weights and oneDNN Graph fusion (`torch.jit.enable_onednn_fusion`): fused convolution,
+    batch-norm, activation and residual kernels."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +164,8 @@ class Manifest:
     tensors: dict[str, tuple[str, str]]
     """The archive's tensors left out of it -> (safetensors file relative to the model's directory, the
     tensor's name there)."""
-    optimize_for_inference: bool
-    """Whether the frozen forward pass is also rewritten for inference (the faster way for this model)."""
+    rewrite: Rewrite
+    """How the frozen forward pass is rewritten when loaded (the fastest way for this model)."""
     archive: str = ARCHIVE_FILE
     format: int = FORMAT
 
@@ -184,7 +197,7 @@ class Manifest:
             problem_type=data["problem_type"],
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             tensors={str(name): (str(file), str(key)) for name, (file, key) in data["tensors"].items()},
-            optimize_for_inference=bool(data["optimize_for_inference"]),
+            rewrite=Rewrite(data["rewrite"]),
             archive=str(data["archive"]),
         )
 

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from serve.compiled import NotCompiled, load_compiled
 from serve.contract import packages
+from serve.contract.compiled import Rewrite
 from serve.contract.models import ModelType, image_classifier
 from serve.contract.tasks import IMAGE_CLASSIFICATION
 from serve.errors import InferenceFailed, ModelLoadError, PayloadTooLarge
@@ -122,9 +123,9 @@ class ImageClassification(Task):
         self.transform = compiled.transform
         self._min_decode_size = self.transform.min_decode_size if self.settings.jpeg_draft else None
         self._compiled = self._traced = True
-        optimized = ", optimized for inference" if manifest.optimize_for_inference else ""
+        rewritten = "" if manifest.rewrite is Rewrite.NONE else f", rewritten: {manifest.rewrite}"
         self._compile_note = (
-            f"torchscript, compiled at build time{optimized} (score difference {manifest.parity:.1e})"
+            f"torchscript, compiled at build time{rewritten} (score difference {manifest.parity:.1e})"
         )
         return True
 
@@ -245,10 +246,14 @@ class ImageClassification(Task):
         return [{"label": self._labels[i], "score": float(values[i])} for i in order]
 
     def warmup_samples(self) -> list[Prepared]:
-        """One mid-grey image at the model's input size."""
+        """One mid-grey image at the model's input size; twice for a forward pass compiled at build time:
+        TorchScript profiles a batch shape's first run and optimizes (with oneDNN fusion, compiles fused
+        kernels) on its second, which the first request of each size would otherwise wait for."""
         sample = self.transform.example()
         key = self.transform.batch_key(sample)
-        return [Prepared(sample=sample, params=ClassificationParameters(), batch_key=key)]
+        return [Prepared(sample=sample, params=ClassificationParameters(), batch_key=key)] * (
+            2 if self._compiled else 1
+        )
 
     def info(self) -> TaskInfo:
         """Model type, labels, scoring function, preprocessing, inputs, and the forward pass chosen at
