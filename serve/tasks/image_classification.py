@@ -246,14 +246,16 @@ class ImageClassification(Task):
         return [{"label": self._labels[i], "score": float(values[i])} for i in order]
 
     def warmup_samples(self) -> list[Prepared]:
-        """One mid-grey image at the model's input size; twice for a forward pass compiled at build time:
-        TorchScript profiles a batch shape's first run and optimizes (with oneDNN fusion, compiles fused
-        kernels) on its second, which the first request of each size would otherwise wait for."""
+        """One mid-grey image at the model's input size.
+
+        Each bucket runs it once before /ready. TorchScript profiles a batch shape's first run and optimizes
+        on its second, so the first request of each size pays that once: a few milliseconds for a plain or
+        `optimize_for_inference` archive, and 0.05-0.15 s for a fused one (`Rewrite.ONEDNN_FUSION`, which
+        compiles its kernels then and runs at its full speed from a shape's third or fourth run). Warming
+        each bucket until then would delay /ready by 1.4 s for ResNet-50 on 2 cores (docs/benchmarks.md)."""
         sample = self.transform.example()
         key = self.transform.batch_key(sample)
-        return [Prepared(sample=sample, params=ClassificationParameters(), batch_key=key)] * (
-            2 if self._compiled else 1
-        )
+        return [Prepared(sample=sample, params=ClassificationParameters(), batch_key=key)]
 
     def info(self) -> TaskInfo:
         """Model type, labels, scoring function, preprocessing, inputs, and the forward pass chosen at
