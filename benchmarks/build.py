@@ -191,6 +191,9 @@ class BuildRun:
     """The deps stage's install step alone (0 when it came from the cache)."""
     venv_steps_s: float
     """The venv stage's steps: slimming and the runtime check (which imports, compiling the bytecode)."""
+    stage_steps_s: dict[str, float]
+    """Per stage, the seconds of its steps that ran (stages run in parallel where they can: these do not add
+    up to the build's time)."""
     installer_lines: list[str]
     """uv's summary lines (Resolved/Prepared/Installed ... in ...), or pip's download count."""
 
@@ -326,6 +329,9 @@ def bake_build(bench: Bench, project: Path, env: dict[str, str], path: str, kind
         weights_cached=runs[0][0].stage_cached("weights"),
         deps_step_s=sum(steps_seconds(log, lines, "deps") for log, lines in runs),
         venv_steps_s=sum(steps_seconds(log, lines, "venv") for log, lines in runs),
+        stage_steps_s={
+            stage: round(sum(steps_seconds(log, lines, stage) for log, lines in runs), 1) for stage in STAGES
+        },
         installer_lines=installer_lines(*next((run for run in runs if deps_ran(run[0])), runs[0])),
     )
 
@@ -608,6 +614,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"deps step {run['deps_step_s']:5.1f} s, venv stage {run['venv_steps_s']:5.1f} s; "
             + "; ".join(run["installer_lines"])
         )
+        steps = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in run["stage_steps_s"].items())
+        print(f"    steps' seconds by stage: {steps}")
     print(
         f"    uv / pip                      {summary['cold_uv_vs_pip']:8.2f}     "
         f"(target <= {COLD_BUILD_TARGET}: {met[summary['cold_build_target_met']]})"
