@@ -54,7 +54,7 @@ from typing import IO, Any
 
 from bake.buildkit_log import BuildLog
 from benchmarks import diffusion
-from benchmarks.report import machine, write_report
+from benchmarks.report import machine, rotated, write_report
 from benchmarks.serving import REGIMES, make_model
 from serve.contract.image import COMPILED
 from tests.fixtures import images
@@ -539,7 +539,7 @@ def measure_startup(bench: Bench, rounds: int, server_env: list[str]) -> Startup
     startup = Startup(first, ready, [], logs)
     runs = [*PATHS, "floor"]
     for index in range(rounds):
-        for kind in runs[index % len(runs) :] + runs[: index % len(runs)]:
+        for kind in rotated(runs, index):
             name = bench.container(kind, index)
             try:
                 if kind in PATHS:

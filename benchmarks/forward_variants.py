@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.report import machine, write_report
+from benchmarks.report import machine, rotated, write_report
 from tests.fixtures.servers import REPO_ROOT
 
 VARIANTS = {
@@ -111,7 +111,7 @@ def main() -> int:
     names = list(VARIANTS)
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for index in range(args.rounds):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
+        for name in rotated(names, index):
             print(f"round {index + 1}: {name} ...", flush=True)
             runs[name].append(run_variant(name, sizes, args.batches))
     medians = {

@@ -7,7 +7,9 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def machine() -> dict[str, object]:
@@ -29,6 +31,13 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def rotated(items: list[T], index: int) -> list[T]:
+    """`items` rotated left by `index` places: the order of round `index`, so that no contender always runs
+    first or last on a machine whose speed drifts."""
+    shift = index % len(items)
+    return items[shift:] + items[:shift]
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

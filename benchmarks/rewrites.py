@@ -25,7 +25,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from benchmarks.report import machine, write_report
+from benchmarks.report import machine, rotated, write_report
 from benchmarks.serving import REGIMES, compile_model, make_model, measure, servers
 from serve.contract.compiled import MANIFEST_FILE, Rewrite
 from tests.fixtures import images
@@ -89,11 +89,6 @@ def with_rewrite(compiled: Path, target: Path, rewrite: Rewrite) -> Path:
     return target
 
 
-def rotations(names: list[str], rounds: int) -> list[list[str]]:
-    """`names` in a rotated order for each round."""
-    return [names[index % len(names) :] + names[: index % len(names)] for index in range(rounds)]
-
-
 def main() -> int:
     """Measure every way alone and served; print the median rounds; write JSON."""
     parser = argparse.ArgumentParser(
@@ -116,14 +111,14 @@ def main() -> int:
         compiled = compile_model(regime, model_dir, root / "compiled")
         chosen = json.loads((compiled / MANIFEST_FILE).read_text())["rewrite"]
         rates: dict[str, list[dict[str, float]]] = {way: [] for way in [EAGER, *ways]}
-        for order in rotations(list(rates), args.rounds):
-            for way in order:
+        for index in range(args.rounds):
+            for way in rotated(list(rates), index):
                 rates[way].append(alone(compiled, model_dir, way, sizes, args.seconds))
                 print(f"  alone  {way:24s} {rates[way][-1]}", flush=True)
         served: dict[str, list[float]] = {way: [] for way in ways}
         copies = {way: with_rewrite(compiled, root / way, Rewrite(way)) for way in ways}
-        for order in rotations(ways, args.rounds):
-            for way in order:
+        for index in range(args.rounds):
+            for way in rotated(ways, index):
                 bake = servers(regime, model_dir, copies[way])[0]
                 result = measure(
                     bake, body, clients=args.clients, seconds=args.serve_seconds, log=root / "servers.log"

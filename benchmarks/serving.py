@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from bake.bench.loadgen import LoadResult, Target, run_load, wrk_available
-from benchmarks.report import machine, write_report
+from benchmarks.report import machine, rotated, write_report
 from tests.fixtures import images
 from tests.fixtures.models import make_image_classifier
 from tests.fixtures.servers import REPO_ROOT, free_port, wait_until_ready
@@ -224,8 +224,7 @@ def run_regime(
     contenders = servers(regime, model_dir, compile_model(regime, model_dir, root / "compiled"))
     rounds: dict[str, list[LoadResult]] = {server.name: [] for server in contenders}
     for round_index in range(args.rounds):
-        shift = round_index % len(contenders)
-        for server in contenders[shift:] + contenders[:shift]:
+        for server in rotated(contenders, round_index):
             result = measure(
                 server, body, clients=args.clients, seconds=args.seconds, log=root / "servers.log"
             )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.build import _READY_IN, WORKLOADS, docker_versions, time_first_prediction, time_floor
-from benchmarks.report import machine, write_report
+from benchmarks.report import machine, rotated, write_report
 from serve.contract.labels import COMPILED
 from tests.fixtures.docker import labels
 from tests.fixtures.servers import REPO_ROOT
@@ -40,8 +40,7 @@ def measure(tags: list[str], model: str, rounds: int) -> dict[str, dict[str, lis
     }
     order = [*tags, FLOOR]
     for index in range(rounds):
-        shift = index % len(order)
-        for kind in order[shift:] + order[:shift]:
+        for kind in rotated(order, index):
             name = f"bake-bench-startup-{uuid.uuid4().hex[:8]}"
             try:
                 if kind == FLOOR:
