@@ -18,7 +18,7 @@ from bake.docker import docker_client, docker_errors, ensure_engine
 from bake.env import Environment
 from bake.errors import BuildFailed, GatedModel
 from bake.hub import ResolvedModel, resolve_model
-from bake.installer import HTTP_RETRIES
+from bake.installer import HTTP_RETRIES, NO_PIP_WHEEL
 from bake.labels import ImageFacts
 from bake.package_sources import TORCH_CPU_INDEX, check_reachable, is_remote_engine
 from bake.plan import COMPILE_REPORT_STAGE, BuildPlan, package_sources, plan_build
@@ -230,6 +230,11 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
     if "certificate verify failed" in lowered or "invalid peer certificate" in lowered:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
+        )
+    if NO_PIP_WHEEL in text:
+        return BuildFailed(
+            f"the base image {plan.base_image} cannot bootstrap pip: its python3 bundles no pip wheel",
+            "install python3-venv in the base image (Debian, Ubuntu), or pass a --base-image that has it",
         )
     if "> [tools " in text and "build-tools.txt" in text:
         return BuildFailed(

@@ -169,3 +169,17 @@ def test_full_disk_during_the_build(project: tuple[Path, dict[str, str]]) -> Non
             ["build", "--model", "errors/classifier"], {**env, "DOCKER_HOST": engine.host}, path
         )
     one_line_error(result, "the disk filled up during the build", "free space")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_base_image_whose_python_bundles_no_pip_wheel(project: tuple[Path, dict[str, str]]) -> None:
+    path, env = project
+    tag = f"bake-errors-nopip:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {ensure_base_image()}\nRUN rm /usr/share/python-wheels/pip-*.whl\n"
+    subprocess.run(["docker", "build", "--quiet", "--tag", tag, "-"], input=dockerfile, text=True, check=True)
+    try:
+        result = run_bake(["build", "--model", "errors/classifier", "--base-image", tag], env, path)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+    one_line_error(result, f"base image {tag} cannot bootstrap pip", "install python3-venv")
