@@ -21,7 +21,7 @@ from bake.hub import ResolvedModel, resolve_model
 from bake.installer import HTTP_RETRIES, NO_PIP_WHEEL
 from bake.labels import ImageFacts
 from bake.package_sources import TORCH_CPU_INDEX, check_reachable, is_remote_engine
-from bake.plan import COMPILE_REPORT_STAGE, BuildPlan, package_sources, plan_build
+from bake.plan import COMPILE_REPORT_STAGE, RUNTIME_STAGE, BuildPlan, package_sources, plan_build
 from serve.contract.compiled import Report
 from serve.contract.labels import COMPILED
 
@@ -114,9 +114,9 @@ def run_build(
     """Run `docker buildx build` for `plan`, streaming its plain log to `display`; raise `BuildFailed` with
     the cause. Returns the log of each build run.
 
-    When the plan compiles, BuildKit first builds the compile stage's report alone (deps, weights and the
-    compiler: the long steps) and bake reads it, so that the image's label says which forward pass it
-    serves; the image's build then takes those steps from the cache."""
+    When the plan compiles, BuildKit first builds the compile stage's report (from the image's stage: every
+    step of the image) and bake reads it, so that the image's label says which forward pass it serves; the
+    image's build then takes every step from the cache and only exports the image with its labels."""
     logs: list[BuildLog] = []
     try:
         with display:
@@ -182,7 +182,7 @@ def _build_lines(
         load=image and not plan.push,
         push=image and plan.push,
         output={} if image else {"type": "local", "dest": str(report_dir)},
-        target=None if image else COMPILE_REPORT_STAGE,
+        target=RUNTIME_STAGE if image else COMPILE_REPORT_STAGE,
         provenance=False,
         cache=cache,
         progress="plain",

@@ -57,6 +57,8 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 COMPILE_REPORT_STAGE = "compile-report"
 """The Dockerfile stage holding only the compile stage's report, which `bake build` exports and reads before
 it builds the image (the report decides the image's `labels.COMPILED`)."""
+RUNTIME_STAGE = "runtime"
+"""The Dockerfile stage that is the image (not the last one: the compile report's stage copies from it)."""
 _COMPILER_DIR = "/opt/bake/compiler"
 
 
@@ -337,6 +339,7 @@ def render_dockerfile(
         "COMPILE_REPORT": f"{image.COMPILED}/{REPORT_FILE}",
         "COMPILE_COMMAND": compile_command,
         "COMPILE_REPORT_STAGE": COMPILE_REPORT_STAGE,
+        "RUNTIME_STAGE": RUNTIME_STAGE,
     }
     return Template(TEMPLATE.read_text()).substitute(values)
 

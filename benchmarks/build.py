@@ -62,7 +62,7 @@ from tests.fixtures.docker import build_settings_toml, docker, ensure_base_image
 from tests.fixtures.hub import HubServer
 from tests.fixtures.servers import REPO_ROOT
 
-STAGES = ("tools", "deps", "slim", "venv", "sbom", "fetcher", "weights", "compile", "runtime")
+STAGES = ("tools", "deps", "venv", "sbom", "fetcher", "weights", "compile", "runtime")
 """The stages whose steps can come from the cache (the base stage is only a FROM of the base image)."""
 PATHS = {"pip": ("--installer", "pip", "--keep-build-tools"), "uv": ()}
 """The two cold builds: the image as bake built it before slimming (pip, nothing removed), and the default."""

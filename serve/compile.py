@@ -136,9 +136,10 @@ def fastest_within_tolerance(
 ) -> tuple[Rewrite, float]:
     """The way to rewrite the frozen archive (`serve.tracing.load_frozen`) that serves fastest, and its score
     difference: each way is loaded as the runtime loads it and checked at every bucket against the eager
-    model (`TOLERANCE`), then timed at the largest bucket; the fastest that also gives each row the scores
-    it gets alone (`BATCH_TOLERANCE`) wins. Raises `NotCompilable` when none is within both."""
-    timed: list[tuple[float, Rewrite, TracedForward, float]] = []
+    model (`TOLERANCE`), then those within it are timed in turns at the largest bucket; the fastest that also
+    gives each row the scores it gets alone (`BATCH_TOLERANCE`) wins. Raises `NotCompilable` when none is
+    within both."""
+    within: list[tuple[Rewrite, TracedForward, float]] = []
     worst = 0.0
     with torch.inference_mode():
         expected = eager_forward(eager)(rows)
@@ -152,8 +153,10 @@ def fastest_within_tolerance(
             continue
         worst = max(worst, parity)
         if parity <= TOLERANCE:
-            timed.append((batch_seconds(loaded, rows, max(buckets)), rewrite, loaded, parity))
-    for _, rewrite, loaded, parity in sorted(timed, key=lambda way: way[0]):
+            within.append((rewrite, loaded, parity))
+    seconds = batch_seconds([loaded for _, loaded, _ in within], rows, max(buckets))
+    timed = sorted(zip(seconds, within, strict=True), key=lambda way: way[0])
+    for _, (rewrite, loaded, parity) in timed:
         batched = batch_difference(loaded, rows, buckets)
         if batched <= BATCH_TOLERANCE:
             return rewrite, parity
@@ -164,18 +167,24 @@ def fastest_within_tolerance(
 
 
 @torch.inference_mode()
-def batch_seconds(forward: TracedForward, rows: Inputs, size: int, repeats: int = 3) -> float:
-    """The fastest of `repeats` runs of `forward` on a batch of `size` made of `rows`, after one untimed run
-    (with the check's, the shape's second: a fused shape reaches its full speed from its third or fourth)."""
+def batch_seconds(
+    forwards: Sequence[TracedForward], rows: Inputs, size: int, repeats: int = 3
+) -> list[float]:
+    """The fastest of `repeats` runs of each of `forwards` on a batch of `size` made of `rows`, after one
+    untimed run of each (with the check's, the shape's second: a fused shape reaches its full speed from its
+    third or fourth). The forwards take turns, one run each per round, so that a slow spell of the machine
+    (the build runs other steps next to this one) slows every way alike."""
     count = len(next(iter(rows.values())))
     batch = {name: tensor[torch.arange(size) % count] for name, tensor in rows.items()}
-    forward(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    for forward in forwards:
         forward(batch)
-        times.append(time.perf_counter() - started)
-    return min(times)
+    fastest = [float("inf")] * len(forwards)
+    for _ in range(repeats):
+        for index, forward in enumerate(forwards):
+            started = time.perf_counter()
+            forward(batch)
+            fastest[index] = min(fastest[index], time.perf_counter() - started)
+    return fastest
 
 
 @torch.inference_mode()

@@ -19,8 +19,14 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "bake" / "image" / "check_runtime.py"
 
 
-def check(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+def check(
+    *args: str, pythonpath: Path | None = None, pycache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the check; with `pycache`, writing bytecode there (PYTHONPYCACHEPREFIX), else writing none."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
@@ -94,3 +100,28 @@ def test_a_models_extra_packages_are_imported_and_a_missing_one_fails_with_its_m
         check("--device", "cpu", "--task", "image-classification", *imports, pythonpath=tmp_path)
     )
     assert line == "bake-check[import]: ftfy does not import: ImportError: slimmed away"
+
+
+def test_the_bytecode_kept_is_of_what_the_check_imports_the_helper_only_warms_up(tmp_path: Path) -> None:
+    """`probe` imports torch, or, where torch is refused (in the warm-up helper), `helper_only`: the helper
+    really runs (it leaves a mark) and its bytecode of a module the check itself never imported is removed."""
+    packages, pycache, mark = tmp_path / "packages", tmp_path / "pycache", tmp_path / "helper-ran"
+    packages.mkdir()
+    (packages / "probe.py").write_text(
+        "try:\n    import torch\nexcept ImportError:\n    import helper_only\n"
+    )
+    (packages / "helper_only.py").write_text(f"open({str(mark)!r}, 'w').close()\n")
+    result = check(
+        "--device", "cpu", "--task", "image-classification", "--import", "probe",
+        pythonpath=packages, pycache=pycache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mark.exists(), "the helper imported probe with torch refused"
+
+    def bytecode(source: Path) -> Path:
+        name = f"{source.stem}.{sys.implementation.cache_tag}.pyc"
+        return pycache / source.parent.relative_to("/") / name
+
+    assert bytecode(packages / "probe.py").is_file()
+    assert not bytecode(packages / "helper_only.py").exists()
+    assert bytecode(Path(torch.__file__)).is_file() and len(list(pycache.rglob("*.pyc"))) > 1000
