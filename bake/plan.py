@@ -56,7 +56,7 @@ _FETCH_VENV = "/opt/bake/fetch"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 COMPILE_REPORT_STAGE = "compile-report"
 """The Dockerfile stage holding only the compile stage's report, which `bake build` exports and reads before
-it builds the image (the report decides the image's `labels.COMPILED`)."""
+it exports the image (the report decides the image's `labels.COMPILED`)."""
 RUNTIME_STAGE = "runtime"
 """The Dockerfile stage that is the image (not the last one: the compile report's stage copies from it)."""
 _COMPILER_DIR = "/opt/bake/compiler"
