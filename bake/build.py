@@ -33,6 +33,8 @@ _CHECK = re.compile(r"bake-check\[([\w-]+)\]: (.*)$", re.MULTILINE)
 # The weights step's verdict when the Hub or the network fails it (bake/image/fetch_weights.py).
 _FETCH_FAILED = re.compile(r"bake-fetch: the download from the Hub failed: (.*)$", re.MULTILINE)
 # The resolver's reason for an unsatisfiable install: uv's "╰─▶ Because ..." or pip's "ERROR: Could not ...".
+# The tools step's own line (not its command, which BuildKit quotes when the step fails for another reason).
+_NO_PIP_WHEEL = re.compile(rf"^#\d+ [\d.]+ {re.escape(NO_PIP_WHEEL)}$", re.MULTILINE)
 _UNSATISFIABLE = re.compile(r"(Because .*?)\s*$|(ERROR: Could not find a version .*?)\s*$", re.MULTILINE)
 
 
@@ -231,7 +233,7 @@ def diagnose(plan: BuildPlan, text: str) -> BuildFailed:
         return BuildFailed(
             "a TLS certificate was not trusted inside the build", "pass --ca-cert with your proxy's CA bundle"
         )
-    if NO_PIP_WHEEL in text:
+    if _NO_PIP_WHEEL.search(text):
         return BuildFailed(
             f"the base image {plan.base_image} cannot bootstrap pip: its python3 bundles no pip wheel",
             "install python3-venv in the base image (Debian, Ubuntu), or pass a --base-image that has it",
