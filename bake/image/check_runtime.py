@@ -173,15 +173,25 @@ def nvidia_packages() -> list[str]:
     return sorted(name for name in names if name.startswith("nvidia-"))
 
 
+def serving_targets(task: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """What the server imports at start for `task`, and the `extra` modules of the model's packages."""
+    return (*SERVING_MODULES, *TASK_NAMES[task], *extra)
+
+
+def load(target: str) -> None:
+    """Import `target`, "module" or "module:name" (then also that lazily imported name of the module)."""
+    module, _, name = target.partition(":")
+    loaded = importlib.import_module(module)
+    if name:
+        getattr(loaded, name)
+
+
 def import_serving_modules(task: str, extra: Sequence[str] = ()) -> int:
     """Import what the server imports at start for `task`, and the `extra` modules of the model's packages;
     return how many modules are loaded after."""
-    for target in (*SERVING_MODULES, *TASK_NAMES[task], *extra):
-        module, _, name = target.partition(":")
+    for target in serving_targets(task, extra):
         try:
-            loaded = importlib.import_module(module)
-            if name:
-                getattr(loaded, name)
+            load(target)
         except Exception as error:  # noqa: BLE001 - whatever an import raises is the finding
             raise CheckFailed(
                 "import", f"{target} does not import: {type(error).__name__}: {error}"
@@ -206,12 +216,9 @@ def warm_up(task: str, extra: Sequence[str] = ()) -> list[str]:
     refused, writing their bytecode; whatever fails is left to the check. Returns the files of every module
     loaded after."""
     sys.meta_path.insert(0, _NoTorch())
-    for target in (*SERVING_MODULES, *TASK_NAMES[task], *extra, *LAZY_TORCH_IMPORTS):
-        module, _, name = target.partition(":")
+    for target in (*serving_targets(task, extra), *LAZY_TORCH_IMPORTS):
         try:
-            loaded = importlib.import_module(module)
-            if name:
-                getattr(loaded, name)
+            load(target)
         except Exception:  # noqa: BLE001 - a warm-up: the check itself imports and reports every target
             continue
     return list(module_files())
